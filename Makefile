@@ -1,0 +1,86 @@
+# mnm — Mix-and-Match tuning pipeline. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mnm-installed
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+MNM := $(BIN)/mnm
+SHARED ?= ../shared
+CAMVID_ROOT ?= $(SHARED)/data/camvid
+EVAL_SPLIT ?= val
+VOC_ROOT ?=
+PROXY_IMAGES ?=
+CITYSCAPES_ROOT ?=
+PIPELINE_ARGS ?=
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE ?= offline
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-fast lint demo bench bench-data camvid-cpu voc-colorize voc-random \
+	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-22s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install mnm (editable, with dev extras)
+
+test: $(STAMP) ## run the test suite (CPU)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP) ## run the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check src stages datamodules tests
+
+demo: $(STAMP) ## synthetic data, random/M&M(graph)/M&M(random) arms on CPU -> runs/demo/report.md
+	$(MNM) demo --out runs/demo
+
+bench: $(STAMP) ## speed and cost of an M&M step, graph scaling, loaders -> runs/bench/bench.json
+	$(MNM) bench --out runs/bench --camvid-root $(CAMVID_ROOT)
+
+bench-data: $(STAMP) ## data-loader images/s on CamVid (0 and 2 workers)
+	$(MNM) bench --out runs/bench --camvid-root $(CAMVID_ROOT) --only data
+
+camvid-cpu: $(STAMP) ## CPU-sized CamVid benchmark (5 arms) -> runs/camvid-cpu/report.md
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	$(MNM) benchmark conf/benchmarks/camvid_cpu.yaml --out runs/camvid-cpu --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT)
+
+define need_dir
+	@test -n "$($(1))" -a -d "$($(1))" || { echo "error: set $(1)=<folder> ($(2)); got '$($(1))'"; exit 2; }
+endef
+
+voc-colorize: $(STAMP) ## VOC: colorization -> M&M -> fine-tune (VOC_ROOT=..., PROXY_IMAGES=...)
+	$(call need_dir,VOC_ROOT,the VOCdevkit/VOC2012 folder)
+	$(call need_dir,PROXY_IMAGES,unlabeled images for the colorization stage)
+	$(MNM) pipeline run conf/pipelines/voc_colorize_vgg16_graph.yaml --set data.root=$(VOC_ROOT) --set proxy_images=$(PROXY_IMAGES) $(PIPELINE_ARGS)
+
+voc-random: $(STAMP) ## VOC: random init -> M&M -> fine-tune (VOC_ROOT=...)
+	$(call need_dir,VOC_ROOT,the VOCdevkit/VOC2012 folder)
+	$(MNM) pipeline run conf/pipelines/voc_random_vgg16_graph.yaml --set data.root=$(VOC_ROOT) $(PIPELINE_ARGS)
+
+cityscapes-colorize: $(STAMP) ## Cityscapes: colorization -> M&M -> fine-tune (CITYSCAPES_ROOT=..., PROXY_IMAGES=...)
+	$(call need_dir,CITYSCAPES_ROOT,the Cityscapes root with leftImg8bit/ and gtFine/)
+	$(call need_dir,PROXY_IMAGES,unlabeled images for the colorization stage)
+	$(MNM) pipeline run conf/pipelines/cityscapes_colorize_vgg16_graph.yaml --set data.root=$(CITYSCAPES_ROOT) --set proxy_images=$(PROXY_IMAGES) $(PIPELINE_ARGS)
+
+cityscapes-random: $(STAMP) ## Cityscapes: random init -> M&M -> fine-tune (CITYSCAPES_ROOT=...)
+	$(call need_dir,CITYSCAPES_ROOT,the Cityscapes root with leftImg8bit/ and gtFine/)
+	$(MNM) pipeline run conf/pipelines/cityscapes_random_vgg16_graph.yaml --set data.root=$(CITYSCAPES_ROOT) $(PIPELINE_ARGS)
+
+colorize jigsaw mix-match segment: $(STAMP) ## one stage: make <stage> ARGS="fit -c conf/..."
+	$(MNM) $@ $(ARGS)
+
+wandb-sync: $(STAMP) ## upload offline W&B runs (needs network and `wandb login`)
+	$(BIN)/wandb sync --sync-all wandb/ || $(BIN)/wandb sync wandb/offline-run-*
+
+clean: ## remove runs/, wandb/ and caches (keeps .venv)
+	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""LightningDataModules for VOC, Cityscapes, CamVid, image folders and synthetic data."""

@@ -1,0 +1,1 @@
+"""Lightning stages: proxy tasks, M&M tuning, segmentation fine-tuning."""

@@ -1,0 +1,55 @@
+"""Callbacks that make long stages safe: stop on a non-finite loss, checkpoint on SIGTERM."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+class FiniteLossGuard(Callback):
+    """Stop before the optimiser step when the loss is not finite, naming stage, step and value.
+
+    The check runs before ``backward``, so no weight is touched by the bad
+    step and no checkpoint is written after it: the last good one is kept.
+    """
+
+    def __init__(self, stage: str = "") -> None:
+        self.stage = stage
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            where = f"stage {self.stage!r}" if self.stage else type(pl_module).__name__
+            ckpt = trainer.checkpoint_callback
+            kept = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
+            raise NonFiniteLossError(
+                f"{where}: loss is {value} at step {trainer.global_step}; training stopped. "
+                f"Last good checkpoint: {kept}"
+            )
+
+
+class SigtermCheckpoint(Callback):
+    """On SIGTERM (what schedulers send before a kill), save ``last.ckpt`` so a rerun resumes.
+
+    Lightning notices the signal and raises ``SIGTERMException`` after the
+    batch; this callback writes the checkpoint first.
+    """
+
+    def __init__(self, filename: str = "last.ckpt") -> None:
+        self.filename = filename
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not trainer.received_sigterm:
+            return
+        ckpt = trainer.checkpoint_callback
+        folder = Path(getattr(ckpt, "dirpath", None) or trainer.default_root_dir)
+        trainer.save_checkpoint(folder / self.filename, weights_only=False)

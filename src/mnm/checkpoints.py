@@ -1,0 +1,95 @@
+"""Safe, atomic checkpoint files: weights-only loading with clear errors, rename-on-write saving."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be used; the message names the file."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load ``path`` with ``torch.load(weights_only=True)`` on the CPU.
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError`
+    for one that needs arbitrary unpickling (refused for safety) or is
+    truncated/corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused to load {path}: it needs arbitrary unpickling, which can run code. mnm loads "
+            f"weights only (torch.load(weights_only=True)); save a plain state_dict instead. ({err})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt file ({err})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
+    return obj
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to a temporary file and rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a truncated file and loads weights only."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        return read_checkpoint(path)
+
+
+def newest_loadable(paths: list[Path]) -> tuple[Path | None, list[str]]:
+    """The newest (by modification time) of ``paths`` that loads, and why the newer ones did not."""
+    problems = []
+    for p in sorted(paths, key=lambda q: q.stat().st_mtime, reverse=True):
+        try:
+            read_checkpoint(p)
+            return p, problems
+        except (CheckpointError, FileNotFoundError) as err:
+            problems.append(str(err))
+    return None, problems

@@ -1,0 +1,124 @@
+"""The ``mnm`` console script.
+
+``mnm <stage> fit|validate|test|predict`` runs one stage through LightningCLI
+(stages: colorize, jigsaw, mix-match, segment); ``mnm pipeline run FILE``
+runs a whole pipeline; ``mnm data synth`` writes the synthetic dataset;
+``mnm compare`` plots runs side by side; ``mnm demo``/``bench``/``benchmark``
+are the reproducible jobs behind the Makefile targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from mnm.stage_cli import STAGES
+
+DEBUG_HELP = "show the full traceback of an error"
+
+
+def _pipeline(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="mnm pipeline", description="Run a pipeline of stages from a YAML file.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    run = sub.add_parser("run", help="run, resume or skip the stages of a pipeline")
+    run.add_argument("file", help="pipeline YAML (e.g. conf/pipelines/demo.yaml)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override: a var name, data.root=..., trainer.max_steps=..., stages.<name>.model.lr=...")
+    run.add_argument("--out", help="run directory (default runs/<pipeline name>)")
+    run.add_argument("--only", action="append", help="run only these stages (earlier ones must be finished)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a run directory that belongs to another pipeline")
+    run.add_argument("--fallback-checkpoint", action="store_true",
+                     help="resume from the newest readable checkpoint when last.ckpt is corrupt")
+    run.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    status = sub.add_parser("status", help="print the manifest of a run directory")
+    status.add_argument("run_dir")
+    args = parser.parse_args(argv)
+    from mnm.pipeline import PipelineRunner, load_pipeline, read_manifest
+
+    if args.action == "status":
+        import json
+        from pathlib import Path
+
+        print(json.dumps(read_manifest(Path(args.run_dir)), indent=2))
+        return
+    pipeline = load_pipeline(args.file, args.set, args.out)
+    PipelineRunner(pipeline, overwrite=args.overwrite, fallback_checkpoint=args.fallback_checkpoint).run(args.only)
+    print(f"[mnm] pipeline {pipeline.name}: done — {pipeline.out_dir / 'manifest.json'}")
+
+
+def _data(argv: list[str]) -> None:
+    if not argv or argv[0] != "synth":
+        raise SystemExit("usage: mnm data synth [--root DIR] [--num-train N] [--num-val N] [--size H W] [--seed S]")
+    from mnm.datamodules.synthetic import main
+
+    main(argv[1:])
+
+
+def _lazy(module: str, func: str = "main") -> Callable[[list[str]], None]:
+    def call(argv: list[str]) -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), func)(argv)
+
+    return call
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "pipeline": _pipeline,
+    "data": _data,
+    "compare": _lazy("mnm.compare"),
+    "demo": _lazy("mnm.demo"),
+    "bench": _lazy("mnm.bench"),
+    "benchmark": _lazy("mnm.benchmark"),
+    "ensemble": _lazy("mnm.ensemble"),
+}
+
+
+def usage() -> str:
+    stages = ", ".join(STAGES)
+    return (
+        "usage: mnm <command> [...]\n\n"
+        f"  mnm <stage> fit|validate|test|predict -c CONFIG   one stage via LightningCLI ({stages})\n"
+        "  mnm pipeline run FILE [--set k=v]                 a pipeline of stages (resumable)\n"
+        "  mnm pipeline status RUN_DIR                       the manifest of a run\n"
+        "  mnm data synth --root DIR                         write the synthetic VOC-layout dataset\n"
+        "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
+        "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
+        "  mnm demo | bench | benchmark                      the jobs behind make demo / bench / camvid-cpu\n"
+        "\nAdd --help to any command; --debug shows tracebacks."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``mnm`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command, rest = argv[0], argv[1:]
+    if command in STAGES:
+        from mnm.stage_cli import main_stage
+
+        runner: Callable[[list[str]], None] = lambda a: main_stage(command, a)  # noqa: E731
+    elif command in COMMANDS:
+        runner = COMMANDS[command]
+    else:
+        print(f"mnm: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        runner([a for a in rest if a != "--debug"] if command not in STAGES else rest)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        if debug:
+            raise
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"mnm: error: {msg}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

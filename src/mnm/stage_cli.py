@@ -1,0 +1,80 @@
+"""LightningCLI for one stage: the same parser serves ``mnm <stage> fit ...`` and the pipeline orchestrator."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from mnm.callbacks import FiniteLossGuard, SigtermCheckpoint
+from mnm.checkpoints import AtomicCheckpointIO
+
+#: stage command -> LightningModule class path
+STAGES: dict[str, str] = {
+    "colorize": "mnm.stages.colorize.ColorizeStage",
+    "jigsaw": "mnm.stages.jigsaw.JigsawStage",
+    "mix-match": "mnm.stages.mix_match.MixMatchStage",
+    "segment": "mnm.stages.segment.SegmentStage",
+}
+
+#: data attributes linked into each stage's model arguments
+LINKS: dict[str, tuple[str, ...]] = {
+    "segment": ("num_classes", "ignore_index", "class_names"),
+    "mix-match": ("ignore_index",),
+}
+
+
+def stage_class(stage: str) -> type:
+    """The LightningModule class of a stage command; unknown names list the known ones."""
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; known stages: {', '.join(sorted(STAGES))}")
+    module, _, name = STAGES[stage].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+class StageCLI(LightningCLI):
+    """LightningCLI with data→model links, atomic checkpoints and the safety callbacks."""
+
+    def __init__(self, stage: str, *args: Any, **kwargs: Any) -> None:
+        self.stage = stage
+        kwargs.setdefault("trainer_defaults", {})
+        kwargs["trainer_defaults"] = {
+            "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
+            **kwargs["trainer_defaults"],
+        }
+        kwargs["trainer_defaults"].setdefault("callbacks", [FiniteLossGuard(stage), SigtermCheckpoint()])
+        super().__init__(stage_class(stage), L.LightningDataModule, *args, subclass_mode_data=True, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for attr in LINKS.get(self.stage, ()):
+            parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        config = self._get(self.config_init, "trainer", default={})
+        if not config.get("plugins"):
+            kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        return super().instantiate_trainer(**kwargs)
+
+
+def build_stage(stage: str, config: dict[str, Any], **kwargs: Any) -> StageCLI:
+    """Parse and instantiate a stage from a config dict (``model``/``data``/``trainer``/...), without running it.
+
+    Configuration errors raise (they do not exit), so callers can name the stage.
+    """
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    return StageCLI(
+        stage,
+        args=config,
+        run=False,
+        save_config_callback=None,
+        parser_kwargs={"exit_on_error": False},
+        **kwargs,
+    )
+
+
+def main_stage(stage: str, argv: list[str]) -> None:
+    """``mnm <stage> fit|validate|test|predict ...`` — the LightningCLI subcommands of one stage."""
+    StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True})

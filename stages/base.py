@@ -1,0 +1,109 @@
+"""The base LightningModule every stage shares: backbone, optimiser, schedule, weight hand-off."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from mnm.backbones import Backbone, build_backbone, load_backbone_weights
+
+#: keys this package adds to every checkpoint it writes
+ARCH_KEY = "mnm_backbone"
+
+
+class BaseStage(L.LightningModule):
+    """Owns the backbone (from the registry), SGD with a step schedule, and weight hand-off.
+
+    ``pretrained_backbone`` loads only the ``backbone.*`` tensors of an earlier
+    stage's checkpoint (or a plain torchvision state dict) when the module is
+    built; it never restores optimiser or loop state. To resume the *same*
+    stage, pass ``ckpt_path`` to ``Trainer.fit`` instead.
+
+    Args:
+        backbone: registry name (``alexnet``, ``vgg16_bn``, ``resnet18``, ``resnet50``).
+        in_chans: 1 for a grayscale network (colorization-pretrained), 3 for RGB.
+        pretrained_backbone: a checkpoint or weights file to initialise the backbone from.
+        lr: base learning rate of SGD.
+        momentum: SGD momentum.
+        weight_decay: L2 weight decay.
+        milestones: optimiser steps at which the learning rate is multiplied by ``gamma``.
+        gamma: the factor applied at each milestone.
+        head_lr_mult: learning-rate multiplier for everything that is not the backbone.
+        seed: base seed of the stage's own random draws (patches, tiles, permutations).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "alexnet",
+        in_chans: int = 3,
+        pretrained_backbone: str | None = None,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        head_lr_mult: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone: Backbone = build_backbone(backbone, in_chans=in_chans)
+        if pretrained_backbone:
+            check_backbone_matches(pretrained_backbone, backbone, in_chans)
+            load_backbone_weights(self.backbone, pretrained_backbone)
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        backbone_params = list(self.backbone.parameters())
+        ids = {id(p) for p in backbone_params}
+        other = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
+        groups = [{"params": backbone_params, "lr": hp.lr}]
+        if other:
+            groups.append({"params": other, "lr": hp.lr * hp.head_lr_mult})
+        opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded by ``(seed, step, rank, salt)``.
+
+        Draws made from it depend only on the step, so a run resumed from a
+        checkpoint makes the same draws as an uninterrupted one.
+        """
+        seed = self.hparams.seed * 1_000_003 + step * 7_919 + self.global_rank * 104_729 + salt * 15_485_863
+        return torch.Generator().manual_seed(seed % (2**63))
+
+    # -- checkpoint metadata ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[ARCH_KEY] = {"name": self.hparams.backbone, "in_chans": self.hparams.in_chans}
+
+    def log_scalars(self, prefix: str, values: dict[str, torch.Tensor | float], **kw: Any) -> None:
+        """Log ``prefix/name`` for each value (per step in training, per epoch otherwise)."""
+        on_step = prefix == "train"
+        self.log_dict(
+            {f"{prefix}/{k}": v for k, v in values.items()},
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=not on_step,
+            **kw,
+        )
+
+
+def check_backbone_matches(path: str, name: str, in_chans: int) -> None:
+    """Refuse a checkpoint written for another backbone architecture, naming both.
+
+    Only mnm checkpoints carry the architecture; other weight files are checked
+    key by key when they are loaded.
+    """
+    from mnm.checkpoints import read_checkpoint
+
+    meta = read_checkpoint(path).get(ARCH_KEY)
+    if meta and (meta.get("name") != name or int(meta.get("in_chans", 3)) != in_chans):
+        raise ValueError(
+            f"pretrained_backbone {path} was trained with backbone={meta.get('name')} "
+            f"in_chans={meta.get('in_chans')}, but this stage is configured with backbone={name} "
+            f"in_chans={in_chans}"
+        )

@@ -1,0 +1,124 @@
+"""Mix-and-Match tuning: patches mixed across images, triplets from a class-wise connected graph."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from mnm.losses import TripletLoss, TripletStats
+from mnm.match import graph_triplets, random_triplets
+from mnm.mix import PatchBatch, sample_patches
+from mnm.stages.base import BaseStage
+
+TRIPLET_BUILDERS = {"graph": graph_triplets, "random": random_triplets}
+
+
+class MixMatchStage(BaseStage):
+    """Mix (patch sampling) + match (graph or random triplets) + triplet loss on pool5 embeddings.
+
+    Logs the loss, the fraction of active triplets, mean D(a,p) and D(a,n), and the
+    number of nodes per graph. Patch sampling is seeded by :meth:`BaseStage.step_generator`
+    so that a resumed run draws the same patches as an uninterrupted one.
+
+    Args:
+        triplets: ``graph`` (class-wise connected, the paper's) or ``random`` (FaceNet-style baseline).
+        margin: triplet margin alpha (paper: 2.1).
+        patches_per_image: patches sampled from each image (paper: 9-10).
+        patch_size_range: side of the square patches before resizing, in pixels (paper: 64-256).
+        patch_out_size: side the patches are resized to (paper: 128).
+        background_class: class id of background, sampled for about ``background_fraction``
+            of the patches; ``None`` when the dataset has no background class.
+        background_fraction: share of patch centres on background pixels.
+        class_balanced: choose a present class uniformly first, then a pixel of it.
+        max_overlap: reject a patch overlapping a chosen one by more than this share.
+        ignore_index: label value never used as a patch centre (linked from data).
+        global_graph: build one graph over the patches of all devices (embeddings all-gathered
+            with gradient), so the graph grows with the number of devices.
+        **kwargs: backbone and optimiser settings of :class:`BaseStage`.
+    """
+
+    def __init__(
+        self,
+        triplets: Literal["graph", "random"] = "graph",
+        margin: float = 2.1,
+        patches_per_image: int = 9,
+        patch_size_range: tuple[int, int] = (64, 256),
+        patch_out_size: int = 128,
+        background_class: int | None = 0,
+        background_fraction: float = 0.1,
+        class_balanced: bool = False,
+        max_overlap: float = 0.6,
+        ignore_index: int = 255,
+        global_graph: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if triplets not in TRIPLET_BUILDERS:
+            raise ValueError(f"model.triplets must be one of {sorted(TRIPLET_BUILDERS)}, got {triplets!r}")
+        super().__init__(**kwargs)
+        self.loss_fn = TripletLoss(margin=margin)
+
+    def mix(self, batch: dict[str, Any], generator: torch.Generator) -> PatchBatch:
+        """Sample, crop and resize the patches of one image batch."""
+        hp = self.hparams
+        return sample_patches(
+            batch["image"],
+            batch["mask"],
+            patches_per_image=hp.patches_per_image,
+            size_range=tuple(hp.patch_size_range),
+            out_size=hp.patch_out_size,
+            background_class=hp.background_class,
+            background_fraction=hp.background_fraction,
+            class_balanced=hp.class_balanced,
+            max_overlap=hp.max_overlap,
+            ignore_index=hp.ignore_index,
+            generator=generator,
+        )
+
+    def match_and_score(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> TripletStats:
+        """Build the triplets over the nodes and compute the triplet loss."""
+        triplets = TRIPLET_BUILDERS[self.hparams.triplets](labels.cpu(), generator=generator)
+        return self.loss_fn(embeddings, triplets.to(embeddings.device))
+
+    def _step(self, batch: dict[str, Any], generator: torch.Generator, prefix: str) -> torch.Tensor | None:
+        patches = self.mix(batch, generator)
+        embeddings, labels = self.backbone.embed(patches.patches), patches.labels
+        if self.hparams.global_graph and self.trainer.world_size > 1:
+            embeddings, labels = self._gather_nodes(embeddings, labels)
+        if labels.numel() < 2:
+            # nothing to match: a zero loss that still touches every parameter keeps DDP ranks in step
+            return sum(p.sum() * 0.0 for p in self.parameters())
+        stats = self.match_and_score(embeddings, labels, generator)
+        self.log_scalars(
+            prefix,
+            {
+                "loss": stats.loss,
+                "active_fraction": stats.active_fraction,
+                "d_ap": stats.d_ap,
+                "d_an": stats.d_an,
+                "nodes": float(labels.numel()),
+            },
+            prog_bar=prefix == "train",
+            batch_size=len(batch["image"]),
+        )
+        return stats.loss
+
+    def _gather_nodes(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All-gather the nodes of every device (with gradient); ranks may hold different counts."""
+        counts = self.all_gather(torch.tensor([labels.numel()], device=labels.device)).flatten()
+        pad = int(counts.max()) - labels.numel()
+        embeddings = F.pad(embeddings, (0, 0, 0, pad))
+        labels = F.pad(labels, (0, pad), value=-1)
+        embeddings = self.all_gather(embeddings, sync_grads=True).flatten(0, 1)
+        labels = self.all_gather(labels).flatten(0, 1)
+        keep = labels >= 0
+        return embeddings[keep], labels[keep]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self._step(batch, self.step_generator(self.global_step), "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, self.step_generator(batch_idx, salt=1), "val")

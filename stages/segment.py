@@ -1,0 +1,116 @@
+"""Segmentation fine-tuning and evaluation: a head on the backbone's feature maps, pixel-wise cross-entropy, mIoU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mnm.heads import build_head
+from mnm.metrics import SegmentationMetrics
+from mnm.stages.base import BaseStage
+
+#: the head each backbone gets unless the config names one
+DEFAULT_HEADS = {"alexnet": "fcn", "vgg16_bn": "hypercolumn", "resnet18": "hypercolumn", "resnet50": "hypercolumn"}
+
+
+def masked_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Pixel-wise cross-entropy; zero (with a graph) for a batch whose pixels are all ignored."""
+    if not (mask != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, mask, ignore_index=ignore_index)
+
+
+class SegmentStage(BaseStage):
+    """Head + pixel-wise cross-entropy (ignore 255); logs loss, mIoU, pixel accuracy and per-class IoU.
+
+    Args:
+        num_classes: number of classes (linked from the data module).
+        ignore_index: label value excluded from loss and metrics (linked from data).
+        class_names: names for per-class logging and tables (linked from data).
+        head: ``fcn`` or ``hypercolumn``; default by backbone (:data:`DEFAULT_HEADS`).
+        head_kwargs: extra arguments of the head.
+        tta_flip: average the class probabilities of the image and its mirror at evaluation.
+        tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
+        **kwargs: backbone and optimiser settings of :class:`BaseStage`.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        ignore_index: int = 255,
+        class_names: list[str] | None = None,
+        head: str | None = None,
+        head_kwargs: dict[str, Any] | None = None,
+        tta_flip: bool = False,
+        tta_scales: list[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        kind = head or DEFAULT_HEADS.get(self.hparams.backbone, "hypercolumn")
+        self.head = build_head(
+            kind, self.backbone.out_channels, self.backbone.out_strides, num_classes, **(head_kwargs or {})
+        )
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+        self.test_metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+        #: the last evaluation's results (``miou``, ``per_class_iou``, ``pixel_acc``), for reports
+        self.last_eval: dict[str, Any] = {}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class logits at the input resolution."""
+        return self.head(self.backbone.features(image), image.shape[-2:])
+
+    def predict_probs(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities with the configured test-time flip / multi-scale averaging."""
+        size = image.shape[-2:]
+        probs = torch.zeros((), device=image.device)
+        views = 0
+        for scale in self.hparams.tta_scales or [1.0]:
+            x = image if scale == 1.0 else F.interpolate(image, scale_factor=scale, mode="bilinear")
+            flips = (False, True) if self.hparams.tta_flip else (False,)
+            for flip in flips:
+                xi = x.flip(-1) if flip else x
+                logits = self(xi)
+                logits = logits.flip(-1) if flip else logits
+                if logits.shape[-2:] != size:
+                    logits = F.interpolate(logits, size=size, mode="bilinear")
+                probs = probs + logits.softmax(1)
+                views += 1
+        return probs / views
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = masked_cross_entropy(self(batch["image"]), batch["mask"], self.hparams.ignore_index)
+        self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
+        probs = self.predict_probs(batch["image"])
+        loss = F.nll_loss(probs.clamp_min(1e-8).log(), batch["mask"], ignore_index=self.hparams.ignore_index)
+        metrics.update(probs.argmax(1), batch["mask"])
+        if torch.isfinite(loss):
+            self.log_scalars(prefix, {"loss": loss}, batch_size=len(batch["image"]))
+
+    def _eval_epoch_end(self, metrics: SegmentationMetrics, prefix: str) -> None:
+        result = metrics.compute()
+        metrics.reset()
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        scalars = {"miou": result["miou"], "pixel_acc": result["pixel_acc"]}
+        scalars |= {f"iou_{n}": v for n, v in zip(names, result["per_class_iou"], strict=True)}
+        self.log_scalars(prefix, scalars, prog_bar=False)
+        self.last_eval = {"split": prefix, "class_names": names, **result}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metrics, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        return {"name": batch["name"], "pred": self.predict_probs(batch["image"]).argmax(1).to(torch.uint8)}

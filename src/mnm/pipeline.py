@@ -45,7 +45,7 @@ from mnm.stage_cli import STAGES, build_stage
 
 log = logging.getLogger(__name__)
 
-PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint"}
+PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report"}
 STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data", "trainer", "seed_everything"}
 SECTIONS = ("model", "data", "trainer")
 
@@ -158,6 +158,8 @@ class Pipeline:
     out_dir: Path
     wandb: dict[str, Any] = field(default_factory=dict)
     checkpoint: dict[str, Any] = field(default_factory=dict)
+    #: free-form settings for ``mnm benchmark`` reports (arms, curves, t-SNE); not used to run stages
+    report: dict[str, Any] = field(default_factory=dict)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -256,6 +258,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         out_dir=Path(out_dir or raw.get("out_dir") or Path("runs") / name),
         wandb=dict(raw.get("wandb") or {}),
         checkpoint=dict(raw.get("checkpoint") or {}),
+        report=_substitute(dict(raw.get("report") or {}), variables, f"{path}: report"),
     )
 
 

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from mnm.backbones import Backbone, build_backbone, load_backbone_weights
+from mnm.checkpoints import read_checkpoint
 
 #: keys this package adds to every checkpoint it writes
 ARCH_KEY = "mnm_backbone"
@@ -51,8 +52,9 @@ class BaseStage(L.LightningModule):
         self.save_hyperparameters()
         self.backbone: Backbone = build_backbone(backbone, in_chans=in_chans)
         if pretrained_backbone:
-            check_backbone_matches(pretrained_backbone, backbone, in_chans)
-            load_backbone_weights(self.backbone, pretrained_backbone)
+            contents = read_checkpoint(pretrained_backbone)
+            check_backbone_matches(pretrained_backbone, contents, backbone, in_chans)
+            load_backbone_weights(self.backbone, pretrained_backbone, contents)
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -92,15 +94,13 @@ class BaseStage(L.LightningModule):
         )
 
 
-def check_backbone_matches(path: str, name: str, in_chans: int) -> None:
+def check_backbone_matches(path: str, contents: dict[str, Any], name: str, in_chans: int) -> None:
     """Refuse a checkpoint written for another backbone architecture, naming both.
 
     Only mnm checkpoints carry the architecture; other weight files are checked
     key by key when they are loaded.
     """
-    from mnm.checkpoints import read_checkpoint
-
-    meta = read_checkpoint(path).get(ARCH_KEY)
+    meta = contents.get(ARCH_KEY)
     if meta and (meta.get("name") != name or int(meta.get("in_chans", 3)) != in_chans):
         raise ValueError(
             f"pretrained_backbone {path} was trained with backbone={meta.get('name')} "

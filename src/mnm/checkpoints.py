@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"refused to load {path}: it needs arbitrary unpickling, which can run code. mnm loads "
-            f"weights only (torch.load(weights_only=True)); save a plain state_dict instead. ({err})"
+            f"refused to load {path}: it needs arbitrary unpickling (objects other than tensors and plain "
+            f"containers), which can run code, so it is refused for safety. mnm loads weights only "
+            f"(torch.load(weights_only=True)); re-save just the state dict. ({str(err).splitlines()[0]})"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # torch raises RuntimeError/EOFError/KeyError/... for damaged files
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt file ({err})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint dict")

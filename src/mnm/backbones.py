@@ -1,0 +1,330 @@
+"""Backbone registry: AlexNet (with batch norm), VGG-16-BN and ResNet-18/50.
+
+Every backbone takes RGB in ``[0, 1]`` (normalisation and the grayscale
+conversion are done by :meth:`Backbone.prepare`), returns a list of
+multi-scale maps from :meth:`Backbone.features` whose last entry is "pool5",
+and an embedding from :meth:`Backbone.embed`. Weights never come from the
+network: :func:`load_backbone_weights` reads local files only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torchvision.models as tvm
+from torch import Tensor, nn
+
+from mnm.checkpoints import read_checkpoint
+
+__all__ = [
+    "BACKBONES",
+    "AlexNetBackbone",
+    "Backbone",
+    "LoadReport",
+    "PlainBackbone",
+    "ResNetBackbone",
+    "VGG16BNBackbone",
+    "build_backbone",
+    "load_backbone_weights",
+]
+
+_RGB_MEAN = (0.485, 0.456, 0.406)
+_RGB_STD = (0.229, 0.224, 0.225)
+_GRAY_MEAN, _GRAY_STD = 0.449, 0.226
+
+
+class Backbone(nn.Module):
+    """Base class: input preparation, multi-scale features, embedding.
+
+    Subclasses implement :meth:`_maps` (prepared input -> list of maps) and set
+    ``out_channels``/``out_strides`` (one entry per map, last one = pool5).
+    """
+
+    name: str
+    out_channels: list[int]
+    out_strides: list[int]
+
+    def __init__(self, name: str, in_chans: int) -> None:
+        super().__init__()
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+        self.name, self.in_chans = name, in_chans
+        mean, std = ((_GRAY_MEAN,), (_GRAY_STD,)) if in_chans == 1 else (_RGB_MEAN, _RGB_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        """Map ``B×3×H×W`` (or ``B×in_chans×H×W``) input in [0, 1] to normalised network input.
+
+        A grayscale backbone (``in_chans=1``) takes the mean of the three channels.
+        """
+        if x.ndim != 4 or x.shape[1] not in (3, self.in_chans):
+            raise ValueError(f"{self.name}: expected B×3×H×W or B×{self.in_chans}×H×W, got {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            x = x.mean(dim=1, keepdim=True)
+        return (x - self.mean) / self.std
+
+    def _maps(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Multi-scale maps (one per ``out_channels`` entry, last = pool5), computed in one pass."""
+        return self._maps(self.prepare(x))
+
+    def embed(self, x: Tensor) -> Tensor:
+        """``B×D`` embedding: flattened pool5."""
+        return self.features(x)[-1].flatten(1)
+
+    def embed_dim(self, input_hw: tuple[int, int]) -> int:
+        """Length ``D`` of :meth:`embed` for an input of spatial size ``input_hw``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.features(x)
+
+
+def _init_convs(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) convolutions, zero biases, identity batch norm."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (v[0], v[1])
+
+
+# A plain body spec: ("C", out, kernel, stride, padding) = conv + BN + ReLU, ("M", kernel, stride) = max-pool.
+_Spec = list[tuple]
+
+_ALEXNET_SPEC: _Spec = [
+    ("C", 64, 11, 4, 2), ("M", 3, 2),
+    ("C", 192, 5, 1, 2), ("M", 3, 2),
+    ("C", 384, 3, 1, 1), ("C", 256, 3, 1, 1), ("C", 256, 3, 1, 1), ("M", 3, 2),
+]  # fmt: skip
+_VGG16_SPEC: _Spec = [
+    spec
+    for width, n_convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+    for spec in [("C", width, 3, 1, 1)] * n_convs + [("M", 2, 2)]
+]
+
+
+class PlainBackbone(Backbone):
+    """Conv/BN/ReLU/max-pool stack (AlexNet, VGG) with feature taps.
+
+    ``body`` has torchvision's ``features`` layout with a ``BatchNorm2d`` after
+    every convolution (for VGG-16-BN that is exactly torchvision's layout).
+    Maps are tapped after the modules listed in ``taps``; the last tap is pool5.
+    """
+
+    def __init__(self, name: str, in_chans: int, spec: _Spec, tap_before_pool: bool) -> None:
+        super().__init__(name, in_chans)
+        layers: list[nn.Module] = []
+        taps: list[int] = []
+        channels, stride, self.out_channels, self.out_strides = in_chans, 1, [], []
+
+        def tap() -> None:
+            taps.append(len(layers) - 1)
+            self.out_channels.append(channels)
+            self.out_strides.append(stride)
+
+        for kind, *args in spec:
+            if kind == "C":
+                out, k, s, p = args
+                layers += [nn.Conv2d(channels, out, k, s, p), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                channels, stride = out, stride * s
+                if not tap_before_pool:
+                    tap()
+            else:
+                if tap_before_pool:
+                    tap()
+                layers.append(nn.MaxPool2d(*args))
+                stride *= args[1]
+        tap()  # pool5
+        self.body = nn.Sequential(*layers)
+        self.taps = frozenset(taps)
+        _init_convs(self.body)
+
+    def _maps(self, x: Tensor) -> list[Tensor]:
+        maps = []
+        for i, layer in enumerate(self.body):
+            x = layer(x)
+            if i in self.taps:
+                maps.append(x)
+        return maps
+
+    def embed_dim(self, input_hw: tuple[int, int]) -> int:
+        h, w = input_hw
+        for m in self.body:
+            if isinstance(m, nn.Conv2d | nn.MaxPool2d):
+                k, s, p = (_pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding"))
+                h, w = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"{self.name}: input {tuple(input_hw)} is too small for pool5")
+        return self.out_channels[-1] * h * w
+
+
+class AlexNetBackbone(PlainBackbone):
+    """AlexNet (torchvision's layout, 64-192-384-256-256) with batch norm after every conv.
+
+    Maps: conv1..conv5 activations and pool5 (strides 4, 8, 16, 16, 16, 32).
+    """
+
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, tap_before_pool=False)
+
+
+class VGG16BNBackbone(PlainBackbone):
+    """VGG-16 with batch norm. Maps: each conv block before pooling, then pool5 (strides 1..32)."""
+
+    def __init__(self, in_chans: int = 3) -> None:
+        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, tap_before_pool=True)
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet without ``fc``. Maps: stem (stride 2), layer1..layer4 (4..32).
+
+    The last map (layer4) plays the role of pool5; :meth:`embed` is its global average.
+    """
+
+    def __init__(self, name: str, in_chans: int = 3, **kw) -> None:
+        super().__init__(name, in_chans)
+        net = getattr(tvm, name)(weights=None, **kw)
+        if in_chans != 3:
+            net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            _init_convs(net.conv1)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = type(net.layer1[0]).expansion  # 1 for BasicBlock, 4 for Bottleneck
+        self.out_channels = [64] + [w * expansion for w in (64, 128, 256, 512)]
+        self.out_strides = [2, 4, 8, 16, 32]
+
+    def _maps(self, x: Tensor) -> list[Tensor]:
+        x = self.relu(self.bn1(self.conv1(x)))
+        maps = [x]
+        x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            maps.append(x)
+        return maps
+
+    def embed(self, x: Tensor) -> Tensor:
+        """``B×D`` embedding: global average pool of layer4."""
+        return self.features(x)[-1].mean(dim=(2, 3))
+
+    def embed_dim(self, input_hw: tuple[int, int]) -> int:
+        return self.out_channels[-1]
+
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "alexnet": AlexNetBackbone,
+    "vgg16_bn": VGG16BNBackbone,
+    "resnet18": lambda in_chans=3, **kw: ResNetBackbone("resnet18", in_chans, **kw),
+    "resnet50": lambda in_chans=3, **kw: ResNetBackbone("resnet50", in_chans, **kw),
+}
+
+
+def build_backbone(name: str, in_chans: int = 3, **kw) -> Backbone:
+    """Build a randomly initialised backbone (seeded by the caller's torch seed; no downloads)."""
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    return BACKBONES[name](in_chans=in_chans, **kw)
+
+
+# --- weight loading -------------------------------------------------------------------------------
+
+# torchvision key -> mnm key, per architecture; ``None`` drops the key (classifier / fc).
+_ALEXNET_CONV_INDEX = {0: 0, 3: 4, 6: 8, 8: 11, 10: 14}  # torchvision features.i -> body.j
+
+
+def _alexnet_key(key: str) -> str | None:
+    if key.startswith("classifier."):
+        return None
+    m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
+    if m and int(m[1]) in _ALEXNET_CONV_INDEX:
+        return f"body.{_ALEXNET_CONV_INDEX[int(m[1])]}.{m[2]}"
+    return key
+
+
+def _vgg_key(key: str) -> str | None:
+    if key.startswith("classifier."):
+        return None
+    return "body." + key.removeprefix("features.") if key.startswith("features.") else key
+
+
+def _resnet_key(key: str) -> str | None:
+    return None if key.startswith("fc.") else key
+
+
+_TORCHVISION_KEYMAPS: dict[str, Callable[[str], str | None]] = {
+    "alexnet": _alexnet_key,
+    "vgg16_bn": _vgg_key,
+    "resnet18": _resnet_key,
+    "resnet50": _resnet_key,
+}
+
+
+class LoadReport(NamedTuple):
+    """What :func:`load_backbone_weights` did."""
+
+    loaded: int  # tensors copied into the backbone
+    ignored: tuple[str, ...]  # file keys not used (classifier/fc, unknown)
+    source: str  # "mnm-checkpoint" or "state-dict"
+
+
+def load_backbone_weights(backbone: Backbone, path: str | Path, contents: Mapping | None = None) -> LoadReport:
+    """Load backbone weights from a local file into ``backbone`` (in place).
+
+    Accepts an mnm stage checkpoint (``{'state_dict': {'backbone.<key>': tensor}}``; only the
+    ``backbone.`` keys are used) or a plain torchvision state dict of the same architecture (its
+    key names are mapped onto this backbone's; classifier/fc keys are ignored). Files are read with
+    ``weights_only=True``. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an
+    unsafe, corrupt or incompatible file (missing or shape-mismatched keys are named).
+    ``contents`` is the file already read by :func:`mnm.checkpoints.read_checkpoint`, if the caller has it.
+    """
+    path = Path(path)
+    obj = read_checkpoint(path) if contents is None else contents
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        prefix, source = "backbone.", "mnm-checkpoint"
+        weights = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        ignored = [k for k in obj["state_dict"] if not k.startswith(prefix)]
+        if not weights:
+            raise ValueError(f"{path}: checkpoint has a 'state_dict' but no 'backbone.*' keys")
+    elif isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
+        source, weights, ignored = "state-dict", {}, []
+        keymap = _TORCHVISION_KEYMAPS[backbone.name]
+        for key, value in obj.items():
+            mapped = keymap(key)
+            if mapped is None:
+                ignored.append(key)
+            else:
+                weights[mapped] = value
+    else:
+        raise ValueError(f"{path}: expected a state dict or an mnm checkpoint, got {type(obj).__name__}")
+
+    own = backbone.state_dict()
+    optional = {k for k in own if k.endswith("num_batches_tracked")}
+    missing = sorted(k for k in own if k not in weights and k not in optional)
+    mismatched = sorted(
+        f"{k} (file {tuple(weights[k].shape)} vs backbone {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in weights and weights[k].shape != v.shape
+    )
+    if missing or mismatched:
+        raise ValueError(
+            f"{path} does not fit backbone {backbone.name!r} (in_chans={backbone.in_chans}): "
+            f"missing keys {missing}; shape mismatches {mismatched}"
+        )
+    ignored += [k for k in weights if k not in own]
+    usable = {k: v for k, v in weights.items() if k in own}
+    backbone.load_state_dict(usable, strict=False)
+    return LoadReport(loaded=len(usable), ignored=tuple(ignored), source=source)

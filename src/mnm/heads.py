@@ -1,0 +1,160 @@
+"""Segmentation heads on the Backbone feature contract.
+
+A head is built from ``in_channels`` / ``in_strides`` (one entry per map of
+``Backbone.features``) and called as ``head(features, out_size)``, returning
+``B×num_classes×H×W`` logits at ``out_size``. Only the contract is used, so
+any head sits on any backbone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear upsampling; area (average) pooling where the map is larger."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _check(features: Sequence[Tensor], in_channels: Sequence[int]) -> None:
+    got = [f.shape[1] for f in features]
+    if got != list(in_channels):
+        raise ValueError(f"feature channels {got} do not match the head's in_channels {list(in_channels)}")
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+class HypercolumnHead(nn.Module):
+    """Hypercolumn head (Hariharan et al. 2015; Larsson et al. 2016/2017).
+
+    Every map gets a 1×1 projection (+BN) to ``width`` channels, all are
+    resized to a common grid (the finest input stride, or ``fuse_stride`` to
+    save memory: finer maps are then area-pooled), fused by ``sum`` or
+    ``concat``, passed through an MLP of 1×1 convs (BN, ReLU, dropout) and a
+    1×1 classifier; logits are bilinearly upsampled to ``out_size``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        num_classes: int,
+        width: int = 256,
+        fuse: str = "sum",
+        hidden: Sequence[int] = (512,),
+        dropout: float = 0.1,
+        fuse_stride: int | None = None,
+    ) -> None:
+        super().__init__()
+        if len(in_channels) != len(in_strides) or not in_channels:
+            raise ValueError("in_channels and in_strides must be non-empty and of equal length")
+        if fuse not in ("sum", "concat"):
+            raise ValueError(f"fuse must be 'sum' or 'concat', got {fuse!r}")
+        self.in_channels, self.in_strides = list(in_channels), list(in_strides)
+        self.fuse = fuse
+        self.fuse_stride = fuse_stride or min(in_strides)
+        self.used_indices = list(range(len(in_channels)))
+        self.proj = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width)) for c in in_channels
+        )
+        dims = [width * (len(in_channels) if fuse == "concat" else 1), *hidden]
+        self.mlp = nn.Sequential(*(_conv_bn_relu(a, b, dropout=dropout) for a, b in pairwise(dims)))
+        self.classifier = nn.Conv2d(dims[-1], num_classes, 1)
+
+    def forward(self, features: Sequence[Tensor], out_size: tuple[int, int]) -> Tensor:
+        _check(features, self.in_channels)
+        grid = (math.ceil(out_size[0] / self.fuse_stride), math.ceil(out_size[1] / self.fuse_stride))
+        # project before resizing: cheaper, and (up to BN batch statistics) the two commute
+        maps = [_resize(proj(f), grid) for proj, f in zip(self.proj, features, strict=True)]
+        fused = sum(maps[1:], maps[0]) if self.fuse == "sum" else torch.cat(maps, dim=1)
+        return _resize(self.classifier(self.mlp(fused)), out_size)
+
+
+def _fcn_skips(in_strides: Sequence[int], num_skips: int) -> list[int]:
+    """Deep-to-shallow indices of the last map at each stride finer than the deepest one."""
+    picked: list[int] = []
+    stride = in_strides[-1]
+    for i in range(len(in_strides) - 2, -1, -1):
+        if len(picked) == num_skips:
+            break
+        if in_strides[i] < stride:
+            picked.append(i)
+            stride = in_strides[i]
+    return picked
+
+
+class FCNHead(nn.Module):
+    """FCN-style head (Long et al. 2015, "FCN-8s" spirit; Noroozi & Favaro's AlexNet set-up).
+
+    The deepest map goes through ``hidden`` conv layers (3×3 then 1×1, BN,
+    ReLU, dropout: the fc6/fc7 role) and a 1×1 classifier; its scores are
+    upsampled (bilinear) and summed with 1×1 scores of ``num_skips`` shallower
+    maps (by default the last map at each successively finer stride, e.g.
+    strides 16 and 8 under a stride-32 map), then upsampled to ``out_size``.
+    """
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        in_strides: Sequence[int],
+        num_classes: int,
+        num_skips: int = 2,
+        skip_indices: Sequence[int] | None = None,
+        hidden: Sequence[int] = (512, 512),
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if len(in_channels) != len(in_strides) or not in_channels:
+            raise ValueError("in_channels and in_strides must be non-empty and of equal length")
+        self.in_channels, self.in_strides = list(in_channels), list(in_strides)
+        deepest = len(in_channels) - 1
+        skips = _fcn_skips(in_strides, num_skips) if skip_indices is None else list(skip_indices)
+        if any(not 0 <= i < deepest for i in skips):
+            raise ValueError(f"skip indices must lie in [0, {deepest}), got {skips}")
+        self.skip_indices = sorted(skips, key=lambda i: (in_strides[i], i), reverse=True)  # coarse first
+        self.used_indices = sorted({*self.skip_indices, deepest})
+        dims = [in_channels[-1], *hidden]
+        self.top = nn.Sequential(
+            *(_conv_bn_relu(a, b, 3 if j == 0 else 1, dropout) for j, (a, b) in enumerate(pairwise(dims)))
+        )
+        self.score = nn.Conv2d(dims[-1], num_classes, 1)
+        self.skip_scores = nn.ModuleList(nn.Conv2d(in_channels[i], num_classes, 1) for i in self.skip_indices)
+
+    def forward(self, features: Sequence[Tensor], out_size: tuple[int, int]) -> Tensor:
+        _check(features, self.in_channels)
+        scores = self.score(self.top(features[-1]))
+        for i, skip_score in zip(self.skip_indices, self.skip_scores, strict=True):
+            skip = skip_score(features[i])
+            scores = _resize(scores, tuple(skip.shape[-2:])) + skip
+        return _resize(scores, out_size)
+
+
+HEADS: dict[str, Callable[..., nn.Module]] = {"hypercolumn": HypercolumnHead, "fcn": FCNHead}
+
+
+def build_head(
+    kind: str, in_channels: Sequence[int], in_strides: Sequence[int], num_classes: int, **kw: object
+) -> nn.Module:
+    """Build a registered head; unknown ``kind`` raises ``KeyError`` listing the known ones."""
+    if kind not in HEADS:
+        raise KeyError(f"unknown head {kind!r}; known heads: {sorted(HEADS)}")
+    return HEADS[kind](in_channels, in_strides, num_classes, **kw)

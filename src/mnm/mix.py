@@ -1,0 +1,166 @@
+"""The "mix" step: sample labelled square patches from a batch of images.
+
+Each patch is labelled with the class of its centre pixel; patches of all
+images are pooled together. Centres are drawn without Python loops over pixels
+or patches, and all patches are cropped-and-resized in one
+:func:`torchvision.ops.roi_align` call, so the same code runs on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from mnm.match import uniform_below
+
+__all__ = ["PatchBatch", "sample_patches"]
+
+
+class PatchBatch(NamedTuple):
+    """Patches pooled over a batch of images."""
+
+    patches: Tensor  # N×C×S×S
+    labels: Tensor  # N, int64: class of the centre pixel
+    boxes: Tensor  # N×5, roi_align format [batch_idx, x1, y1, x2, y2] (pixel i spans [i, i+1))
+    image_index: Tensor  # N, int64: source image of each patch
+
+
+def _draw_centres(
+    flat_labels: Tensor,
+    u_group: Tensor,
+    u_pixel: Tensor,
+    *,
+    ignore_index: int,
+    background_class: int | None,
+    background_fraction: float,
+    class_balanced: bool,
+) -> tuple[Tensor, Tensor]:
+    """Draw one centre pixel per candidate. Returns (flat pixel index B×M, found B×M)."""
+    b = flat_labels.shape[0]
+    valid = flat_labels != ignore_index
+    if class_balanced:  # group = class; one extra group for ignore
+        if not bool(valid.any()):
+            return torch.zeros_like(u_group, dtype=torch.long), torch.zeros_like(u_group, dtype=torch.bool)
+        n_groups = int(flat_labels[valid].max()) + 1
+        group = torch.where(valid, flat_labels, n_groups)
+    else:  # group 0 = background, 1 = other valid pixels, 2 = ignore
+        n_groups = 2
+        is_bg = flat_labels == background_class if background_class is not None else torch.zeros_like(valid)
+        group = torch.where(valid, torch.where(is_bg, 0, 1), 2)
+    counts = torch.zeros(b, n_groups + 1, dtype=torch.long, device=group.device)
+    counts.scatter_add_(1, group, torch.ones_like(group))
+    counts = counts[:, :n_groups]
+    starts = counts.cumsum(1) - counts
+    sorted_pixels = torch.sort(group, dim=1, stable=True).indices
+
+    if class_balanced:  # a class uniformly among those present, then a pixel of it
+        present = (counts > 0).long()
+        rank = uniform_below(u_group, present.sum(1, keepdim=True))
+        chosen = torch.searchsorted(present.cumsum(1), rank + 1).clamp(max=n_groups - 1)
+    else:  # background with probability background_fraction; fall back to the non-empty group
+        chosen = (u_group >= background_fraction).long()
+        empty = counts.gather(1, chosen) == 0
+        chosen = torch.where(empty, 1 - chosen, chosen)
+    n = counts.gather(1, chosen)
+    position = (starts.gather(1, chosen) + uniform_below(u_pixel, n)).clamp(max=group.shape[1] - 1)
+    return sorted_pixels.gather(1, position), n > 0
+
+
+def _greedy_overlap_filter(boxes: Tensor, found: Tensor, k: int, max_overlap: float) -> Tensor:
+    """Keep up to ``k`` candidates per image, greedily in slot order.
+
+    A candidate is rejected when its intersection with an already kept box of the same image
+    exceeds ``max_overlap`` times the smaller box's area. ``boxes`` is B×M×4; returns keep B×M.
+    """
+    b, m, _ = boxes.shape
+    kept_boxes = boxes.new_zeros(b, k, 4)
+    n_kept = torch.zeros(b, dtype=torch.long, device=boxes.device)
+    keep = torch.zeros(b, m, dtype=torch.bool, device=boxes.device)
+    rows, slots = torch.arange(b, device=boxes.device), torch.arange(k, device=boxes.device)
+    for j in range(m):
+        cand = boxes[:, j]
+        lo = torch.maximum(kept_boxes[..., :2], cand[:, None, :2])
+        hi = torch.minimum(kept_boxes[..., 2:], cand[:, None, 2:])
+        inter = (hi - lo).clamp(min=0).prod(-1)
+        area = (kept_boxes[..., 2:] - kept_boxes[..., :2]).prod(-1)
+        cand_area = (cand[:, 2:] - cand[:, :2]).prod(-1, keepdim=True)
+        clash = ((inter > max_overlap * torch.minimum(area, cand_area)) & (slots < n_kept[:, None])).any(1)
+        ok = found[:, j] & ~clash & (n_kept < k)
+        slot = n_kept.clamp(max=k - 1)
+        kept_boxes[rows, slot] = torch.where(ok[:, None], cand, kept_boxes[rows, slot])
+        n_kept += ok
+        keep[:, j] = ok
+        if j % 8 == 7 and bool((n_kept == k).all()):
+            break
+    return keep
+
+
+def sample_patches(
+    images: Tensor,
+    labels: Tensor,
+    *,
+    patches_per_image: int = 9,
+    size_range: tuple[int, int] = (64, 256),
+    out_size: int = 128,
+    background_class: int | None = 0,
+    background_fraction: float = 0.1,
+    class_balanced: bool = False,
+    max_overlap: float = 0.6,
+    ignore_index: int = 255,
+    candidates_per_image: int | None = None,
+    generator: torch.Generator | None = None,
+) -> PatchBatch:
+    """Sample up to ``patches_per_image`` labelled square patches per image and pool them.
+
+    ``images`` is B×C×H×W float, ``labels`` B×H×W int64. Each candidate gets a centre pixel
+    (never ``ignore_index``; about ``background_fraction`` of them on ``background_class`` and the
+    rest on other classes when both exist, or, with ``class_balanced``, a class drawn uniformly among
+    those present and then a pixel of it) and an integer side uniform in ``size_range`` (clamped to
+    ``min(H, W)``). The box is centred on the centre pixel; parts outside the image are zero-filled.
+    ``candidates_per_image`` candidates (default ``4 * patches_per_image``) are screened greedily by
+    the overlap rule (see :func:`_greedy_overlap_filter`), so an image may yield fewer patches; an
+    image without valid pixels yields none. Random numbers are drawn on CPU from ``generator``
+    (a CPU generator, or torch's default one), so results are reproducible on any device.
+    """
+    if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(
+            f"expected images B×C×H×W and labels B×H×W, got {tuple(images.shape)}, {tuple(labels.shape)}"
+        )
+    lo, hi = size_range
+    if not 0 < lo <= hi:
+        raise ValueError(f"size_range must satisfy 0 < low <= high, got {size_range}")
+    b, _, h, w = images.shape
+    k = patches_per_image
+    m = candidates_per_image if candidates_per_image is not None else 4 * k
+    device = images.device
+
+    u = torch.rand(3, b, m, generator=generator, dtype=torch.float64).to(device)
+    flat = labels.reshape(b, h * w).long()
+    pixel, found = _draw_centres(
+        flat,
+        u[0],
+        u[1],
+        ignore_index=ignore_index,
+        background_class=background_class,
+        background_fraction=background_fraction,
+        class_balanced=class_balanced,
+    )
+    side = (lo + (u[2] * (hi - lo + 1)).floor()).clamp(max=min(h, w)).to(images.dtype)
+    cy, cx = (pixel // w).to(images.dtype) + 0.5, (pixel % w).to(images.dtype) + 0.5
+    half = side / 2
+    boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # B×M×4
+    keep = (
+        _greedy_overlap_filter(boxes, found, k, max_overlap)
+        if k > 0 and m > 0
+        else torch.zeros(b, m, dtype=torch.bool, device=device)
+    )
+
+    image_index, slot = keep.nonzero(as_tuple=True)
+    rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1)
+    patches = roi_align(
+        images, rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+    )
+    return PatchBatch(patches, flat[image_index, pixel[image_index, slot]], rois, image_index)

@@ -1,0 +1,176 @@
+"""Tests for mnm.backbones: registry, shapes, preparation and weight loading."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision.models as tvm
+
+from mnm.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
+
+NAMES = ["alexnet", "vgg16_bn", "resnet18", "resnet50"]
+HW = (64, 96)
+EXPECTED = {  # out_channels, out_strides, embed_dim at HW
+    "alexnet": ([64, 192, 384, 256, 256, 256], [4, 8, 16, 16, 16, 32], 256 * 1 * 2),
+    "vgg16_bn": ([64, 128, 256, 512, 512, 512], [1, 2, 4, 8, 16, 32], 512 * 2 * 3),
+    "resnet18": ([64, 64, 128, 256, 512], [2, 4, 8, 16, 32], 512),
+    "resnet50": ([64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32], 2048),
+}
+
+
+@functools.cache
+def cached(name: str, in_chans: int) -> Backbone:
+    """Heavy backbones are built once per test session (tests must not modify them)."""
+    torch.manual_seed(0)
+    return build_backbone(name, in_chans=in_chans).eval()
+
+
+def test_registry() -> None:
+    assert set(NAMES) <= set(BACKBONES)
+    with pytest.raises(KeyError, match="resnet18"):
+        build_backbone("resnet1000")
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes(name: str, in_chans: int) -> None:
+    net = cached(name, in_chans)
+    channels, strides, dim = EXPECTED[name]
+    assert (net.name, net.in_chans, net.out_channels, net.out_strides) == (name, in_chans, channels, strides)
+    x = torch.rand(2, 3, *HW)
+    with torch.no_grad():
+        maps = net(x)
+        emb = net.embed(x)
+        own_chans = net.features(x[:, :in_chans])  # in_chans-channel input is accepted too
+    assert [m.shape[1] for m in maps] == channels
+    if name != "alexnet":  # AlexNet's unpadded pools give only roughly H / stride
+        assert [tuple(m.shape[2:]) for m in maps] == [(HW[0] // s, HW[1] // s) for s in strides]
+    assert emb.shape == (2, dim) == (2, net.embed_dim(HW))
+    assert [m.shape for m in own_chans] == [m.shape for m in maps]
+    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == in_chans
+
+
+def test_embedding_is_flat_pool5_or_average() -> None:
+    x = torch.rand(2, 3, *HW)
+    with torch.no_grad():
+        vgg, res = cached("vgg16_bn", 3), cached("resnet18", 3)
+        assert torch.equal(vgg.embed(x), vgg(x)[-1].flatten(1))
+        torch.testing.assert_close(res.embed(x), res(x)[-1].mean(dim=(2, 3)))
+    assert cached("alexnet", 3).embed_dim((128, 128)) == 256 * 3 * 3
+
+
+def test_prepare_normalises_and_converts_gray() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    rgb = cached("resnet18", 3).prepare(x)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(rgb, (x - mean[:, None, None]) / std[:, None, None])
+    gray = cached("resnet18", 1).prepare(x)
+    torch.testing.assert_close(gray, (x.mean(1, keepdim=True) - 0.449) / 0.226)
+    with pytest.raises(ValueError):
+        cached("resnet18", 3).prepare(torch.rand(2, 2, 8, 8))
+
+
+def test_alexnet_has_batch_norm_after_every_conv_and_kaiming_init() -> None:
+    torch.manual_seed(0)
+    net = build_backbone("alexnet")
+    layers = list(net.body)
+    convs = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5 and all(isinstance(layers[i + 1], torch.nn.BatchNorm2d) for i in convs)
+    conv = layers[convs[2]]  # fan_out = 384 * 3 * 3
+    assert abs(conv.weight.detach().std().item() - (2 / (384 * 9)) ** 0.5) < 0.1 * (2 / (384 * 9)) ** 0.5
+    torch.manual_seed(0)
+    assert torch.equal(build_backbone("alexnet").body[0].weight, net.body[0].weight)  # seeded by caller
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name,in_chans", [("alexnet", 1), ("resnet18", 3)])
+def test_load_from_stage_checkpoint(tmp_path, name: str, in_chans: int) -> None:
+    torch.manual_seed(1)
+    src = build_backbone(name, in_chans=in_chans)
+    state = {f"backbone.{k}": v for k, v in src.state_dict().items()}
+    state["head.weight"] = torch.zeros(3)
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "stage.ckpt")
+    torch.manual_seed(2)
+    dst = build_backbone(name, in_chans=in_chans)
+    assert not _same_weights(src, dst)
+    report = load_backbone_weights(dst, tmp_path / "stage.ckpt")
+    assert _same_weights(src, dst)
+    assert report.loaded == len(src.state_dict()) and report.ignored == ("head.weight",)
+
+
+def test_load_torchvision_resnet18(tmp_path) -> None:
+    torch.manual_seed(3)
+    tv = tvm.resnet18(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    net = build_backbone("resnet18")
+    report = load_backbone_weights(net, tmp_path / "tv.pth")
+    tv_state = tv.state_dict()
+    assert all(torch.equal(v, tv_state[k]) for k, v in net.state_dict().items())
+    assert set(report.ignored) == {"fc.weight", "fc.bias"} and report.loaded == len(net.state_dict())
+
+
+def test_load_torchvision_vgg16_bn(tmp_path) -> None:
+    torch.manual_seed(4)
+    features = tvm.vgg16_bn(weights=None).features  # classifier left out of the file to keep it small
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    state["classifier.6.bias"] = torch.zeros(1000)
+    torch.save(state, tmp_path / "vgg.pth")
+    net = build_backbone("vgg16_bn")
+    load_backbone_weights(net, tmp_path / "vgg.pth")
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x)[-1], features.eval()(net.prepare(x)))
+
+
+def test_torchvision_alexnet_lacks_batch_norm(tmp_path) -> None:
+    state = {f"features.{k}": v for k, v in tvm.alexnet(weights=None).features.state_dict().items()}
+    torch.save(state, tmp_path / "alex.pth")
+    with pytest.raises(ValueError, match="alex.pth") as err:
+        load_backbone_weights(build_backbone("alexnet"), tmp_path / "alex.pth")
+    missing = str(err.value).split("shape mismatches")[0]
+    assert "body.1.running_mean" in missing and "body.0.weight" not in missing  # only BN is missing
+
+
+def test_missing_and_mismatched_keys(tmp_path) -> None:
+    state = build_backbone("resnet18").state_dict()
+    del state["layer2.0.bn1.weight"]
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial\.pth.*layer2\.0\.bn1\.weight"):
+        load_backbone_weights(build_backbone("resnet18"), tmp_path / "partial.pth")
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in state.items()}}, tmp_path / "rgb.ckpt")
+    with pytest.raises(
+        ValueError, match=r"conv1\.weight \(file \(64, 3, 7, 7\) vs backbone \(64, 1, 7, 7\)\)"
+    ):
+        load_backbone_weights(build_backbone("resnet18", in_chans=1), tmp_path / "rgb.ckpt")
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}}, tmp_path / "nobackbone.ckpt")
+    with pytest.raises(ValueError, match="backbone"):
+        load_backbone_weights(build_backbone("resnet18"), tmp_path / "nobackbone.ckpt")
+
+
+class NotAllowed:
+    """A custom class: loading an instance needs arbitrary unpickling."""
+
+
+def test_unreadable_files(tmp_path) -> None:
+    net = build_backbone("alexnet")
+    with pytest.raises(FileNotFoundError, match="nothere.pth"):
+        load_backbone_weights(net, tmp_path / "nothere.pth")
+    torch.save({"state_dict": {}, "extra": NotAllowed()}, tmp_path / "unsafe.ckpt")
+    with pytest.raises(ValueError, match=r"refused.*unsafe\.ckpt|unsafe\.ckpt.*refused") as err:
+        load_backbone_weights(net, tmp_path / "unsafe.ckpt")
+    assert "safety" in str(err.value)
+    torch.save(net.state_dict(), tmp_path / "full.pth")
+    data = (tmp_path / "full.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated\.pth.*(truncated|corrupt)"):
+        load_backbone_weights(net, tmp_path / "truncated.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(ValueError, match="list.pth"):
+        load_backbone_weights(net, tmp_path / "list.pth")

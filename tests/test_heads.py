@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from mnm.heads import HEADS, FCNHead, HypercolumnHead, build_head
+
+VGG_LIKE = ([8, 16, 32, 32, 64, 64], [1, 2, 4, 8, 16, 32])
+ALEXNET_LIKE = ([12, 24, 32, 32, 24, 24], [4, 8, 16, 16, 16, 32])
+CONFIGS = {"vgg": VGG_LIKE, "alexnet": ALEXNET_LIKE}
+
+
+def _features(channels, strides, size, batch=2, requires_grad=True):
+    """Fake backbone maps, with sizes as a ceil-mode pyramid gives them."""
+    return [
+        torch.randn(batch, c, -(-size[0] // s), -(-size[1] // s), requires_grad=requires_grad)
+        for c, s in zip(channels, strides, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("backbone", sorted(CONFIGS))
+@pytest.mark.parametrize(
+    "kind,kw",
+    [
+        ("hypercolumn", {"width": 16, "hidden": (32,)}),
+        ("hypercolumn", {"width": 8, "hidden": (16,), "fuse": "concat", "fuse_stride": 4}),
+        ("fcn", {"hidden": (32, 32)}),
+        ("fcn", {"hidden": (), "num_skips": 1}),
+    ],
+)
+def test_output_size_and_gradients(backbone, kind, kw):
+    channels, strides = CONFIGS[backbone]
+    head = build_head(kind, channels, strides, num_classes=5, **kw)
+    for size in [(64, 64), (70, 45)]:
+        feats = _features(channels, strides, size)
+        out = head(feats, size)
+        assert out.shape == (2, 5, *size)
+        out.square().mean().backward()
+        used = head.used_indices
+        for i, f in enumerate(feats):
+            has_grad = f.grad is not None and f.grad.abs().sum() > 0
+            assert has_grad == (i in used), (i, used)
+
+
+def test_hypercolumn_uses_every_map():
+    channels, strides = VGG_LIKE
+    assert HypercolumnHead(channels, strides, 3).used_indices == list(range(len(channels)))
+
+
+def test_fcn_skip_selection():
+    assert FCNHead(*ALEXNET_LIKE, num_classes=3).skip_indices == [4, 1]
+    assert FCNHead(*VGG_LIKE, num_classes=3).skip_indices == [4, 3]
+    assert FCNHead(*VGG_LIKE, num_classes=3, num_skips=1).used_indices == [4, 5]
+    assert FCNHead(*VGG_LIKE, num_classes=3, skip_indices=[2, 4]).skip_indices == [4, 2]
+    with pytest.raises(ValueError):
+        FCNHead(*VGG_LIKE, num_classes=3, skip_indices=[5])
+
+
+def test_eval_mode_and_channel_check():
+    head = build_head("hypercolumn", *ALEXNET_LIKE, num_classes=4, width=8, hidden=(8,)).eval()
+    feats = _features(*ALEXNET_LIKE, (32, 32), batch=1, requires_grad=False)
+    assert head(feats, (32, 32)).shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError):
+        head(feats[:-1], (32, 32))
+
+
+def test_unknown_head_lists_known():
+    with pytest.raises(KeyError) as err:
+        build_head("deeplab", [8], [32], 3)
+    for name in HEADS:
+        assert name in str(err.value)

@@ -1,0 +1,70 @@
+"""Tests for mnm.losses.TripletLoss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnm.backbones import build_backbone
+from mnm.losses import TripletLoss, TripletStats
+from mnm.match import graph_triplets
+
+MARGIN = 2.1
+
+
+def test_known_values_orthogonal_and_identical() -> None:
+    e = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [0, 2.0, 0], [0, 0, 5.0]])  # 0≡1 after normalising
+    loss_fn = TripletLoss(MARGIN)
+    # D(a,p) = 0 (same direction), D(a,n) = 2 (orthogonal): hinge = 0 - 2 + 2.1 = 0.1
+    s = loss_fn(e, torch.tensor([[0, 1, 2]]))
+    assert isinstance(s, TripletStats)
+    torch.testing.assert_close(s.loss, torch.tensor(0.1))
+    torch.testing.assert_close(
+        (s.d_ap, s.d_an, s.active_fraction), (torch.tensor(0.0), torch.tensor(2.0), torch.tensor(1.0))
+    )
+    # D(a,p) = 2, D(a,n) = 0: hinge = 2 + 2.1 = 4.1; mean over both triplets = (0.1 + 4.1) / 2
+    s = loss_fn(e, torch.tensor([[0, 1, 2], [0, 3, 1]]))
+    torch.testing.assert_close(s.loss, torch.tensor(2.1))
+    # opposite directions: D(a,n) = 4, so 0 - 4 + 2.1 < 0 -> inactive, loss 0, still averaged over all
+    e2 = torch.tensor([[1.0, 0], [2.0, 0], [-1.0, 0]])
+    s = TripletLoss(MARGIN)(e2, torch.tensor([[0, 1, 2], [0, 1, 2]]))
+    assert float(s.loss) == 0.0 and float(s.active_fraction) == 0.0
+    torch.testing.assert_close(s.d_an, torch.tensor(4.0))
+    # mixed: one active (0.1), one inactive (0): mean 0.05, active fraction 1/2
+    opposite = torch.cat([e, torch.tensor([[-1.0, 0, 0]])])  # node 4 opposes node 0
+    s = TripletLoss(MARGIN)(opposite, torch.tensor([[0, 1, 2], [0, 1, 4]]))
+    torch.testing.assert_close(s.loss, torch.tensor(0.05))
+    torch.testing.assert_close(s.active_fraction, torch.tensor(0.5))
+
+
+def test_rows_without_negative_are_dropped() -> None:
+    e = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [0, 2.0, 0]], requires_grad=True)
+    s = TripletLoss(MARGIN)(e, torch.tensor([[0, 1, 2], [1, 0, -1], [2, 2, -1]]))
+    torch.testing.assert_close(s.loss, torch.tensor(0.1))  # only the first row counts
+    none = TripletLoss(MARGIN)(e, torch.tensor([[1, 0, -1], [2, 2, -1]]))
+    assert none.loss.item() == 0.0 and none.loss.requires_grad
+    assert all(float(x) == 0.0 for x in none[1:])
+    none.loss.backward()
+    assert e.grad is not None and float(e.grad.abs().sum()) == 0.0
+
+
+def test_stats_are_detached() -> None:
+    e = torch.randn(6, 4, requires_grad=True)
+    s = TripletLoss()(e, graph_triplets(torch.tensor([0, 0, 1, 1, 2, 2]), torch.Generator().manual_seed(0)))
+    assert s.loss.requires_grad
+    assert not any(x.requires_grad for x in (s.active_fraction, s.d_ap, s.d_an))
+
+
+@pytest.mark.parametrize("name", ["alexnet", "resnet18"])
+def test_gradients_reach_backbone_parameters(name: str) -> None:
+    torch.manual_seed(0)
+    net = build_backbone(name)
+    images = torch.rand(4, 3, 64, 64)
+    triplets = graph_triplets(torch.tensor([0, 0, 1, 1]), torch.Generator().manual_seed(0))
+    s = TripletLoss()(net.embed(images), triplets)
+    assert s.loss.item() > 0
+    s.loss.backward()
+    first_conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.grad is not None and float(first_conv.weight.grad.abs().sum()) > 0
+    with_grad = [p for p in net.parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
+    assert len(with_grad) > len(list(net.parameters())) // 2

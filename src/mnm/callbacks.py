@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from PIL import Image
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,3 +55,32 @@ class SigtermCheckpoint(Callback):
         ckpt = trainer.checkpoint_callback
         folder = Path(getattr(ckpt, "dirpath", None) or trainer.default_root_dir)
         trainer.save_checkpoint(folder / self.filename, weights_only=False)
+
+
+class PaletteMaskWriter(BasePredictionWriter):
+    """Write each predicted mask as ``<output_dir>/<name>.png``: palette mode, index = class id.
+
+    The palette is the data module's (VOC, CamVid, ...); masks are cropped to
+    the original image size when the batch carries ``size``.
+    """
+
+    def __init__(self, output_dir: str) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Any,
+        batch: Any, batch_idx: int, dataloader_idx: int = 0,
+    ) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        palette = [c for rgb in getattr(trainer.datamodule, "palette", []) for c in rgb]
+        sizes = batch.get("size")
+        for i, name in enumerate(prediction["name"]):
+            mask = prediction["pred"][i].cpu().numpy().astype(np.uint8)
+            if sizes is not None:
+                h, w = (int(v) for v in sizes[i])
+                mask = mask[:h, :w]
+            image = Image.fromarray(mask, mode="P")
+            if palette:
+                image.putpalette(palette)
+            image.save(self.output_dir / f"{name}.png")

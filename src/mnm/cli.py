@@ -14,6 +14,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
 from mnm.stage_cli import STAGES
 
 DEBUG_HELP = "show the full traceback of an error"
@@ -112,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         runner([a for a in rest if a != "--debug"] if command not in STAGES else rest)
+    except SIGTERMException:
+        print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(143) from None
+    except KeyboardInterrupt:
+        print("mnm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        raise SystemExit(130) from None
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         if debug:
             raise

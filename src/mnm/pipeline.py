@@ -25,6 +25,7 @@ from its ``last.ckpt``, and re-runs a changed stage and every stage after it
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import json
 import logging
@@ -358,7 +359,7 @@ class PipelineRunner:
                     f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
                     f"checkpoint in {folder}, or delete {last} to restart the stage"
                 ) from None
-            others = [p for p in folder.glob("*.ckpt") if p != last]
+            others = list(folder.glob("step=*.ckpt"))  # full training states (final.ckpt holds weights only)
             good, _ = newest_loadable(others)
             log.warning("%s is unreadable; falling back to %s", last, good)
             return str(good) if good else None
@@ -418,10 +419,12 @@ class PipelineRunner:
             self._supersede(stage_dir, f"config-{entry.get('config_hash', 'unknown')}")
             entry = {}
         resume = self._resume_checkpoint(stage_dir) if entry else None
+        if resume:
+            set_aside_csv_log(stage_dir)
         wandb_id = entry.get("wandb_id") or f"{self.p.name}-{spec.name}-{h[:8]}".replace("/", "-")
         cfg = self._stage_config(spec, stage_dir, pretrained, wandb_id)
         try:
-            cli = build_stage(spec.kind, cfg)
+            cli = build_stage(spec.kind, cfg, label=spec.name)
         except Exception as err:  # jsonargparse / instantiation errors
             raise ConfigError(f"stage {spec.name!r} ({spec.kind}): {err}") from err
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -455,6 +458,7 @@ class PipelineRunner:
             raise
         finally:
             _finish_wandb()
+        merge_csv_logs(stage_dir)
         metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=time.perf_counter() - t0,
                        steps=trainer.global_step)
         write_json(stage_dir / "metrics.json", metrics)
@@ -464,6 +468,46 @@ class PipelineRunner:
             entry["miou"] = metrics["eval"]["miou"]
         self._save_manifest()
         return str(final)
+
+
+def _csv_parts(stage_dir: Path) -> tuple[Path, list[Path]]:
+    folder = stage_dir / "csv"
+    return folder / "metrics.csv", sorted(folder.glob("metrics.part*.csv"), key=lambda p: int(p.stem[12:]))
+
+
+@rank_zero_only
+def set_aside_csv_log(stage_dir: Path) -> None:
+    """Keep the CSV log of an interrupted attempt (Lightning's CSVLogger would replace it on resume)."""
+    current, parts = _csv_parts(stage_dir)
+    if current.exists():
+        current.rename(current.with_name(f"metrics.part{len(parts)}.csv"))
+
+
+@rank_zero_only
+def merge_csv_logs(stage_dir: Path) -> None:
+    """Join the CSV logs of all attempts into ``metrics.csv``; rows of a later attempt replace
+    those of earlier ones from the step it resumed at."""
+    current, parts = _csv_parts(stage_dir)
+    if not parts:
+        return
+    tables = [_read_csv(p) for p in [*parts, current] if p.exists()]
+    rows: list[dict[str, str]] = []
+    for table in tables:
+        steps = [int(r["step"]) for r in table if r.get("step")]
+        first = min(steps, default=0)
+        rows = [r for r in rows if int(r.get("step") or 0) < first] + table
+    fields = list(dict.fromkeys(k for t in tables for r in t for k in r))
+    with open(current, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    for p in parts:
+        p.unlink()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str, Any]:

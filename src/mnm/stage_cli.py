@@ -38,14 +38,14 @@ def stage_class(stage: str) -> type:
 class StageCLI(LightningCLI):
     """LightningCLI with data→model links, atomic checkpoints and the safety callbacks."""
 
-    def __init__(self, stage: str, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, stage: str, *args: Any, label: str | None = None, **kwargs: Any) -> None:
         self.stage = stage
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
             **kwargs["trainer_defaults"],
         }
-        kwargs["trainer_defaults"].setdefault("callbacks", [FiniteLossGuard(stage), SigtermCheckpoint()])
+        kwargs["trainer_defaults"].setdefault("callbacks", [FiniteLossGuard(label or stage), SigtermCheckpoint()])
         super().__init__(stage_class(stage), L.LightningDataModule, *args, subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -59,14 +59,16 @@ class StageCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def build_stage(stage: str, config: dict[str, Any], **kwargs: Any) -> StageCLI:
+def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **kwargs: Any) -> StageCLI:
     """Parse and instantiate a stage from a config dict (``model``/``data``/``trainer``/...), without running it.
 
+    ``label`` names the stage in error messages (default: the stage command).
     Configuration errors raise (they do not exit), so callers can name the stage.
     """
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return StageCLI(
         stage,
+        label=label,
         args=config,
         run=False,
         save_config_callback=None,

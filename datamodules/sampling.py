@@ -1,0 +1,72 @@
+"""Resumable, rank-aware sampling: a resumed run sees exactly the batches an uninterrupted one would.
+
+The sampler yields *keys* ``epoch * len(dataset) + index``; the dataset maps a
+key to its sample and seeds that sample's augmentation from the key. So the
+data of a training step depends only on ``(seed, epoch, position)`` — not on
+the worker count, prefetching, or how often the process was restarted. When
+the loader is built for a run resumed at step ``k`` it starts at batch ``k``
+of the same stream.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0, 1 outside torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ResumableSampler(Sampler[int]):
+    """Per-epoch shuffled keys (from ``seed``), sharded across DDP ranks, able to start mid-stream.
+
+    With several processes each rank takes every ``world``-th key of the same
+    permutation (wrapped so all ranks get equal counts), as Lightning's
+    DistributedSampler would; the trainer's ``use_distributed_sampler`` must
+    therefore be off. ``skip`` keys of this rank's stream are skipped once
+    (``batches done × batch size`` when resuming); Lightning's ``set_epoch``
+    keeps the epoch in step with the trainer.
+    """
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, skip: int = 0) -> None:
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        rank, world = rank_and_world()
+        self.rank, self.world = rank, world
+        self.per_rank = math.ceil(size / world)
+        self.epoch, self.skip = divmod(skip, self.per_rank) if shuffle else (0, skip % self.per_rank)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def keys(self, epoch: int) -> list[int]:
+        """This rank's keys of ``epoch``, in order."""
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch))
+        else:
+            order = torch.arange(self.size)
+        if self.per_rank * self.world > self.size:
+            order = torch.cat([order, order[: self.per_rank * self.world - self.size]])
+        return (order[self.rank :: self.world] + epoch * self.size).tolist()
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = self.epoch, self.skip
+        self.skip = 0
+        yield from self.keys(epoch)[skip:]
+        self.epoch = epoch + 1
+
+
+def split_key(key: int, size: int) -> tuple[int, int]:
+    """``(epoch, index)`` of a sampler key."""
+    return divmod(int(key), size)

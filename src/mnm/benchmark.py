@@ -1,0 +1,60 @@
+"""``mnm benchmark FILE --out DIR``: run a benchmark file (a branching pipeline + ``report:``) and report it.
+
+The stages run through :class:`~mnm.pipeline.PipelineRunner`, so a rerun skips
+finished stages and resumes an interrupted one; the report
+(:func:`mnm.report.build_report`) is rebuilt from the run directory every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mnm.pipeline import Pipeline, PipelineRunner, load_pipeline
+from mnm.report import build_report, check_report_spec, miou_table
+
+
+def load_benchmark(
+    file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (), eval_split: str | None = None
+) -> Pipeline:
+    """Parse a benchmark file; ``eval_split`` (``val``/``test``) replaces every segment stage's ``evaluate``.
+
+    For ``test``, a segment stage whose data module has no ``test_split`` gets ``test_split: test``.
+    """
+    pipeline = load_pipeline(file, list(sets), None if out is None else str(out))
+    check_report_spec(pipeline)
+    if eval_split is not None:
+        for spec in pipeline.stages:
+            if spec.kind != "segment":
+                continue
+            spec.evaluate = eval_split
+            init_args = spec.config.get("data", {}).setdefault("init_args", {})
+            if eval_split == "test" and not init_args.get("test_split"):
+                init_args["test_split"] = "test"
+    return pipeline
+
+
+def run_benchmark(pipeline: Pipeline, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume, or skip) every stage, then write the report; returns ``results.json``'s content."""
+    PipelineRunner(pipeline, overwrite=overwrite).run()
+    results = build_report(pipeline.out_dir, pipeline)
+    print(f"\n[mnm] benchmark {pipeline.name} ({results['eval_split']}):\n")
+    print(miou_table(results))
+    print(f"[mnm] report: {pipeline.out_dir / 'report.md'}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mnm benchmark``."""
+    parser = argparse.ArgumentParser(prog="mnm benchmark", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("file", help="benchmark YAML (e.g. conf/benchmarks/camvid_cpu.yaml)")
+    parser.add_argument("--out", help="run directory (default runs/<name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, as for `mnm pipeline run` (a var, data.root=..., stages.<name>.model.lr=...)")
+    parser.add_argument("--eval-split", choices=("val", "test"), help="split every segment stage is evaluated on")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run directory of another pipeline")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    run_benchmark(load_benchmark(args.file, args.out, args.set, args.eval_split), overwrite=args.overwrite)

@@ -1,0 +1,63 @@
+"""``mnm demo [--out runs/demo] [--quick]``: the synthetic benchmark behind ``make demo``, on the CPU.
+
+Writes the synthetic dataset (through the data module's ``prepare_data``), then
+runs ``conf/benchmarks/demo.yaml`` (``--quick``: ``conf/benchmarks/tiny.yaml``,
+a seconds-long smoke run whose numbers mean nothing) with
+:func:`mnm.benchmark.run_benchmark`, which writes ``report.md`` and the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch.cli import instantiate_class
+
+import mnm
+from mnm.benchmark import load_benchmark, run_benchmark
+from mnm.pipeline import Pipeline
+
+
+def repo_root() -> Path:
+    """The checkout this (editable) package lives in: ``src/mnm/`` -> repository root."""
+    return Path(mnm.__file__).resolve().parents[2]
+
+
+def benchmark_file(name: str) -> Path:
+    """``conf/benchmarks/<name>.yaml`` of the checkout; a clear error when it is not there."""
+    path = repo_root() / "conf" / "benchmarks" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: `mnm demo` needs the repository's conf/ folder (install mnm editable from a "
+            "checkout: pip install -e .)"
+        )
+    return path
+
+
+def prepare_data(pipeline: Pipeline) -> None:
+    """Run ``prepare_data`` of every distinct data module of the pipeline (generates synthetic data once)."""
+    seen = []
+    for spec in pipeline.stages:
+        data = spec.config.get("data")
+        if data and data not in seen:
+            seen.append(data)
+            instantiate_class((), data).prepare_data()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mnm demo``."""
+    parser = argparse.ArgumentParser(prog="mnm demo", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", help="run directory (default runs/demo, with --quick runs/demo-quick)")
+    parser.add_argument("--quick", action="store_true", help="toy-sized smoke run (seconds; numbers are meaningless)")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    name = "tiny" if args.quick else "demo"
+    # the data lives in the checkout's data/ folder, named relative to the working directory when possible,
+    # so that `make demo` from the repository root gives the same configuration hashes in every clone
+    data = repo_root() / "data" / f"synthetic-{name}"
+    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    pipeline = load_benchmark(benchmark_file(name), out, [f"data_root={os.path.relpath(data)}"])
+    prepare_data(pipeline)
+    run_benchmark(pipeline)

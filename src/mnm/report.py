@@ -1,0 +1,448 @@
+"""Benchmark reports: ``results.json``, ``report.md`` and figures from a finished run directory.
+
+A benchmark file is a pipeline whose ``report:`` section names the arms (segment
+stages), the M&M stages whose curves are compared, and the t-SNE pair::
+
+    report:
+      arms: {"random → fine-tune": ft_random, "random → M&M graph → fine-tune": ft_mm_graph}
+      curves: {graph: mm_graph, random: mm_random}
+      tsne: {before: null, after: mm_graph, num_patches: 600}   # before: a stage, or null = seeded random init
+      samples: 4
+
+Every number in ``report.md`` is read from ``results.json``, which is read from
+the run (``manifest.json``, each stage's ``metrics.json`` and ``csv/metrics.csv``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import importlib.metadata
+import json
+import math
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from mnm.checkpoints import atomic_write_text, read_checkpoint
+from mnm.metrics import per_class_table, write_per_class_csv
+from mnm.pipeline import ConfigError, Pipeline, config_hash, read_manifest
+from mnm.stage_cli import build_stage
+
+__all__ = ["build_report", "check_report_spec", "load_stage", "miou_table", "plot_mm_curves", "read_curves"]
+
+#: CSV columns of the M&M curves (the ``_step`` variant is what Lightning writes when also logged per epoch)
+CURVE_COLUMNS = {"loss": "train/loss", "active_fraction": "train/active_fraction"}
+VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matplotlib", "mnm")
+
+
+# -- reading the run -----------------------------------------------------------------------------------
+def check_report_spec(pipeline: Pipeline) -> None:
+    """Raise :class:`ConfigError` unless ``report:`` names stages of the right kinds."""
+    kinds = {s.name: s.kind for s in pipeline.stages}
+    spec = pipeline.report
+
+    def need(stage: Any, kind: str, where: str) -> None:
+        if kinds.get(stage) != kind:
+            raise ConfigError(f"{pipeline.path}: report.{where} = {stage!r} is not a {kind} stage of this file")
+
+    if not spec.get("arms"):
+        raise ConfigError(f"{pipeline.path}: report.arms must map arm names to segment stages")
+    for label, stage in spec["arms"].items():
+        need(stage, "segment", f"arms[{label!r}]")
+    for label, stage in (spec.get("curves") or {}).items():
+        need(stage, "mix-match", f"curves[{label!r}]")
+    tsne = spec.get("tsne")
+    if tsne:
+        need(tsne.get("after"), "mix-match", "tsne.after")
+        if tsne.get("before") is not None and tsne["before"] not in kinds:
+            raise ConfigError(f"{pipeline.path}: report.tsne.before = {tsne['before']!r} is not a stage")
+
+
+def init_chain(pipeline: Pipeline, stage: str) -> list[str]:
+    """The stage and every stage it was initialised from, earliest first."""
+    parents = {s.name: s.init_from for s in pipeline.stages}
+    chain = [stage]
+    while parents.get(chain[-1]):
+        chain.append(parents[chain[-1]])
+    return chain[::-1]
+
+
+def portable_hashes(pipeline: Pipeline) -> dict[str, str]:
+    """Per stage, a hash of its configuration and its init chain's, without the data root or output paths.
+
+    Equal hashes mean the same experiment, wherever the data and the run directory live.
+    """
+    hashes: dict[str, str] = {}
+    for spec in pipeline.stages:
+        cfg = copy.deepcopy(spec.config)
+        cfg.get("data", {}).get("init_args", {}).pop("root", None)
+        upstream = hashes.get(spec.init_from) if spec.init_from else None
+        hashes[spec.name] = config_hash({"kind": spec.kind, "config": cfg, "evaluate": spec.evaluate, "up": upstream})
+    return hashes
+
+
+def _stage_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
+    path = run_dir / stage / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: stage {stage!r} has not finished in {run_dir}")
+    return json.loads(path.read_text())
+
+
+def read_curves(csv_path: Path) -> dict[str, np.ndarray]:
+    """``step`` and the M&M curve columns (NaN where a row lacks them) of a stage's ``metrics.csv``."""
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_step: dict[int, dict[str, float]] = {}
+    for row in rows:
+        values = {}
+        for key, column in CURVE_COLUMNS.items():
+            text = row.get(f"{column}_step") or row.get(column) or ""
+            if text:
+                values[key] = float(text)
+        if values:  # a resumed run may log a step twice: keep the last
+            by_step.setdefault(int(row["step"]), {}).update(values)
+    steps = sorted(by_step)
+    out = {"step": np.array(steps, dtype=float)}
+    for key in CURVE_COLUMNS:
+        out[key] = np.array([by_step[s].get(key, math.nan) for s in steps], dtype=float)
+    return out
+
+
+def _tail_mean(values: np.ndarray, share: float = 0.1) -> float:
+    values = values[~np.isnan(values)]
+    return float(values[-max(1, int(len(values) * share)) :].mean()) if len(values) else math.nan
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN -> None (JSON null), recursively."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _iou_rows(results: Mapping[str, Any]) -> dict[str, list[float]]:
+    """Per-class IoU per arm, with None (absent class) back to NaN."""
+    return {k: [math.nan if v is None else v for v in a["per_class_iou"]] for k, a in results["arms"].items()}
+
+
+def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
+    """Everything the report shows, read from the run directory (no figures)."""
+    entries = read_manifest(run_dir).get("stages", {})
+    portable = portable_hashes(pipeline)
+    stages = {}
+    for spec in pipeline.stages:
+        metrics = _stage_metrics(run_dir, spec.name)
+        stages[spec.name] = {
+            "kind": spec.kind,
+            "init_from": spec.init_from,
+            "config_hash": portable[spec.name],
+            "run_hash": entries.get(spec.name, {}).get("config_hash"),
+            "wall_time_s": float(metrics["wall_time_s"]),
+            "steps": int(metrics.get("steps", 0)),
+        }
+    arms = {}
+    for label, stage in pipeline.report["arms"].items():
+        ev = _stage_metrics(run_dir, stage)["eval"]
+        chain = init_chain(pipeline, stage)
+        times = {s: stages[s]["wall_time_s"] for s in chain}
+        arms[label] = {
+            "stage": stage,
+            "chain": chain,
+            "split": ev["split"],
+            "miou": float(ev["miou"]),
+            "pixel_acc": float(ev["pixel_acc"]),
+            "per_class_iou": [float(v) for v in ev["per_class_iou"]],
+            "class_names": list(ev["class_names"]),
+            "stage_times": times,
+            "total_time_s": sum(times.values()),
+        }
+    curves = {}
+    for label, stage in (pipeline.report.get("curves") or {}).items():
+        c = read_curves(run_dir / stage / "csv" / "metrics.csv")
+        curves[label] = {
+            "stage": stage,
+            "steps": stages[stage]["steps"],
+            "final_loss": _tail_mean(c["loss"]),
+            "final_active_fraction": _tail_mean(c["active_fraction"]),
+        }
+    first = next(iter(arms.values()))
+    data_cfg = yaml.safe_load((run_dir / first["stage"] / "config.yaml").read_text()).get("data", {})
+    splits = sorted({a["split"] for a in arms.values()})
+    return {
+        "benchmark": pipeline.name,
+        "file": str(pipeline.path),
+        "seed": pipeline.seed,
+        "eval_split": splits[0] if len(splits) == 1 else splits,
+        "dataset": {"class_path": data_cfg.get("class_path"), "init_args": data_cfg.get("init_args", {})},
+        "class_names": first["class_names"],
+        "versions": _versions(),
+        "config_hashes": portable,
+        "benchmark_hash": config_hash({"stages": portable, "report": pipeline.report}),
+        "stages": stages,
+        "arms": arms,
+        "curves": curves,
+    }
+
+
+# -- models from a run directory -----------------------------------------------------------------------
+def load_stage(run_dir: Path, stage: str, weights: bool = True) -> tuple[Any, Any]:
+    """``(model, datamodule)`` of a finished stage, rebuilt from its resolved ``config.yaml``.
+
+    With ``weights`` the model gets ``checkpoints/final.ckpt``; without, it has
+    the stage's initial weights for a random-init stage (same ``seed_everything``).
+    The model is in eval mode on the CPU.
+    """
+    folder = Path(run_dir) / stage
+    kind = read_manifest(Path(run_dir))["stages"][stage]["stage"]
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    cfg["model"]["pretrained_backbone"] = None
+    cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                      "enable_progress_bar": False, "enable_model_summary": False}
+    cli = build_stage(kind, cfg)
+    model = cli.model
+    if weights:
+        model.load_state_dict(read_checkpoint(folder / "checkpoints" / "final.ckpt")["state_dict"])
+    return model.eval(), cli.datamodule
+
+
+def _val_batches(datamodule: Any) -> Any:
+    datamodule.setup("validate")
+    return iter(datamodule.val_dataloader())
+
+
+# -- figures -------------------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    window = max(1, len(values) // 25)
+    if window == 1:
+        return values
+    padded = np.pad(values, (window // 2, window - 1 - window // 2), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")
+
+
+def plot_mm_curves(series: Mapping[str, Path], out: Path) -> Path:
+    """Loss and active-triplet fraction vs step, one line per ``label -> csv/metrics.csv`` (raw faint, smoothed)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, path) in enumerate(series.items()):
+        c = read_curves(Path(path))
+        for ax, key in zip(axes, CURVE_COLUMNS, strict=True):
+            ok = ~np.isnan(c[key])
+            ax.plot(c["step"][ok], c[key][ok], color=f"C{i}", alpha=0.25, linewidth=0.8)
+            ax.plot(c["step"][ok], _smooth(c[key][ok]), color=f"C{i}", label=label)
+    for ax, title in zip(axes, ("M&M triplet loss", "active-triplet fraction"), strict=True):
+        ax.set(title=title, xlabel="step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _colourise(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
+    """H×W class ids -> H×W×3 uint8; ignore (and anything out of range) is white."""
+    lab = labels.numpy()
+    out = np.full((*lab.shape, 3), 255, dtype=np.uint8)
+    ok = lab < len(palette)
+    out[ok] = palette[lab[ok]]
+    return out
+
+
+@torch.no_grad()
+def plot_samples(run_dir: Path, arms: Mapping[str, str], num: int, out: Path) -> Path:
+    """Rows of val image, ground truth and each arm's prediction, in the data module's palette."""
+    plt = _pyplot()
+    models = {label: load_stage(run_dir, stage) for label, stage in arms.items()}
+    _, dm = next(iter(models.values()))
+    images, masks = [], []
+    for batch in _val_batches(dm):
+        images.append(batch["image"])
+        masks.append(batch["mask"])
+        if sum(len(x) for x in images) >= num:
+            break
+    image, mask = torch.cat(images)[:num], torch.cat(masks)[:num]
+    palette = np.array(dm.palette, dtype=np.uint8)
+    preds = {label: m.predict_probs(image).argmax(1) for label, (m, _) in models.items()}
+    cols = ["image", "ground truth", *arms]
+    fig, axes = plt.subplots(len(image), len(cols), figsize=(2.2 * len(cols), 2.2 * len(image)), squeeze=False)
+    for r in range(len(image)):
+        panels = [image[r].permute(1, 2, 0).numpy(), _colourise(mask[r], palette)]
+        panels += [_colourise(p[r], palette) for p in preds.values()]
+        for c, panel in enumerate(panels):
+            axes[r, c].imshow(panel)
+            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(cols[c], fontsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i] / 255) for i in range(len(palette))]
+    fig.legend(handles, dm.class_names, loc="lower center", ncol=min(len(palette), 11), fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+@torch.no_grad()
+def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: int, seed: int) -> dict[str, Any]:
+    """The same val patches embedded (L2-normalised pool5) before and after M&M, and their t-SNE maps.
+
+    ``before`` is a stage whose final weights the M&M stage started from, or
+    ``None`` for the M&M stage's own seeded random initialisation.
+    """
+    from sklearn.manifold import TSNE
+    from sklearn.metrics import silhouette_score
+
+    from mnm.backbones import load_backbone_weights
+
+    tuned, dm = load_stage(run_dir, after)
+    initial, _ = load_stage(run_dir, after, weights=False)
+    if before is not None:
+        load_backbone_weights(initial.backbone, str(Path(run_dir) / before / "checkpoints" / "final.ckpt"))
+    generator = torch.Generator().manual_seed(seed)
+    patches, labels = [], []
+    for batch in _val_batches(dm):
+        mixed = tuned.mix(batch, generator)
+        patches.append(mixed.patches)
+        labels.append(mixed.labels)
+        if sum(len(x) for x in labels) >= num_patches:
+            break
+    x, y = torch.cat(patches)[:num_patches], torch.cat(labels)[:num_patches].numpy()
+    result: dict[str, Any] = {"labels": y, "class_names": dm.class_names, "palette": dm.palette}
+    for key, model in (("before", initial), ("after", tuned)):
+        emb = torch.cat([model.backbone.embed(chunk) for chunk in x.split(128)])
+        emb = torch.nn.functional.normalize(emb, dim=1).numpy()
+        perplexity = min(30.0, (len(emb) - 1) / 3)
+        result[key] = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
+        multi = len(set(y.tolist())) > 1
+        result[f"silhouette_{key}"] = float(silhouette_score(emb, y, metric="euclidean")) if multi else math.nan
+    return result
+
+
+def plot_tsne(tsne: Mapping[str, Any], titles: tuple[str, str], out: Path) -> Path:
+    """Two t-SNE panels (before / after M&M) coloured by the patches' classes."""
+    plt = _pyplot()
+    palette = np.array(tsne["palette"], dtype=float) / 255
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
+    for ax, key, title in zip(axes, ("before", "after"), titles, strict=True):
+        for cls in sorted(set(tsne["labels"].tolist())):
+            pts = tsne[key][tsne["labels"] == cls]
+            ax.scatter(pts[:, 0], pts[:, 1], s=6, color=palette[cls], label=tsne["class_names"][cls])
+        ax.set_title(f"{title}\n(silhouette {tsne[f'silhouette_{key}']:.3f})", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1].legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# -- the report ----------------------------------------------------------------------------------------
+def _num(v: float | None, fmt: str = ".4f", scale: float = 1.0) -> str:
+    return "–" if v is None or math.isnan(v) else f"{scale * v:{fmt}}"
+
+
+def _pct(v: float | None) -> str:
+    return _num(v, ".2f", 100.0)
+
+
+def miou_table(results: Mapping[str, Any]) -> str:
+    """Markdown table: one row per arm with mIoU, pixel accuracy and the arm's total stage time."""
+    lines = ["| arm | mIoU (%) | pixel acc. (%) | time (s) | stages |", "|---|---:|---:|---:|---|"]
+    for label, arm in results["arms"].items():
+        lines.append(
+            f"| {label} | {_pct(arm['miou'])} | {_pct(arm['pixel_acc'])} | {arm['total_time_s']:.1f} "
+            f"| {' → '.join(arm['chain'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(results: Mapping[str, Any]) -> str:
+    arms = results["arms"]
+    parts = [
+        f"# Benchmark `{results['benchmark']}`\n",
+        f"File `{results['file']}`, seed {results['seed']}, evaluated on **{results['eval_split']}** of "
+        f"`{results['dataset']['class_path']}`. Benchmark hash `{results['benchmark_hash']}` (config hashes "
+        "leave out the data root and output paths).\n",
+        "## mIoU per arm\n", miou_table(results),
+        "## Per-class IoU (%)\n", per_class_table(_iou_rows(results), results["class_names"], {k: a["miou"] for k, a in arms.items()}),
+        "(also in `per_class_iou.csv`; – = class absent from the split)\n",
+        "## Stage wall times (s)\n", "| stage | kind | init from | steps | time (s) | config hash |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for name, s in results["stages"].items():
+        parts.append(f"| {name} | {s['kind']} | {s['init_from'] or 'random'} | {s['steps']} "
+                     f"| {s['wall_time_s']:.1f} | `{s['config_hash']}` |")
+    parts.append("")
+    if results["curves"]:
+        parts += ["## M&M curves\n", "![M&M curves](curves.png)\n",
+                  "Mean over the last 10% of logged steps:\n",
+                  "| triplets | stage | steps | loss | active triplets (%) |", "|---|---|---:|---:|---:|"]
+        for label, c in results["curves"].items():
+            parts.append(f"| {label} | {c['stage']} | {c['steps']} | {_num(c['final_loss'])} "
+                         f"| {_pct(c['final_active_fraction'])} |")
+        parts.append("")
+    if "tsne" in results:
+        t = results["tsne"]
+        parts += ["## Patch embeddings before / after M&M\n", "![t-SNE](tsne.png)\n",
+                  f"{t['num_patches']} val patches, pool5, L2-normalised; silhouette by class "
+                  f"{_num(t['silhouette_before'], '.3f')} before ({t['before'] or 'seeded random init'}) → "
+                  f"{_num(t['silhouette_after'], '.3f')} after ({t['after']}).\n"]
+    if "samples" in results.get("figures", {}):
+        parts += ["## Predictions\n", "![samples](samples.png)\n"]
+    parts += ["## Versions\n", ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + "\n"]
+    return "\n".join(parts)
+
+
+def build_report(run_dir: str | Path, pipeline: Pipeline) -> dict[str, Any]:
+    """Write ``results.json``, ``report.md``, ``per_class_iou.csv`` and the PNG figures; returns the results."""
+    run_dir = Path(run_dir)
+    check_report_spec(pipeline)
+    results = collect_results(run_dir, pipeline)
+    spec, figures = pipeline.report, {}
+    if results["curves"]:
+        series = {label: run_dir / c["stage"] / "csv" / "metrics.csv" for label, c in results["curves"].items()}
+        figures["curves"] = plot_mm_curves(series, run_dir / "curves.png").name
+    if int(spec.get("samples", 0)) > 0:
+        figures["samples"] = plot_samples(run_dir, spec["arms"], int(spec["samples"]), run_dir / "samples.png").name
+    if spec.get("tsne"):
+        t = spec["tsne"]
+        emb = tsne_embeddings(run_dir, t.get("before"), t["after"], int(t.get("num_patches", 600)), pipeline.seed)
+        titles = (f"before M&M ({t.get('before') or 'seeded random init'})", f"after M&M ({t['after']})")
+        figures["tsne"] = plot_tsne(emb, titles, run_dir / "tsne.png").name
+        results["tsne"] = {"before": t.get("before"), "after": t["after"], "num_patches": len(emb["labels"]),
+                           "silhouette_before": emb["silhouette_before"], "silhouette_after": emb["silhouette_after"]}
+    results["figures"] = figures
+    results = _json_safe(results)
+    write_per_class_csv(run_dir / "per_class_iou.csv", _iou_rows(results), results["class_names"])
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / "report.md", _markdown(results))
+    return results

@@ -1,0 +1,91 @@
+"""Every stage runs (fast_dev_run) through the same LightningCLI the `mnm <stage>` commands use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnm.cli import main
+from mnm.stage_cli import STAGES, build_stage
+
+TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+           "enable_progress_bar": False, "enable_model_summary": False}
+MODELS = {
+    "colorize": {"backbone": "alexnet"},
+    "jigsaw": {"backbone": "alexnet", "num_permutations": 10, "tile": 64},
+    "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},
+    "segment": {"backbone": "alexnet"},
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    return {"class_path": "mnm.datamodules.SyntheticDataModule",
+            "init_args": {"root": str(root), "num_train": 8, "num_val": 4, "image_size": [96, 96],
+                          "crop_size": [80, 80], "batch_size": 4, "val_batch_size": 2}}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_fast_dev_run(stage: str, data: dict) -> None:
+    cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": TRAINER})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    logged = cli.trainer.callback_metrics
+    assert "train/loss" in logged or "train/loss_step" in logged, sorted(logged)
+    assert all(np.isfinite(float(v)) for v in logged.values())
+
+
+def test_segment_links_data_and_evaluates(data: dict) -> None:
+    cli = build_stage("segment", {"model": MODELS["segment"], "data": data, "trainer": TRAINER})
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 6
+    assert cli.model.hparams.class_names == cli.datamodule.class_names
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    result = cli.model.last_eval
+    assert result["split"] == "val" and len(result["per_class_iou"]) == 6
+    assert float(cli.trainer.callback_metrics["val/miou"]) == pytest.approx(result["miou"])
+
+
+def test_segment_tta_averages_views(data: dict) -> None:
+    cli = build_stage("segment", {"model": {**MODELS["segment"], "tta_flip": True, "tta_scales": [0.75, 1.0]},
+                                  "data": data, "trainer": TRAINER})
+    model = cli.model.eval()
+    import torch
+
+    x = torch.rand(1, 3, 96, 96)
+    probs = model.predict_probs(x)
+    assert probs.shape == (1, 6, 96, 96)
+    assert torch.allclose(probs.sum(1), torch.ones(1, 96, 96), atol=1e-5)
+
+
+def test_predict_writes_palette_masks(data: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, size in enumerate([(70, 90), (64, 64)]):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"im{i}.jpg")
+    out = tmp_path / "pred"
+    data = {**data, "init_args": {**data["init_args"], "predict_dir": str(folder)}}
+    cli = build_stage("segment", {"model": MODELS["segment"], "data": data,
+                                  "trainer": {**TRAINER, "fast_dev_run": False,
+                                              "callbacks": [{"class_path": "mnm.callbacks.PaletteMaskWriter",
+                                                             "init_args": {"output_dir": str(out)}}]}})
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule)
+    masks = sorted(out.glob("*.png"))
+    assert [m.name for m in masks] == ["im0.png", "im1.png"]
+    first = Image.open(masks[0])
+    assert first.mode == "P" and first.size == (90, 70)
+    assert first.getpalette()[:6] == [c for rgb in cli.datamodule.palette[:2] for c in rgb]
+
+
+def test_print_config_and_unknown_stage(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mix-match", "fit", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "triplets: graph" in printed and "margin: 2.1" in printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mixmatch", "fit"])
+    assert exit_info.value.code == 2
+    assert "unknown command 'mixmatch'" in capsys.readouterr().err

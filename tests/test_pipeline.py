@@ -203,3 +203,19 @@ def test_truncated_checkpoint_is_named_and_fallback_resumes(finished: Path, data
     entry = manifest(out)["stages"]["finetune"]
     assert entry["status"] == "finished"
     assert entry["resumed_from"].endswith(f"step={STEPS:07d}.ckpt")
+
+
+def test_two_process_ddp_cpu(data_root: Path, tmp_path: Path) -> None:
+    """The tiny pipeline on 2 CPU processes (gloo) finishes with the same outputs and metric format."""
+    out = tmp_path / "ddp"
+    cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={data_root}",
+                  "--set", "steps=4", "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp_spawn")
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = manifest(out)["stages"]
+    assert [m[s]["status"] for s in ("mix_match", "finetune")] == ["finished", "finished"]
+    ev = eval_metrics(out)
+    assert set(ev) == {"split", "class_names", "miou", "pixel_acc", "per_class_iou"}
+    assert 0.0 <= ev["miou"] <= 1.0 and len(ev["per_class_iou"]) == 6
+    config = (out / "finetune" / "config.yaml").read_text()
+    assert "devices: 2" in config and "strategy: ddp_spawn" in config

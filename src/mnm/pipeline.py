@@ -511,12 +511,24 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str, Any]:
-    """Validate or test a segmentation model; returns mIoU, per-class IoU and pixel accuracy."""
+    """Validate or test a segmentation model; returns mIoU, per-class IoU and pixel accuracy.
+
+    Read from the trainer's logged metrics, so it works for every strategy (with
+    ``ddp_spawn`` the evaluation runs in other processes).
+    """
     if split not in ("val", "test"):
         raise ConfigError(f"evaluate must be 'val' or 'test', got {split!r}")
     run = trainer.validate if split == "val" else trainer.test
     run(model, datamodule=datamodule, verbose=False)
-    return dict(model.last_eval)
+    logged = trainer.callback_metrics
+    names = list(model.hparams.class_names or range(model.hparams.num_classes))
+    return {
+        "split": split,
+        "class_names": [str(n) for n in names],
+        "miou": float(logged[f"{split}/miou"]),
+        "pixel_acc": float(logged[f"{split}/pixel_acc"]),
+        "per_class_iou": [float(logged[f"{split}/iou_{n}"]) for n in names],
+    }
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,0 +1,153 @@
+"""Every config file parses and instantiates; config mistakes give one clear line naming the key or file."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mnm.cli import main
+from mnm.pipeline import ConfigError, PipelineRunner, load_pipeline
+from mnm.stage_cli import build_stage
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+PIPELINES = sorted((CONF / "pipelines").glob("*.yaml"))
+BENCHMARKS = sorted((CONF / "benchmarks").glob("*.yaml"))
+NO_RUN = {"logger": False, "enable_checkpointing": False, "accelerator": "cpu", "devices": 1,
+          "strategy": "auto", "precision": "32-true"}
+
+
+def test_there_are_paper_pipelines() -> None:
+    names = {p.stem for p in PIPELINES}
+    for base in ("voc_colorize_vgg16", "voc_random_vgg16", "voc_colorize_alexnet", "voc_jigsaw_alexnet",
+                 "voc_random_alexnet", "cityscapes_colorize_vgg16", "cityscapes_random_vgg16"):
+        assert {f"{base}_graph", f"{base}_random"} <= names
+
+
+@pytest.mark.parametrize("path", PIPELINES + BENCHMARKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_pipeline_stages_instantiate(path: Path) -> None:
+    """Each stage's merged config builds its model and data module (GPU trainer settings swapped for CPU)."""
+    pipeline = load_pipeline(path)
+    for spec in pipeline.stages:
+        cfg = copy.deepcopy(spec.config)
+        cfg["trainer"] = {**cfg.get("trainer", {}), **NO_RUN}
+        cli = build_stage(spec.kind, cfg, label=spec.name)
+        assert isinstance(cli.model, torch.nn.Module)
+        assert cli.model.hparams.seed == pipeline.seed
+        if spec.kind == "mix-match":
+            assert cli.model.hparams.triplets in ("graph", "random")
+
+
+def test_random_variant_differs_only_in_triplets() -> None:
+    for graph in (CONF / "pipelines").glob("*_graph.yaml"):
+        a = load_pipeline(graph)
+        b = load_pipeline(graph.with_name(graph.name.replace("_graph", "_random")))
+        assert [s.name for s in a.stages] == [s.name for s in b.stages]
+        for sa, sb in zip(a.stages, b.stages, strict=True):
+            if sa.kind == "mix-match":
+                assert (sa.config["model"]["triplets"], sb.config["model"]["triplets"]) == ("graph", "random")
+                sb.config["model"]["triplets"] = "graph"
+            assert sa.config == sb.config
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("[dlst]*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_files_are_lightningcli_configs(path: Path) -> None:
+    data = yaml.safe_load(path.read_text())
+    assert set(data) <= {"model", "data", "trainer"}, path
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+TINY = (REPO / "conf" / "pipelines" / "tiny.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("seed: 0", "seeed: 0"), r"unknown key\(s\) \['seeed'\]"),
+        (lambda t: t.replace("stage: mix-match", "stage: mixmatch"), "unknown stage 'mixmatch'.*known stages"),
+        (lambda t: t.replace("evaluate: val", "evaluat: val"), r"stages\[1\] \(finetune\): unknown key"),
+        (lambda t: t.replace("    stage: segment", "    stage: segment\n    init_from: nothere"),
+         "init_from 'nothere' is not an earlier stage"),
+        (lambda t: t.replace('"${data_root}"', '"${data_rot}"'), r"\$\{data_rot\} is not defined"),
+    ],
+)
+def test_pipeline_file_errors(tmp_path: Path, edit, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(write(tmp_path, edit(TINY)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stages.finetune.model.lrr=0.1", r"stage 'finetune' \(segment\).*lrr"),
+        ("trainer.max_steps=abc", r"stage 'mix_match' \(mix-match\).*max_steps"),
+        ("stages.mix_match.model.triplets=graf", r"triplets"),
+    ],
+)
+def test_stage_config_errors_name_the_key(tmp_path: Path, override: str, message: str) -> None:
+    pipeline = load_pipeline(REPO / "conf/pipelines/tiny.yaml", [f"data_root={tmp_path}/d", override],
+                             out_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=message):
+        PipelineRunner(pipeline).run()
+
+
+def test_missing_data_root_is_named(tmp_path: Path) -> None:
+    pipeline = load_pipeline(REPO / "conf/pipelines/tiny.yaml", [f"data_root={tmp_path}/d"],
+                             out_dir=str(tmp_path / "out"))
+    pipeline.stages[0].config["data"] = {"class_path": "mnm.datamodules.CamVidDataModule",
+                                         "init_args": {"root": str(tmp_path / "no-camvid")}}
+    with pytest.raises(Exception, match="no-camvid"):
+        PipelineRunner(pipeline).run()
+
+
+def test_cli_prints_one_line_without_traceback(tmp_path: Path, capsys) -> None:
+    bad = write(tmp_path, TINY.replace("stage: mix-match", "stage: mixmatch"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", "run", str(bad), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mnm: error: ") and "unknown stage 'mixmatch'" in err
+    assert "Traceback" not in err and err.count("\n") <= 2
+    with pytest.raises(ConfigError):
+        main(["pipeline", "run", str(bad), "--out", str(tmp_path / "o"), "--debug"])
+
+
+def make_checkpoint(path: Path, backbone: str) -> Path:
+    from mnm.backbones import build_backbone
+
+    net = build_backbone(backbone)
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()},
+                "mnm_backbone": {"name": backbone, "in_chans": 3}}, path)
+    return path
+
+
+def test_pretrained_backbone_of_another_architecture(tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "r18.ckpt", "resnet18")
+    with pytest.raises(ValueError, match=r"r18\.ckpt was trained with backbone=resnet18.*configured with backbone=alexnet"):
+        build_stage("segment", {"model": {"backbone": "alexnet", "pretrained_backbone": str(ckpt)},
+                                "data": {"class_path": "mnm.datamodules.SyntheticDataModule",
+                                         "init_args": {"root": str(tmp_path / "d")}},
+                                "trainer": NO_RUN})
+
+
+class Unsafe:
+    """Loading an instance of this needs arbitrary unpickling."""
+
+
+def test_weights_only_refusal(tmp_path: Path) -> None:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Unsafe()}, path)
+    with pytest.raises(ValueError, match=r"refused to load .*evil\.ckpt.*safety"):
+        build_stage("segment", {"model": {"backbone": "alexnet", "pretrained_backbone": str(path)},
+                                "data": {"class_path": "mnm.datamodules.SyntheticDataModule",
+                                         "init_args": {"root": str(tmp_path / "d")}},
+                                "trainer": NO_RUN})

@@ -26,7 +26,7 @@ help: ## list the targets
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PIN)
+	$(if $(strip $(TORCH_PIN)),$(BIN)/pip install -q $(TORCH_PIN))
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 

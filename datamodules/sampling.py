@@ -26,22 +26,37 @@ def rank_and_world() -> tuple[int, int]:
 
 
 class ResumableSampler(Sampler[int]):
-    """Per-epoch shuffled keys (from ``seed``), sharded across DDP ranks, able to start mid-stream.
+    """Per-epoch shuffled keys (from ``seed``), sharded across ranks, able to start at any batch.
 
-    With several processes each rank takes every ``world``-th key of the same
-    permutation (wrapped so all ranks get equal counts), as Lightning's
-    DistributedSampler would; the trainer's ``use_distributed_sampler`` must
-    therefore be off. ``skip`` keys of this rank's stream are skipped once
-    (``batches done × batch size`` when resuming); Lightning's ``set_epoch``
-    keeps the epoch in step with the trainer.
+    Each rank takes every ``world``-th key of the same permutation (wrapped so
+    all ranks get equal counts), as Lightning's DistributedSampler would; the
+    trainer's ``use_distributed_sampler`` must therefore be off. ``start_batch``
+    batches of this rank's stream are skipped once (the batches a resumed run
+    has already trained on); Lightning's ``set_epoch`` keeps the epoch in step
+    with the trainer afterwards.
     """
 
-    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, skip: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world: int | None = None,
+        batch_size: int = 1,
+        drop_last: bool = False,
+        start_batch: int = 0,
+    ) -> None:
+        default_rank, default_world = rank_and_world()
         self.size, self.shuffle, self.seed = size, shuffle, seed
-        rank, world = rank_and_world()
-        self.rank, self.world = rank, world
-        self.per_rank = math.ceil(size / world)
-        self.epoch, self.skip = divmod(skip, self.per_rank) if shuffle else (0, skip % self.per_rank)
+        self.rank = default_rank if rank is None else rank
+        self.world = default_world if world is None else world
+        self.per_rank = math.ceil(size / self.world)
+        per_epoch = self.per_rank // batch_size if drop_last else math.ceil(self.per_rank / batch_size)
+        epoch, batch = divmod(start_batch, max(per_epoch, 1))
+        self.epoch = epoch if shuffle else 0
+        self.skip = batch * batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""

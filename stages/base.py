@@ -14,7 +14,23 @@ from mnm.checkpoints import read_checkpoint
 ARCH_KEY = "mnm_backbone"
 
 
-class BaseStage(L.LightningModule):
+class ScalarLogging:
+    """``log_scalars`` for LightningModules: one call logs a dict under a ``train``/``val``/``test`` prefix."""
+
+    def log_scalars(self, prefix: str, values: dict[str, torch.Tensor | float], **kw: Any) -> None:
+        """Log ``prefix/name`` for each value (per step in training, per epoch otherwise)."""
+        on_step = prefix == "train"
+        self.log_dict(
+            {f"{prefix}/{k}": v for k, v in values.items()},
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=not on_step,
+            **kw,
+        )
+
+
+
+class BaseStage(ScalarLogging, L.LightningModule):
     """Owns the backbone (from the registry), SGD with a step schedule, and weight hand-off.
 
     ``pretrained_backbone`` loads only the ``backbone.*`` tensors of an earlier
@@ -81,17 +97,6 @@ class BaseStage(L.LightningModule):
     # -- checkpoint metadata ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[ARCH_KEY] = {"name": self.hparams.backbone, "in_chans": self.hparams.in_chans}
-
-    def log_scalars(self, prefix: str, values: dict[str, torch.Tensor | float], **kw: Any) -> None:
-        """Log ``prefix/name`` for each value (per step in training, per epoch otherwise)."""
-        on_step = prefix == "train"
-        self.log_dict(
-            {f"{prefix}/{k}": v for k, v in values.items()},
-            on_step=on_step,
-            on_epoch=not on_step,
-            sync_dist=not on_step,
-            **kw,
-        )
 
 
 def check_backbone_matches(path: str, contents: dict[str, Any], name: str, in_chans: int) -> None:

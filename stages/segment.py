@@ -22,7 +22,40 @@ def masked_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index:
     return F.cross_entropy(logits, mask, ignore_index=ignore_index)
 
 
-class SegmentStage(BaseStage):
+class SegmentationEvaluation:
+    """Evaluation shared by a segmentation model and an ensemble of them: needs ``predict_probs``,
+    ``val_metrics``/``test_metrics`` and ``num_classes``/``ignore_index``/``class_names`` hparams."""
+
+    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
+        probs = self.predict_probs(batch["image"])
+        loss = F.nll_loss(probs.clamp_min(1e-8).log(), batch["mask"], ignore_index=self.hparams.ignore_index)
+        metrics.update(probs.argmax(1), batch["mask"])
+        if torch.isfinite(loss):
+            self.log_scalars(prefix, {"loss": loss}, batch_size=len(batch["image"]))
+
+    def _eval_epoch_end(self, metrics: SegmentationMetrics, prefix: str) -> None:
+        result = metrics.compute()
+        metrics.reset()
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        scalars = {"miou": result["miou"], "pixel_acc": result["pixel_acc"]}
+        scalars |= {f"iou_{n}": v for n, v in zip(names, result["per_class_iou"], strict=True)}
+        self.log_scalars(prefix, scalars, prog_bar=False)
+        self.last_eval = {"split": prefix, "class_names": names, **result}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metrics, "test")
+
+
+class SegmentStage(SegmentationEvaluation, BaseStage):
     """Head + pixel-wise cross-entropy (ignore 255); logs loss, mIoU, pixel accuracy and per-class IoU.
 
     Args:
@@ -83,34 +116,6 @@ class SegmentStage(BaseStage):
         loss = masked_cross_entropy(self(batch["image"]), batch["mask"], self.hparams.ignore_index)
         self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(batch["image"]))
         return loss
-
-    def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics, prefix: str) -> None:
-        probs = self.predict_probs(batch["image"])
-        loss = F.nll_loss(probs.clamp_min(1e-8).log(), batch["mask"], ignore_index=self.hparams.ignore_index)
-        metrics.update(probs.argmax(1), batch["mask"])
-        if torch.isfinite(loss):
-            self.log_scalars(prefix, {"loss": loss}, batch_size=len(batch["image"]))
-
-    def _eval_epoch_end(self, metrics: SegmentationMetrics, prefix: str) -> None:
-        result = metrics.compute()
-        metrics.reset()
-        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
-        scalars = {"miou": result["miou"], "pixel_acc": result["pixel_acc"]}
-        scalars |= {f"iou_{n}": v for n, v in zip(names, result["per_class_iou"], strict=True)}
-        self.log_scalars(prefix, scalars, prog_bar=False)
-        self.last_eval = {"split": prefix, "class_names": names, **result}
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end(self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end(self.test_metrics, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         return {"name": batch["name"], "pred": self.predict_probs(batch["image"]).argmax(1).to(torch.uint8)}

@@ -219,3 +219,15 @@ def test_two_process_ddp_cpu(data_root: Path, tmp_path: Path) -> None:
     assert 0.0 <= ev["miou"] <= 1.0 and len(ev["per_class_iou"]) == 6
     config = (out / "finetune" / "config.yaml").read_text()
     assert "devices: 2" in config and "strategy: ddp_spawn" in config
+
+
+def test_ensemble_of_checkpoints(finished: Path) -> None:
+    from mnm.ensemble import main as ensemble
+
+    final = str(finished / "finetune" / "checkpoints" / "final.ckpt")
+    config = str(finished / "finetune" / "config.yaml")
+    alone = ensemble(["-c", config, "--ckpts", final, final])
+    assert alone["miou"] == pytest.approx(eval_metrics(finished)["miou"], abs=1e-6)
+    earlier = str(finished / "finetune" / "checkpoints" / f"step={STEPS - 2:07d}.ckpt")
+    pair = ensemble(["-c", config, "--ckpts", final, earlier])
+    assert 0.0 <= pair["miou"] <= 1.0 and len(pair["per_class_iou"]) == 6

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,28 @@ class SigtermCheckpoint(Callback):
         ckpt = trainer.checkpoint_callback
         folder = Path(getattr(ckpt, "dirpath", None) or trainer.default_root_dir)
         trainer.save_checkpoint(folder / self.filename, weights_only=False)
+
+
+class RNGStateCheckpoint(Callback):
+    """Store the torch, numpy and Python RNG states in every checkpoint and restore them on resume.
+
+    Lightning restores weights, optimiser and loop state but not the random
+    generators, so without this a resumed run would draw other dropout masks
+    than an uninterrupted one.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "torch": torch.get_rng_state(),
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]),
+            "python": repr(random.getstate()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+        random.setstate(ast.literal_eval(state["python"]))
 
 
 class PaletteMaskWriter(BasePredictionWriter):

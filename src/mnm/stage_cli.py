@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from mnm.callbacks import FiniteLossGuard, SigtermCheckpoint
+from mnm.callbacks import FiniteLossGuard, RNGStateCheckpoint, SigtermCheckpoint
 from mnm.checkpoints import AtomicCheckpointIO
 
 #: stage command -> LightningModule class path
@@ -45,7 +45,9 @@ class StageCLI(LightningCLI):
             "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
             **kwargs["trainer_defaults"],
         }
-        kwargs["trainer_defaults"].setdefault("callbacks", [FiniteLossGuard(label or stage), SigtermCheckpoint()])
+        kwargs["trainer_defaults"].setdefault(
+            "callbacks", [FiniteLossGuard(label or stage), SigtermCheckpoint(), RNGStateCheckpoint()]
+        )
         super().__init__(stage_class(stage), L.LightningDataModule, *args, subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -1,0 +1,313 @@
+"""``SegmentationDataModule``: the base every dataset's LightningDataModule shares.
+
+A subclass names its classes and palette and lists the samples of a split
+(:meth:`SegmentationDataModule.list_samples`); the base validates the list at
+``setup()`` (files exist, headers readable, label mode and size), builds the
+joint transforms, and makes seeded, DDP-ready DataLoaders that produce the
+batches of ``docs/CONTRACTS.md``.
+"""
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, pad_collate
+from mnm.datamodules.errors import DataError
+from mnm.datamodules.readers import (
+    IGNORE_INDEX,
+    LabelMapping,
+    check_pair,
+    list_images,
+    read_list,
+    resolve_listed,
+)
+from mnm.datamodules.sampling import ResumableSampler
+from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
+
+__all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
+
+logger = logging.getLogger("mnm.datamodules")
+
+RGB = tuple[int, int, int]
+
+# Lightning stage -> dataset roles it needs.
+_STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+_ROLE_STAGE = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed python, numpy and the dataset's augmentation per worker.
+
+    ``torch.initial_seed()`` in a worker is the loader generator's base seed +
+    worker id, so runs with the same ``seed`` (and rank) are reproducible.
+    """
+    cv2.setNumThreads(0)  # no OpenCV thread pool inside worker processes (oversubscription, fork issues)
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "set_seed"):
+        info.dataset.set_seed(seed)
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Shared base: splits, validation, transforms and loaders for labelled segmentation data.
+
+    ``num_classes``, ``ignore_index`` (255), ``class_names`` and ``palette``
+    (list of RGB tuples) are set in ``__init__`` so a CLI can link them to the
+    model before ``setup()``.
+    """
+
+    CLASS_NAMES: tuple[str, ...] = ()
+    PALETTE: tuple[RGB, ...] = ()
+
+    def __init__(
+        self,
+        root: str,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str | None = None,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        crop_size: tuple[int, int] | None = (320, 320),
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        hflip: bool = True,
+        color_jitter: bool = False,
+        val_size: tuple[int, int] | None = None,
+        skip_bad: bool = False,
+        seed: int = 0,
+        predict_dir: str | None = None,
+        max_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        for setting, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
+            if value < 1:
+                raise DataError(f"{setting} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise DataError(f"num_workers must be >= 0, got {num_workers}")
+        if max_samples is not None and max_samples < 1:
+            raise DataError(f"max_samples must be >= 1 or null, got {max_samples}")
+        for setting, size in (("crop_size", crop_size), ("val_size", val_size)):
+            if size is not None and (len(size) != 2 or min(size) < 1):
+                raise DataError(f"{setting} must be two positive ints (height, width), got {size}")
+        self.root = Path(root).expanduser()
+        self.train_split = train_split
+        self.val_split = val_split
+        self.test_split = test_split
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.crop_size = tuple(crop_size) if crop_size is not None else None
+        self.scale_range = tuple(scale_range)
+        self.hflip = hflip
+        self.color_jitter = color_jitter
+        self.val_size = tuple(val_size) if val_size is not None else None
+        self.skip_bad = skip_bad
+        self.seed = seed
+        self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
+        self.max_samples = max_samples
+
+        self.num_classes = len(self.CLASS_NAMES)
+        self.ignore_index = IGNORE_INDEX
+        self.class_names = list(self.CLASS_NAMES)
+        self.palette = [tuple(int(c) for c in rgb) for rgb in self.PALETTE]
+        self.label_mapping = self.build_label_mapping()
+        self.datasets: dict[str, SegmentationDataset] = {}
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def list_samples(self, split: str) -> list[SampleRecord]:
+        """Every sample of ``split``, in list order (subclasses implement this)."""
+        raise NotImplementedError
+
+    def build_label_mapping(self) -> LabelMapping:
+        """How raw label values become train ids (default: they already are)."""
+        return LabelMapping.identity(self.num_classes)
+
+    def split_source(self, split: str) -> Path:
+        """Where ``split`` is listed on disk (for error messages)."""
+        return self.root
+
+    def train_transform(self) -> JointTransform:
+        """Augmentation for the training split."""
+        return build_train_transform(
+            crop_size=self.crop_size,
+            scale_range=self.scale_range,
+            hflip=self.hflip,
+            color_jitter=self.color_jitter,
+            seed=self.seed,
+        )
+
+    def eval_transform(self) -> JointTransform:
+        """Deterministic transform for val/test: full image or ``val_size``."""
+        return build_eval_transform(size=self.val_size, seed=self.seed)
+
+    def predict_transform(self) -> JointTransform:
+        """Transform for ``predict_dir`` images: full image or ``val_size``."""
+        return build_eval_transform(size=self.val_size, seed=self.seed)
+
+    # ------------------------------------------------------------------ shared helpers
+    def records_from_list(
+        self,
+        list_file: Path,
+        from_name: Callable[[str], tuple[Path, Path]],
+        strip_prefixes: tuple[str, ...] = (),
+    ) -> list[SampleRecord]:
+        """Parse a split list of ``name`` lines or ``image label`` path pairs into records."""
+        records = []
+        for lineno, tokens in read_list(list_file):
+            source = f"{list_file}:{lineno}"
+            if len(tokens) == 1:
+                image, label = from_name(tokens[0])
+            elif len(tokens) == 2:
+                image, label = (resolve_listed(self.root, token, strip_prefixes) for token in tokens)
+            else:
+                raise DataError(
+                    f"{source}: expected 'name' or 'image_path label_path', got {len(tokens)} fields"
+                )
+            records.append(SampleRecord(image, label, image.stem, self.label_mapping, source))
+        return records
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Build (once) and validate the datasets the stage needs; raises :class:`DataError`."""
+        roles = _STAGE_ROLES.get(stage or "fit")
+        if roles is None:
+            raise DataError(f"unknown stage {stage!r}; expected one of {sorted(_STAGE_ROLES)}")
+        for role in roles:
+            if role not in self.datasets:
+                self.datasets[role] = self._build_dataset(role)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.val_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.val_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Images of ``predict_dir``: ``image``, ``name`` and original ``size`` (B×2, H and W)."""
+        return self._loader("predict", self.val_batch_size, shuffle=False)
+
+    @property
+    def num_skipped(self) -> int:
+        """Bad samples skipped so far with ``skip_bad`` (setup and read time, all splits)."""
+        return sum(ds.num_skipped for ds in self.datasets.values())
+
+    # ------------------------------------------------------------------ internals
+    def _split_for(self, role: str) -> str:
+        split = {"train": self.train_split, "val": self.val_split, "test": self.test_split}[role]
+        if split is None:
+            raise DataError(f"{role}_split is not set (data.{role}_split); cannot build the {role} loader")
+        return split
+
+    def _list_role(self, role: str) -> tuple[str, list[SampleRecord], str]:
+        if role == "predict":
+            if self.predict_dir is None:
+                raise DataError("predict_dir is not set (data.predict_dir); cannot build the predict loader")
+            records = [
+                SampleRecord(path, None, path.relative_to(self.predict_dir).with_suffix("").as_posix())
+                for path in list_images(self.predict_dir)
+            ]
+            return "predict", records, str(self.predict_dir)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")
+        split = self._split_for(role)
+        return split, self.list_samples(split), str(self.split_source(split))
+
+    def _build_dataset(self, role: str) -> SegmentationDataset:
+        split, records, source = self._list_role(role)
+        if self.max_samples is not None:
+            records = records[: self.max_samples]
+        if not records:
+            raise DataError(f"{source}: split '{split}' is empty (no samples listed)")
+        good = self._validate(records, split)
+        skipped = len(records) - len(good)
+        if not good:
+            raise DataError(f"{source}: split '{split}' has no usable samples (all {skipped} were bad)")
+        if skipped:
+            logger.warning(
+                "split '%s': skipped %d of %d samples with bad data (skip_bad)", split, skipped, len(records)
+            )
+        transform = {"train": self.train_transform, "predict": self.predict_transform}.get(
+            role, self.eval_transform
+        )()
+        dataset = SegmentationDataset(
+            good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict"
+        )
+        dataset.num_skipped_at_setup = skipped
+        return dataset
+
+    def _validate(self, records: list[SampleRecord], split: str) -> list[SampleRecord]:
+        good = []
+        for record in records:
+            try:
+                check_pair(record.image, record.label)
+            except DataError as err:
+                if record.source:
+                    err = DataError(f"{err} (listed in {record.source})")
+                if not self.skip_bad:
+                    raise err from None
+                logger.warning("skip_bad: skipping bad sample in split '%s': %s", split, err)
+                continue
+            good.append(record)
+        return good
+
+    def _loader(self, role: str, batch_size: int, shuffle: bool) -> DataLoader:
+        if role not in self.datasets:
+            self.setup(_ROLE_STAGE[role])
+        dataset = self.datasets[role]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        seed = self.seed + 7919 * rank
+        dataset.set_seed(seed)  # used as is when num_workers == 0
+        drop_last = shuffle and len(dataset) > batch_size * world
+        # a resumed fit starts at the batch after the last one it trained on
+        start_batch = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None and role == "train" else 0
+        if shuffle:
+            dataset.key_seed = self.seed  # augmentation keyed by sample and epoch: exact resume
+        sampler = ResumableSampler(
+            len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world,
+            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(seed),
+            collate_fn=pad_collate,
+        )
+
+
+def _cycle(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def loader_throughput(dm: SegmentationDataModule, num_batches: int = 20, warmup: int = 2) -> float:
+    """Images per second of ``dm.train_dataloader()`` over ``num_batches`` after ``warmup`` batches."""
+    batches = _cycle(dm.train_dataloader())
+    for _ in range(warmup):
+        next(batches)
+    images = 0
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        images += next(batches)["image"].shape[0]
+    return images / (time.perf_counter() - start)

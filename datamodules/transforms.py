@@ -1,0 +1,126 @@
+"""Joint image+mask transforms built on albumentations 2.0.8.
+
+Images are bilinear, masks always nearest; padding fills images with 0 and
+masks with 255 (ignore). ``mnm`` (imported as this package's parent) sets
+``NO_ALBUMENTATIONS_UPDATE`` before albumentations is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import albumentations as A
+import cv2
+import numpy as np
+
+from mnm.datamodules.readers import IGNORE_INDEX
+
+Size = tuple[int, int]
+
+
+def resize_to_cover(
+    image: np.ndarray, mask: np.ndarray | None, min_hw: Size
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Scale up (keeping the aspect ratio) so that the image is at least ``min_hw``; never scales down."""
+    h, w = image.shape[:2]
+    scale = max(min_hw[0] / h, min_hw[1] / w)
+    if scale <= 1.0:
+        return image, mask
+    size_wh = (math.ceil(w * scale), math.ceil(h * scale))
+    image = cv2.resize(image, size_wh, interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask, size_wh, interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+class JointTransform:
+    """``(image, mask | None) -> (image, mask | None)``: optional cover-resize, then an ``A.Compose``."""
+
+    def __init__(self, ops: list[A.BasicTransform], seed: int, cover: Size | None = None) -> None:
+        self.compose = A.Compose(ops, seed=seed) if ops else None
+        self.cover = cover
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.cover is not None:
+            image, mask = resize_to_cover(image, mask, self.cover)
+        if self.compose is None:
+            return image, mask
+        if mask is None:
+            return self.compose(image=image)["image"], None
+        out = self.compose(image=image, mask=mask)
+        return out["image"], out["mask"]
+
+    def set_seed(self, seed: int) -> None:
+        """Reseed the random augmentations (called per DataLoader worker)."""
+        if self.compose is not None:
+            self.compose.set_random_seed(seed)
+
+
+def build_train_transform(
+    *,
+    crop_size: Size | None,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    hflip: bool = True,
+    color_jitter: bool = False,
+    seed: int = 0,
+    cover: bool = False,
+) -> JointTransform:
+    """Random scale → pad (0 / 255) → random crop → flip → optional colour jitter.
+
+    ``cover=True`` first scales small images up to the crop size (unlabeled
+    folders), so no padding is ever needed.
+    """
+    ops: list[A.BasicTransform] = []
+    low, high = scale_range
+    if not low <= high or low <= 0:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range}")
+    if (low, high) != (1.0, 1.0):
+        ops.append(
+            A.RandomScale(
+                scale_limit=(low - 1.0, high - 1.0),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                p=1.0,
+            )
+        )
+    if crop_size is not None:
+        ops.append(
+            A.PadIfNeeded(
+                min_height=crop_size[0],
+                min_width=crop_size[1],
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=IGNORE_INDEX,
+            )
+        )
+        ops.append(A.RandomCrop(height=crop_size[0], width=crop_size[1]))
+    if hflip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    if color_jitter:
+        ops.append(
+            A.ColorJitter(
+                brightness=(0.7, 1.3), contrast=(0.7, 1.3), saturation=(0.7, 1.3), hue=(-0.05, 0.05), p=0.8
+            )
+        )
+    return JointTransform(ops, seed=seed, cover=crop_size if cover and crop_size is not None else None)
+
+
+def build_eval_transform(
+    *, size: Size | None = None, center_crop: Size | None = None, seed: int = 0
+) -> JointTransform:
+    """Deterministic evaluation transform: full image, fixed resize, or cover-resize + centre crop."""
+    ops: list[A.BasicTransform] = []
+    if size is not None:
+        ops.append(
+            A.Resize(
+                height=size[0],
+                width=size[1],
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+            )
+        )
+    if center_crop is not None:
+        ops.append(A.CenterCrop(height=center_crop[0], width=center_crop[1]))
+    return JointTransform(ops, seed=seed, cover=center_crop)

@@ -231,3 +231,18 @@ def test_ensemble_of_checkpoints(finished: Path) -> None:
     earlier = str(finished / "finetune" / "checkpoints" / f"step={STEPS - 2:07d}.ckpt")
     pair = ensemble(["-c", config, "--ckpts", final, earlier])
     assert 0.0 <= pair["miou"] <= 1.0 and len(pair["per_class_iou"]) == 6
+
+
+def test_wandb_offline_run_per_stage(data_root: Path, tmp_path: Path) -> None:
+    """W&B logs offline (no network): one run per stage, grouped by pipeline, typed by stage kind."""
+    out = tmp_path / "wb"
+    pipeline = tiny(data_root, out, "steps=2")
+    pipeline.wandb = {"enabled": True, "project": "mnm-test"}
+    PipelineRunner(pipeline).run()
+    for stage, kind in (("mix_match", "mix-match"), ("finetune", "segment")):
+        runs = list((out / stage / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, list((out / stage).iterdir())
+        entry = manifest(out)["stages"][stage]
+        assert runs[0].name.endswith(entry["wandb_id"])
+        config = (out / stage / "config.yaml").read_text()
+        assert f"group: {pipeline.name}" in config and f"job_type: {kind}" in config

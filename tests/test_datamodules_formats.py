@@ -16,7 +16,7 @@ from data_fixtures import (
     write_cityscapes_pair,
     write_voc,
 )
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from mnm.datamodules import (
     CityscapesDataModule,
@@ -26,6 +26,7 @@ from mnm.datamodules import (
     loader_throughput,
 )
 from mnm.datamodules.datasets import pad_collate
+from mnm.datamodules.sampling import ResumableSampler
 from mnm.datamodules.voc import voc_colormap
 
 NO_AUGMENT = {"crop_size": None, "scale_range": (1.0, 1.0), "hflip": False}
@@ -243,17 +244,16 @@ def test_sampler_keys_address_samples_and_seed_their_augmentation(tmp_path: Path
     assert torch.equal(*batches)
 
 
-def test_shards_by_rank_when_lightning_does_not(tmp_path: Path) -> None:
+def test_shards_by_rank(tmp_path: Path) -> None:
     root = write_voc(
         tmp_path / "VOC2012", {"train": [f"2007_{i:06d}" for i in range(7)], "val": ["2007_000000"]}
     )
     seen = []
     for rank in (0, 1):
         dm = VOCDataModule(root=str(root), batch_size=1)
-        connector = SimpleNamespace(use_distributed_sampler=False)
-        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, _accelerator_connector=connector)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=2, global_step=0, accumulate_grad_batches=1)
         loader = dm.train_dataloader()
-        assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.rank == rank
+        assert isinstance(loader.sampler, ResumableSampler) and loader.sampler.rank == rank
         seen.append({name for batch in loader for name in batch["name"]})
     assert len(seen[0] & seen[1]) <= 1  # 7 samples padded to 2 x 4 by repeating one
     assert seen[0] | seen[1] == {f"2007_{i:06d}" for i in range(7)}

@@ -37,6 +37,18 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+def start_and_signal(cmd: list[str], wait_for: Path, sig: int, log: Path) -> subprocess.Popen:
+    """Start ``cmd``, send ``sig`` once ``wait_for`` exists, and wait for the process to end."""
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=fh, stderr=fh)
+        deadline = time.time() + 300
+        while not wait_for.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.wait(timeout=120)
+    return proc
+
+
 def eval_metrics(out: Path) -> dict:
     return json.loads((out / "finetune" / "metrics.json").read_text())["eval"]
 
@@ -132,14 +144,8 @@ def test_kill_then_resume_gives_same_metrics(finished: Path, data_root: Path, tm
     out = tmp_path / "tiny"
     cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={data_root}",
                   "--set", f"steps={STEPS}")
-    log = (tmp_path / "log.txt").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=log, stderr=log)
     target = out / "finetune" / "checkpoints" / "step=0000004.ckpt"
-    deadline = time.time() + 300
-    while not target.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = start_and_signal(cmd, target, signal.SIGKILL, tmp_path / "log.txt")
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-2000:]
     killed = manifest(out)["stages"]
     assert killed["mix_match"]["status"] == "finished"
@@ -158,14 +164,8 @@ def test_sigterm_saves_checkpoint_and_exits(data_root: Path, tmp_path: Path) -> 
     out = tmp_path / "tiny"
     cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={data_root}",
                   "--set", "steps=40")
-    log = (tmp_path / "log.txt").open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=log, stderr=log)
     first = out / "mix_match" / "checkpoints" / "step=0000002.ckpt"
-    deadline = time.time() + 300
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    proc = start_and_signal(cmd, first, signal.SIGTERM, tmp_path / "log.txt")
     output = (tmp_path / "log.txt").read_text()
     assert proc.returncode == 143, output[-2000:]
     assert "interrupted by SIGTERM" in output

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
+from torchvision.ops import roi_align
 
-from mnm.mix import PatchBatch, sample_patches
+from mnm import mix
+from mnm.match import uniform_below
+from mnm.mix import PatchBatch, crop_patches, sample_patches
 
 IGNORE = 255
 
@@ -191,3 +196,79 @@ def test_class_balanced_draws_classes_uniformly() -> None:
     )
     shares = torch.bincount(pb.labels, minlength=3).float() / pb.labels.numel()
     assert bool((shares - 1 / 3).abs().max() < 0.07), shares  # pixel shares are 0.5, 0.41, 0.09
+
+
+@pytest.mark.parametrize("background_class", [None, 0, IGNORE])
+def test_centre_is_the_drawn_rank_of_its_group_in_raster_order(background_class) -> None:
+    """The cumulative-count search picks the pixel of rank uniform_below(u, n) of its group."""
+    g = _gen(11)
+    labels = torch.randint(0, 3, (4, 9, 11), generator=g)
+    labels[torch.rand(labels.shape, generator=g) < 0.3] = IGNORE
+    labels[1] = IGNORE  # no valid pixel
+    labels[2, :5] = 0  # a background-rich image
+    labels[3][labels[3] == 0] = 2  # no background
+    flat = labels.reshape(4, -1)
+    u = torch.rand(2, 4, 40, generator=g, dtype=torch.float64)
+    pixel, found = mix._draw_centres(
+        flat,
+        u[0],
+        u[1],
+        ignore_index=IGNORE,
+        background_class=background_class,
+        background_fraction=0.4,
+        class_balanced=False,
+    )
+    for b in range(4):
+        valid = flat[b] != IGNORE
+        bg = valid & (flat[b] == background_class)
+        groups = [bg.nonzero().flatten(), (valid & ~bg).nonzero().flatten()]
+        for j in range(40):
+            want = 0 if float(u[0, b, j]) < 0.4 else 1
+            if groups[want].numel() == 0:
+                want = 1 - want
+            members = groups[want]
+            assert bool(found[b, j]) == (members.numel() > 0)
+            if members.numel() == 0:
+                assert int(pixel[b, j]) == 0
+                continue
+            rank = int(uniform_below(u[1, b, j], torch.tensor(members.numel())))
+            assert int(pixel[b, j]) == int(members[rank])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threaded_crop_equals_one_roi_align(monkeypatch, threads) -> None:
+    g = _gen(7)
+    images = torch.rand(4, 3, 40, 56, generator=g, requires_grad=True)
+    n = 70
+    side = 4 + torch.rand(n, generator=g) * 30
+    cx, cy = torch.rand(n, generator=g) * 56, torch.rand(n, generator=g) * 40  # some boxes stick out
+    rois = torch.stack([torch.arange(n) % 4, cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+    ref = roi_align(images, rois, output_size=9, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    (ref_grad,) = torch.autograd.grad(ref.square().sum(), images)
+
+    calls: list[tuple[int, int]] = []  # (boxes, thread) of every roi_align call
+
+    def spy(*args, **kwargs):
+        calls.append((args[1].shape[0], threading.get_ident()))
+        return roi_align(*args, **kwargs)
+
+    monkeypatch.setattr(mix, "roi_align", spy)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k in (0, 1, 31, 32, 33, 48, n):
+            calls.clear()
+            out = crop_patches(images, rois[:k], 9)
+            assert torch.equal(out, ref[:k])
+            expect_chunks = min(threads, k // mix.MIN_BOXES_PER_THREAD) if k >= 32 else 1
+            assert sorted(c[0] for c in calls) == sorted(
+                t.shape[0] for t in rois[:k].tensor_split(expect_chunks)
+            )
+            main = [c for c in calls if c[1] == threading.get_ident()]
+            assert len(main) == 1 and (len(calls) - len(main) == expect_chunks - 1)  # the rest in the pool
+        (grad,) = torch.autograd.grad(crop_patches(images, rois, 9).square().sum(), images)
+        torch.testing.assert_close(grad, ref_grad)  # chunk gradients add up in another order
+        with torch.no_grad():
+            assert not crop_patches(images, rois, 9).requires_grad
+    finally:
+        torch.set_num_threads(old_threads)

@@ -2,12 +2,15 @@
 
 Each patch is labelled with the class of its centre pixel; patches of all
 images are pooled together. Centres are drawn without Python loops over pixels
-or patches, and all patches are cropped-and-resized in one
-:func:`torchvision.ops.roi_align` call, so the same code runs on CPU and GPU.
+or patches, and all patches are cropped-and-resized with
+:func:`torchvision.ops.roi_align` (one call on GPU; on CPU, whose kernel is
+single-threaded, the boxes are split over threads), so the same code runs on
+CPU and GPU.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -16,7 +19,7 @@ from torchvision.ops import roi_align
 
 from mnm.match import uniform_below
 
-__all__ = ["PatchBatch", "sample_patches"]
+__all__ = ["PatchBatch", "crop_patches", "sample_patches"]
 
 
 class PatchBatch(NamedTuple):
@@ -38,32 +41,59 @@ def _draw_centres(
     background_fraction: float,
     class_balanced: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Draw one centre pixel per candidate. Returns (flat pixel index B×M, found B×M)."""
+    """Draw one centre pixel per candidate. Returns (flat pixel index B×M, found B×M).
+
+    A candidate draws a group of pixels (see below) with ``u_group`` and then the pixel of rank
+    ``uniform_below(u_pixel, n)`` among the group's ``n`` pixels in raster order; the pixel index is
+    0 where the group is empty (found is False there).
+    """
+    if class_balanced:
+        return _draw_centres_class_balanced(flat_labels, u_group, u_pixel, ignore_index=ignore_index)
+    # group 0 = background, 1 = other valid pixels. The pixel of rank r (0-based) of a group is the
+    # first one at which the group's running count reaches r + 1: a binary search per candidate in
+    # cumulative counts instead of sorting all pixels by group.
+    valid = flat_labels != ignore_index
+    cum_fg = valid.cumsum(1, dtype=torch.int32)
+    cum_bg = None
+    if background_class is not None and background_class != ignore_index:
+        cum_bg = (flat_labels == background_class).cumsum(1, dtype=torch.int32)
+        cum_fg -= cum_bg
+    n_fg = cum_fg[:, -1]
+    n_bg = cum_bg[:, -1] if cum_bg is not None else torch.zeros_like(n_fg)
+    counts = torch.stack([n_bg, n_fg], dim=1).long()
+
+    # background with probability background_fraction; fall back to the non-empty group
+    chosen = (u_group >= background_fraction).long()
+    empty = counts.gather(1, chosen) == 0
+    chosen = torch.where(empty, 1 - chosen, chosen)
+    n = counts.gather(1, chosen)
+    found = n > 0
+    rank = (uniform_below(u_pixel, n) + 1).int()
+    pixel = torch.searchsorted(cum_fg, rank)
+    if cum_bg is not None:
+        pixel = torch.where(chosen == 0, torch.searchsorted(cum_bg, rank), pixel)
+    return torch.where(found, pixel, 0), found
+
+
+def _draw_centres_class_balanced(
+    flat_labels: Tensor, u_group: Tensor, u_pixel: Tensor, *, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """A class uniformly among those present, then a pixel of it (pixels sorted by class)."""
     b = flat_labels.shape[0]
     valid = flat_labels != ignore_index
-    if class_balanced:  # group = class; one extra group for ignore
-        if not bool(valid.any()):
-            return torch.zeros_like(u_group, dtype=torch.long), torch.zeros_like(u_group, dtype=torch.bool)
-        n_groups = int(flat_labels[valid].max()) + 1
-        group = torch.where(valid, flat_labels, n_groups)
-    else:  # group 0 = background, 1 = other valid pixels, 2 = ignore
-        n_groups = 2
-        is_bg = flat_labels == background_class if background_class is not None else torch.zeros_like(valid)
-        group = torch.where(valid, torch.where(is_bg, 0, 1), 2)
+    if not bool(valid.any()):
+        return torch.zeros_like(u_group, dtype=torch.long), torch.zeros_like(u_group, dtype=torch.bool)
+    n_groups = int(flat_labels[valid].max()) + 1
+    group = torch.where(valid, flat_labels, n_groups)  # one extra group for ignore
     counts = torch.zeros(b, n_groups + 1, dtype=torch.long, device=group.device)
     counts.scatter_add_(1, group, torch.ones_like(group))
     counts = counts[:, :n_groups]
     starts = counts.cumsum(1) - counts
     sorted_pixels = torch.sort(group, dim=1, stable=True).indices
 
-    if class_balanced:  # a class uniformly among those present, then a pixel of it
-        present = (counts > 0).long()
-        rank = uniform_below(u_group, present.sum(1, keepdim=True))
-        chosen = torch.searchsorted(present.cumsum(1), rank + 1).clamp(max=n_groups - 1)
-    else:  # background with probability background_fraction; fall back to the non-empty group
-        chosen = (u_group >= background_fraction).long()
-        empty = counts.gather(1, chosen) == 0
-        chosen = torch.where(empty, 1 - chosen, chosen)
+    present = (counts > 0).long()
+    rank = uniform_below(u_group, present.sum(1, keepdim=True))
+    chosen = torch.searchsorted(present.cumsum(1), rank + 1).clamp(max=n_groups - 1)
     n = counts.gather(1, chosen)
     position = (starts.gather(1, chosen) + uniform_below(u_pixel, n)).clamp(max=group.shape[1] - 1)
     return sorted_pixels.gather(1, position), n > 0
@@ -96,6 +126,40 @@ def _greedy_overlap_filter(boxes: Tensor, found: Tensor, k: int, max_overlap: fl
         if j % 8 == 7 and bool((n_kept == k).all()):
             break
     return keep
+
+
+MIN_BOXES_PER_THREAD = 16
+"""On CPU, :func:`crop_patches` splits the boxes over threads only if each gets at least this many."""
+
+
+def crop_patches(images: Tensor, rois: Tensor, out_size: int) -> Tensor:
+    """Crop-and-resize ``rois`` (K×5, roi_align format) of ``images`` to K×C×``out_size``².
+
+    Equal to one :func:`torchvision.ops.roi_align` call (aligned, adaptive sampling). torchvision's
+    CPU kernel is single-threaded, so on CPU the boxes are cut into up to ``torch.get_num_threads()``
+    chunks of at least :data:`MIN_BOXES_PER_THREAD` boxes, cropped in a thread pool (the kernel
+    releases the GIL; each box is computed independently) and concatenated.
+    """
+
+    def crop(chunk: Tensor) -> Tensor:
+        return roi_align(
+            images, chunk, output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
+
+    n_chunks = min(torch.get_num_threads(), rois.shape[0] // MIN_BOXES_PER_THREAD)
+    if images.device.type != "cpu" or n_chunks < 2:
+        return crop(rois)
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def crop_in_worker(chunk: Tensor) -> Tensor:  # grad and inference mode are thread-local
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return crop(chunk)
+
+    chunks = rois.tensor_split(n_chunks)
+    with ThreadPoolExecutor(max_workers=n_chunks - 1) as pool:
+        rest = pool.map(crop_in_worker, chunks[1:])  # submitted now, collected below
+        first = crop(chunks[0])  # in this thread, while the pool works on the others
+        return torch.cat([first, *rest])
 
 
 def sample_patches(
@@ -160,7 +224,5 @@ def sample_patches(
 
     image_index, slot = keep.nonzero(as_tuple=True)
     rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1)
-    patches = roi_align(
-        images, rois, output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
-    )
+    patches = crop_patches(images, rois, out_size)
     return PatchBatch(patches, flat[image_index, pixel[image_index, slot]], rois, image_index)

@@ -30,14 +30,19 @@ import torch
 import yaml
 
 from mnm.checkpoints import atomic_write_text, read_checkpoint
+from mnm.datamodules.datasets import pad_collate
 from mnm.metrics import per_class_table, write_per_class_csv
 from mnm.pipeline import ConfigError, Pipeline, config_hash, read_manifest
 from mnm.stage_cli import build_stage
 
-__all__ = ["build_report", "check_report_spec", "load_stage", "miou_table", "plot_mm_curves", "read_curves"]
+__all__ = [
+    "build_report", "check_report_spec", "load_stage", "miou_table", "per_class_markdown", "plot_mm_curves",
+    "read_curves",
+]
 
 #: CSV columns of the M&M curves (the ``_step`` variant is what Lightning writes when also logged per epoch)
 CURVE_COLUMNS = {"loss": "train/loss", "active_fraction": "train/active_fraction"}
+MAX_VAL_PASSES = 10  # t-SNE: at most this many passes over the val split to collect the patches
 VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matplotlib", "mnm")
 
 
@@ -143,6 +148,12 @@ def _json_safe(obj: Any) -> Any:
 def _iou_rows(results: Mapping[str, Any]) -> dict[str, list[float]]:
     """Per-class IoU per arm, with None (absent class) back to NaN."""
     return {k: [math.nan if v is None else v for v in a["per_class_iou"]] for k, a in results["arms"].items()}
+
+
+def per_class_markdown(results: Mapping[str, Any]) -> str:
+    """The per-class IoU table (%) of every arm, from ``results.json``'s content."""
+    mious = {k: a["miou"] for k, a in results["arms"].items()}
+    return per_class_table(_iou_rows(results), results["class_names"], mious)
 
 
 def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
@@ -279,17 +290,14 @@ def _colourise(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def plot_samples(run_dir: Path, arms: Mapping[str, str], num: int, out: Path) -> Path:
-    """Rows of val image, ground truth and each arm's prediction, in the data module's palette."""
+    """Rows of val image, ground truth and each arm's prediction (data module's palette; ignore is white)."""
     plt = _pyplot()
     models = {label: load_stage(run_dir, stage) for label, stage in arms.items()}
     _, dm = next(iter(models.values()))
-    images, masks = [], []
-    for batch in _val_batches(dm):
-        images.append(batch["image"])
-        masks.append(batch["mask"])
-        if sum(len(x) for x in images) >= num:
-            break
-    image, mask = torch.cat(images)[:num], torch.cat(masks)[:num]
+    dm.setup("validate")
+    val = dm.datasets["val"]  # images spread over the split (video frames in a row look alike)
+    batch = pad_collate([val[int(i)] for i in np.linspace(0, len(val) - 1, min(num, len(val))).round()])
+    image, mask = batch["image"], batch["mask"]
     palette = np.array(dm.palette, dtype=np.uint8)
     preds = {label: m.predict_probs(image).argmax(1) for label, (m, _) in models.items()}
     cols = ["image", "ground truth", *arms]
@@ -310,6 +318,20 @@ def plot_samples(run_dir: Path, arms: Mapping[str, str], num: int, out: Path) ->
     return out
 
 
+def _val_patches(model: Any, datamodule: Any, num: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``num`` labelled patches mixed (``model.mix``) from val images; a small split is passed over again."""
+    patches, labels, count = [], [], 0
+    for _ in range(MAX_VAL_PASSES):
+        for batch in _val_batches(datamodule):
+            mixed = model.mix(batch, generator)
+            patches.append(mixed.patches)
+            labels.append(mixed.labels)
+            count += len(mixed.labels)
+            if count >= num:
+                return torch.cat(patches)[:num], torch.cat(labels)[:num]
+    return torch.cat(patches), torch.cat(labels)
+
+
 @torch.no_grad()
 def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: int, seed: int) -> dict[str, Any]:
     """The same val patches embedded (L2-normalised pool5) before and after M&M, and their t-SNE maps.
@@ -319,6 +341,7 @@ def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: 
     """
     from sklearn.manifold import TSNE
     from sklearn.metrics import silhouette_score
+    from threadpoolctl import threadpool_limits
 
     from mnm.backbones import load_backbone_weights
 
@@ -326,21 +349,15 @@ def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: 
     initial, _ = load_stage(run_dir, after, weights=False)
     if before is not None:
         load_backbone_weights(initial.backbone, str(Path(run_dir) / before / "checkpoints" / "final.ckpt"))
-    generator = torch.Generator().manual_seed(seed)
-    patches, labels = [], []
-    for batch in _val_batches(dm):
-        mixed = tuned.mix(batch, generator)
-        patches.append(mixed.patches)
-        labels.append(mixed.labels)
-        if sum(len(x) for x in labels) >= num_patches:
-            break
-    x, y = torch.cat(patches)[:num_patches], torch.cat(labels)[:num_patches].numpy()
+    x, y = _val_patches(tuned, dm, num_patches, torch.Generator().manual_seed(seed))
+    y = y.numpy()
     result: dict[str, Any] = {"labels": y, "class_names": dm.class_names, "palette": dm.palette}
     for key, model in (("before", initial), ("after", tuned)):
         emb = torch.cat([model.backbone.embed(chunk) for chunk in x.split(128)])
         emb = torch.nn.functional.normalize(emb, dim=1).numpy()
         perplexity = min(30.0, (len(emb) - 1) / 3)
-        result[key] = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
+        with threadpool_limits(1):  # Barnes-Hut with OpenMP threads crawls on a busy CPU; one thread is fast
+            result[key] = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(emb)
         multi = len(set(y.tolist())) > 1
         result[f"silhouette_{key}"] = float(silhouette_score(emb, y, metric="euclidean")) if multi else math.nan
     return result
@@ -386,14 +403,13 @@ def miou_table(results: Mapping[str, Any]) -> str:
 
 
 def _markdown(results: Mapping[str, Any]) -> str:
-    arms = results["arms"]
     parts = [
         f"# Benchmark `{results['benchmark']}`\n",
         f"File `{results['file']}`, seed {results['seed']}, evaluated on **{results['eval_split']}** of "
         f"`{results['dataset']['class_path']}`. Benchmark hash `{results['benchmark_hash']}` (config hashes "
         "leave out the data root and output paths).\n",
         "## mIoU per arm\n", miou_table(results),
-        "## Per-class IoU (%)\n", per_class_table(_iou_rows(results), results["class_names"], {k: a["miou"] for k, a in arms.items()}),
+        "## Per-class IoU (%)\n", per_class_markdown(results),
         "(also in `per_class_iou.csv`; – = class absent from the split)\n",
         "## Stage wall times (s)\n", "| stage | kind | init from | steps | time (s) | config hash |",
         "|---|---|---|---:|---:|---|",

@@ -94,7 +94,7 @@ def test_json_structure(bench_run: tuple[Path, dict[str, Any], str]) -> None:
     ms = alexnet["ms"]
     expected = (ms["mix"] + ms["match"] + ms["loss"]) / (ms["forward"] + ms["backward"])
     assert math.isclose(alexnet["overhead_ratio"], expected)
-    assert set(mnm["mix_profile"]) == {"mix_ms", "crop_roi_align_ms", "crop_share"}
+    assert set(mnm["mix_profile"]) == {"mix_ms", "crop_ms", "crop_share"}
 
     rows = saved["graph"]["rows"]
     assert [r["target_nodes"] for r in rows] == [6, 12]
@@ -121,7 +121,7 @@ def test_table_printed(bench_run: tuple[Path, dict[str, Any], str]) -> None:
         "mnm bench on cpu",
         "M&M tuning step",
         "overhead_ratio",
-        "mix profile: roi_align",
+        "mix profile: crop",
         "Graph size",
         "Fine-tune step",
         "Throughput",

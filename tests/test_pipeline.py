@@ -139,6 +139,7 @@ def test_run_dir_guard(finished: Path, data_root: Path, tmp_path: Path) -> None:
     assert not out.exists() and (tmp_path / ".superseded-tiny").is_dir()
 
 
+@pytest.mark.slow
 def test_kill_then_resume_gives_same_metrics(finished: Path, data_root: Path, tmp_path: Path) -> None:
     """SIGKILL mid fine-tuning, rerun: M&M is kept, fine-tuning resumes from last.ckpt, metrics equal."""
     out = tmp_path / "tiny"
@@ -160,6 +161,7 @@ def test_kill_then_resume_gives_same_metrics(finished: Path, data_root: Path, tm
     assert eval_metrics(out) == eval_metrics(finished)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_checkpoint_and_exits(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={data_root}",
@@ -205,6 +207,8 @@ def test_truncated_checkpoint_is_named_and_fallback_resumes(finished: Path, data
     assert entry["resumed_from"].endswith(f"step={STEPS:07d}.ckpt")
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_ddp_cpu(data_root: Path, tmp_path: Path) -> None:
     """The tiny pipeline on 2 CPU processes (gloo) finishes with the same outputs and metric format."""
     out = tmp_path / "ddp"

@@ -490,7 +490,7 @@ def merge_csv_logs(stage_dir: Path) -> None:
     current, parts = _csv_parts(stage_dir)
     if not parts:
         return
-    tables = [_read_csv(p) for p in [*parts, current] if p.exists()]
+    tables = [read_csv_rows(p) for p in [*parts, current] if p.exists()]
     rows: list[dict[str, str]] = []
     for table in tables:
         steps = [int(r["step"]) for r in table if r.get("step")]
@@ -505,7 +505,8 @@ def merge_csv_logs(stage_dir: Path) -> None:
         p.unlink()
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV log as dicts."""
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
 

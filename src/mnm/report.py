@@ -16,7 +16,6 @@ the run (``manifest.json``, each stage's ``metrics.json`` and ``csv/metrics.csv`
 from __future__ import annotations
 
 import copy
-import csv
 import importlib.metadata
 import json
 import math
@@ -32,7 +31,7 @@ import yaml
 from mnm.checkpoints import atomic_write_text, read_checkpoint
 from mnm.datamodules.datasets import pad_collate
 from mnm.metrics import per_class_table, write_per_class_csv
-from mnm.pipeline import ConfigError, Pipeline, config_hash, read_manifest
+from mnm.pipeline import ConfigError, Pipeline, config_hash, read_csv_rows, read_manifest
 from mnm.stage_cli import build_stage
 
 __all__ = [
@@ -101,8 +100,7 @@ def _stage_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
 
 def read_curves(csv_path: Path) -> dict[str, np.ndarray]:
     """``step`` and the M&M curve columns (NaN where a row lacks them) of a stage's ``metrics.csv``."""
-    with open(csv_path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_csv_rows(csv_path)
     by_step: dict[int, dict[str, float]] = {}
     for row in rows:
         values = {}

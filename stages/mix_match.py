@@ -28,6 +28,8 @@ class MixMatchStage(BaseStage):
         patches_per_image: patches sampled from each image (paper: 9-10).
         patch_size_range: side of the square patches before resizing, in pixels (paper: 64-256).
         patch_out_size: side the patches are resized to (paper: 128).
+        patch_antialias: average several bilinear samples per output pixel when a patch is
+            shrunk (torchvision's adaptive roi_align); off: one bilinear sample, a plain resize.
         background_class: class id of background, sampled for about ``background_fraction``
             of the patches; ``None`` when the dataset has no background class.
         background_fraction: share of patch centres on background pixels.
@@ -46,6 +48,7 @@ class MixMatchStage(BaseStage):
         patches_per_image: int = 9,
         patch_size_range: tuple[int, int] = (64, 256),
         patch_out_size: int = 128,
+        patch_antialias: bool = False,
         background_class: int | None = 0,
         background_fraction: float = 0.1,
         class_balanced: bool = False,
@@ -73,6 +76,7 @@ class MixMatchStage(BaseStage):
             class_balanced=hp.class_balanced,
             max_overlap=hp.max_overlap,
             ignore_index=hp.ignore_index,
+            antialias=hp.patch_antialias,
             generator=generator,
         )
 

@@ -130,6 +130,7 @@ def test_eval_split_and_report_checks(tmp_path: Path) -> None:
 def test_demo_finds_its_benchmark_files() -> None:
     assert benchmark_file("demo") == REPO / "conf" / "benchmarks" / "demo.yaml"
     demo = load_benchmark(benchmark_file("demo"))
-    assert [s.kind for s in demo.stages].count("segment") == len(demo.report["arms"]) == 3
+    assert [s.kind for s in demo.stages].count("segment") == len(demo.report["arms"]) == 5
+    assert any(s.kind == "colorize" for s in demo.stages)
     with pytest.raises(FileNotFoundError, match="conf/ folder"):
         benchmark_file("no-such-benchmark")

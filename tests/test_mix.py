@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from mnm import mix
@@ -258,7 +259,7 @@ def test_threaded_crop_equals_one_roi_align(monkeypatch, threads) -> None:
     try:
         for k in (0, 1, 31, 32, 33, 48, n):
             calls.clear()
-            out = crop_patches(images, rois[:k], 9)
+            out = crop_patches(images, rois[:k], 9, sampling_ratio=-1)
             assert torch.equal(out, ref[:k])
             expect_chunks = min(threads, k // mix.MIN_BOXES_PER_THREAD) if k >= 32 else 1
             assert sorted(c[0] for c in calls) == sorted(
@@ -266,9 +267,43 @@ def test_threaded_crop_equals_one_roi_align(monkeypatch, threads) -> None:
             )
             main = [c for c in calls if c[1] == threading.get_ident()]
             assert len(main) == 1 and (len(calls) - len(main) == expect_chunks - 1)  # the rest in the pool
-        (grad,) = torch.autograd.grad(crop_patches(images, rois, 9).square().sum(), images)
+        (grad,) = torch.autograd.grad(crop_patches(images, rois, 9, sampling_ratio=-1).square().sum(), images)
         torch.testing.assert_close(grad, ref_grad)  # chunk gradients add up in another order
         with torch.no_grad():
             assert not crop_patches(images, rois, 9).requires_grad
     finally:
         torch.set_num_threads(old_threads)
+
+
+def test_default_crop_is_a_bilinear_resize() -> None:
+    """One bilinear sample per output pixel centre: F.grid_sample on boxes inside the image."""
+    g = _gen(3)
+    images = torch.rand(2, 3, 50, 60, generator=g)
+    n, out_size = 12, 16
+    side = 8 + torch.rand(n, generator=g) * 30  # up to ~2.4x downscaling
+    cx = 20 + torch.rand(n, generator=g) * 20
+    cy = 20 + torch.rand(n, generator=g) * 10
+    rois = torch.stack([torch.arange(n) % 2, cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)
+    # box [x1, x2) in pixel-edge coordinates -> normalised [-1, 1] of grid_sample (align_corners=False)
+    h, w = images.shape[-2:]
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = side / w
+    theta[:, 1, 1] = side / h
+    theta[:, 0, 2] = 2 * cx / w - 1
+    theta[:, 1, 2] = 2 * cy / h - 1
+    grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
+    ref = F.grid_sample(images[rois[:, 0].long()], grid, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(crop_patches(images, rois, out_size), ref, atol=1e-5, rtol=1e-5)
+    smooth = crop_patches(images, rois, out_size, sampling_ratio=-1)
+    assert not torch.allclose(smooth, ref, atol=1e-3)  # the adaptive average differs where side > out_size
+
+
+def test_sample_patches_antialias_switch() -> None:
+    images, labels = torch.rand(2, 3, 64, 64, generator=_gen(1)), torch.randint(0, 3, (2, 64, 64), generator=_gen(2))
+    kw = {"patches_per_image": 4, "size_range": (40, 60), "out_size": 16, "background_class": None}
+    plain = sample_patches(images, labels, generator=_gen(5), **kw)
+    smooth = sample_patches(images, labels, antialias=True, generator=_gen(5), **kw)
+    assert torch.equal(plain.boxes, smooth.boxes) and torch.equal(plain.labels, smooth.labels)
+    torch.testing.assert_close(smooth.patches, crop_patches(images, smooth.boxes, 16, sampling_ratio=-1))
+    torch.testing.assert_close(plain.patches, crop_patches(images, plain.boxes, 16))
+    assert not torch.allclose(plain.patches, smooth.patches)

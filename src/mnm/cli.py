@@ -25,7 +25,7 @@ def _pipeline(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="mnm pipeline", description="Run a pipeline of stages from a YAML file.")
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run, resume or skip the stages of a pipeline")
-    run.add_argument("file", help="pipeline YAML (e.g. conf/pipelines/demo.yaml)")
+    run.add_argument("file", help="pipeline YAML (e.g. conf/pipelines/voc_random_alexnet_graph.yaml)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override: a var name, data.root=..., trainer.max_steps=..., stages.<name>.model.lr=...")
     run.add_argument("--out", help="run directory (default runs/<pipeline name>)")

@@ -132,10 +132,13 @@ MIN_BOXES_PER_THREAD = 16
 """On CPU, :func:`crop_patches` splits the boxes over threads only if each gets at least this many."""
 
 
-def crop_patches(images: Tensor, rois: Tensor, out_size: int) -> Tensor:
+def crop_patches(images: Tensor, rois: Tensor, out_size: int, *, sampling_ratio: int = 1) -> Tensor:
     """Crop-and-resize ``rois`` (K×5, roi_align format) of ``images`` to K×C×``out_size``².
 
-    Equal to one :func:`torchvision.ops.roi_align` call (aligned, adaptive sampling). torchvision's
+    Equal to one aligned :func:`torchvision.ops.roi_align` call. ``sampling_ratio=1`` takes one
+    bilinear sample at the centre of each output pixel (a plain bilinear resize, like OpenCV's
+    ``INTER_LINEAR``); ``-1`` averages roi_align's adaptive ``ceil(side / out_size)``² samples per
+    output pixel (smoother downscaling, about 2.5 times the cost for sides of 64-256 px at 128). torchvision's
     CPU kernel is single-threaded, so on CPU the boxes are cut into up to ``torch.get_num_threads()``
     chunks of at least :data:`MIN_BOXES_PER_THREAD` boxes, cropped in a thread pool (the kernel
     releases the GIL; each box is computed independently) and concatenated.
@@ -143,7 +146,7 @@ def crop_patches(images: Tensor, rois: Tensor, out_size: int) -> Tensor:
 
     def crop(chunk: Tensor) -> Tensor:
         return roi_align(
-            images, chunk, output_size=out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+            images, chunk, output_size=out_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
         )
 
     n_chunks = min(torch.get_num_threads(), rois.shape[0] // MIN_BOXES_PER_THREAD)
@@ -175,6 +178,7 @@ def sample_patches(
     max_overlap: float = 0.6,
     ignore_index: int = 255,
     candidates_per_image: int | None = None,
+    antialias: bool = False,
     generator: torch.Generator | None = None,
 ) -> PatchBatch:
     """Sample up to ``patches_per_image`` labelled square patches per image and pool them.
@@ -186,7 +190,8 @@ def sample_patches(
     ``min(H, W)``). The box is centred on the centre pixel; parts outside the image are zero-filled.
     ``candidates_per_image`` candidates (default ``4 * patches_per_image``) are screened greedily by
     the overlap rule (see :func:`_greedy_overlap_filter`), so an image may yield fewer patches; an
-    image without valid pixels yields none. Random numbers are drawn on CPU from ``generator``
+    image without valid pixels yields none. Patches are resized bilinearly, with ``antialias``
+    averaging several samples per output pixel (see :func:`crop_patches`). Random numbers are drawn on CPU from ``generator``
     (a CPU generator, or torch's default one), so results are reproducible on any device.
     """
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
@@ -224,5 +229,5 @@ def sample_patches(
 
     image_index, slot = keep.nonzero(as_tuple=True)
     rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1)
-    patches = crop_patches(images, rois, out_size)
+    patches = crop_patches(images, rois, out_size, sampling_ratio=-1 if antialias else 1)
     return PatchBatch(patches, flat[image_index, pixel[image_index, slot]], rois, image_index)

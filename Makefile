@@ -9,6 +9,7 @@ MNM := $(BIN)/mnm
 SHARED ?= ../shared
 CAMVID_ROOT ?= $(SHARED)/data/camvid
 EVAL_SPLIT ?= val
+MARGIN ?= 0.5
 VOC_ROOT ?=
 PROXY_IMAGES ?=
 CITYSCAPES_ROOT ?=
@@ -17,7 +18,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo bench bench-data camvid-cpu voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo bench bench-data camvid-cpu camvid-cpu-margin voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -53,6 +54,11 @@ bench-data: $(STAMP) ## data-loader images/s on CamVid (0 and 2 workers)
 camvid-cpu: $(STAMP) ## CPU-sized CamVid benchmark (5 arms) -> runs/camvid-cpu/report.md
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) benchmark conf/benchmarks/camvid_cpu.yaml --out runs/camvid-cpu --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT)
+
+camvid-cpu-margin: $(STAMP) ## margin ablation of camvid-cpu: its M&M graph arm at MARGIN=0.5 -> runs/camvid-cpu-margin<MARGIN>/
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	$(MNM) benchmark conf/benchmarks/camvid_cpu_margin.yaml --out runs/camvid-cpu-margin$(MARGIN) \
+		--set data.root=$(CAMVID_ROOT) --set margin=$(MARGIN) --eval-split $(EVAL_SPLIT)
 
 define need_dir
 	@test -n "$($(1))" -a -d "$($(1))" || { echo "error: set $(1)=<folder> ($(2)); got '$($(1))'"; exit 2; }

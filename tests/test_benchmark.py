@@ -134,3 +134,18 @@ def test_demo_finds_its_benchmark_files() -> None:
     assert any(s.kind == "colorize" for s in demo.stages)
     with pytest.raises(FileNotFoundError, match="conf/ folder"):
         benchmark_file("no-such-benchmark")
+
+
+def test_extending_benchmark_replaces_stages_and_report() -> None:
+    """The margin ablation extends camvid_cpu.yaml: its own stages and arms only, the var in the arm name."""
+    base = load_benchmark(benchmark_file("camvid_cpu"))
+    ablation = load_benchmark(benchmark_file("camvid_cpu_margin"), sets=["margin=0.3"])
+    assert [s.name for s in ablation.stages] == ["mm_graph", "ft_mm_graph"]
+    assert list(ablation.report["arms"]) == ["random → M&M graph, margin 0.3 → fine-tune"]
+    mm = {s.name: s for s in ablation.stages}["mm_graph"].config["model"]
+    assert mm["margin"] == 0.3
+    base_mm = {s.name: s for s in base.stages}["mm_graph"].config["model"]
+    assert base_mm["margin"] == 2.1
+    assert {**mm, "margin": 2.1} == base_mm  # everything else as in the base
+    ft = {s.name: s for s in ablation.stages}["ft_mm_graph"]
+    assert ft.config == {s.name: s for s in base.stages}["ft_mm_graph"].config and ft.init_from == "mm_graph"

@@ -104,7 +104,7 @@ def _load_layers(refs: Any, base_dir: Path, what: str) -> dict[str, Any]:
 
 def _substitute(obj: Any, variables: dict[str, Any], where: str) -> Any:
     if isinstance(obj, dict):
-        return {k: _substitute(v, variables, where) for k, v in obj.items()}
+        return {_substitute(k, variables, where): _substitute(v, variables, where) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_substitute(v, variables, where) for v in obj]
     if isinstance(obj, str):
@@ -169,7 +169,10 @@ class Pipeline:
 
 
 def read_pipeline_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A pipeline file's mapping, with ``extends: base.yaml`` merged in (vars and defaults merge, stages replace)."""
+    """A pipeline file's mapping, with ``extends: base.yaml`` merged in.
+
+    ``vars``, ``defaults`` and the other settings merge; ``stages`` and ``report`` (which names stages) replace.
+    """
     raw = _read_yaml(path, "pipeline")
     parent = raw.pop("extends", None)
     if parent is None:
@@ -178,7 +181,7 @@ def read_pipeline_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     if base_path.resolve() in _seen:
         raise ConfigError(f"{path}: extends {parent} makes a cycle")
     base = read_pipeline_file(base_path, (*_seen, path.resolve()))
-    return deep_merge(base, raw) | ({"stages": raw["stages"]} if "stages" in raw else {})
+    return deep_merge(base, raw) | {key: raw[key] for key in ("stages", "report") if key in raw}
 
 
 def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str | None = None) -> Pipeline:

@@ -138,15 +138,20 @@ def crop_patches(images: Tensor, rois: Tensor, out_size: int, *, sampling_ratio:
     Equal to one aligned :func:`torchvision.ops.roi_align` call. ``sampling_ratio=1`` takes one
     bilinear sample at the centre of each output pixel (a plain bilinear resize, like OpenCV's
     ``INTER_LINEAR``); ``-1`` averages roi_align's adaptive ``ceil(side / out_size)``² samples per
-    output pixel (smoother downscaling, about 2.5 times the cost for sides of 64-256 px at 128). torchvision's
-    CPU kernel is single-threaded, so on CPU the boxes are cut into up to ``torch.get_num_threads()``
-    chunks of at least :data:`MIN_BOXES_PER_THREAD` boxes, cropped in a thread pool (the kernel
+    output pixel (smoother downscaling; for sides uniform in 64-256 px at 128, 2.5 samples per
+    output pixel on average). torchvision's CPU kernel is single-threaded, so on CPU the boxes are
+    cut into up to ``torch.get_num_threads()`` chunks of at least :data:`MIN_BOXES_PER_THREAD` boxes, cropped in a thread pool (the kernel
     releases the GIL; each box is computed independently) and concatenated.
     """
 
     def crop(chunk: Tensor) -> Tensor:
         return roi_align(
-            images, chunk, output_size=out_size, spatial_scale=1.0, sampling_ratio=sampling_ratio, aligned=True
+            images,
+            chunk,
+            output_size=out_size,
+            spatial_scale=1.0,
+            sampling_ratio=sampling_ratio,
+            aligned=True,
         )
 
     n_chunks = min(torch.get_num_threads(), rois.shape[0] // MIN_BOXES_PER_THREAD)
@@ -191,8 +196,9 @@ def sample_patches(
     ``candidates_per_image`` candidates (default ``4 * patches_per_image``) are screened greedily by
     the overlap rule (see :func:`_greedy_overlap_filter`), so an image may yield fewer patches; an
     image without valid pixels yields none. Patches are resized bilinearly, with ``antialias``
-    averaging several samples per output pixel (see :func:`crop_patches`). Random numbers are drawn on CPU from ``generator``
-    (a CPU generator, or torch's default one), so results are reproducible on any device.
+    averaging several samples per output pixel (see :func:`crop_patches`). Random numbers are
+    drawn on CPU from ``generator`` (a CPU generator, or torch's default one), so results are
+    reproducible on any device.
     """
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(

@@ -201,6 +201,13 @@ class SegmentationDataModule(L.LightningDataModule):
         """Images of ``predict_dir``: ``image``, ``name`` and original ``size`` (B×2, H and W)."""
         return self._loader("predict", self.val_batch_size, shuffle=False)
 
+    def eval_dataset(self, role: str) -> SegmentationDataset:
+        """The ``train``, ``val`` or ``test`` samples with the deterministic eval transform (no augmentation).
+
+        Built anew on each call (not cached); probes and reports read labelled images through it.
+        """
+        return self._build_dataset(role, transform=self.eval_transform())
+
     @property
     def num_skipped(self) -> int:
         """Bad samples skipped so far with ``skip_bad`` (setup and read time, all splits)."""
@@ -227,7 +234,7 @@ class SegmentationDataModule(L.LightningDataModule):
         split = self._split_for(role)
         return split, self.list_samples(split), str(self.split_source(split))
 
-    def _build_dataset(self, role: str) -> SegmentationDataset:
+    def _build_dataset(self, role: str, transform: JointTransform | None = None) -> SegmentationDataset:
         split, records, source = self._list_role(role)
         if self.max_samples is not None:
             records = records[: self.max_samples]
@@ -241,9 +248,10 @@ class SegmentationDataModule(L.LightningDataModule):
             logger.warning(
                 "split '%s': skipped %d of %d samples with bad data (skip_bad)", split, skipped, len(records)
             )
-        transform = {"train": self.train_transform, "predict": self.predict_transform}.get(
-            role, self.eval_transform
-        )()
+        if transform is None:
+            transform = {"train": self.train_transform, "predict": self.predict_transform}.get(
+                role, self.eval_transform
+            )()
         dataset = SegmentationDataset(
             good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict"
         )

@@ -9,6 +9,7 @@ import torch
 
 from mnm.backbones import Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import read_checkpoint
+from mnm.probe import RepresentationProbe, score_backbone
 
 #: keys this package adds to every checkpoint it writes
 ARCH_KEY = "mnm_backbone"
@@ -71,6 +72,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
             contents = read_checkpoint(pretrained_backbone)
             check_backbone_matches(pretrained_backbone, contents, backbone, in_chans)
             load_backbone_weights(self.backbone, pretrained_backbone, contents)
+        self._probe: RepresentationProbe | None = None
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -93,6 +95,15 @@ class BaseStage(ScalarLogging, L.LightningModule):
         """
         seed = self.hparams.seed * 1_000_003 + step * 7_919 + self.global_rank * 104_729 + salt * 15_485_863
         return torch.Generator().manual_seed(seed % (2**63))
+
+    def probe_scores(self) -> dict[str, float]:
+        """kNN probe of the backbone (:mod:`mnm.probe`) on fixed patch sets of the data module.
+
+        The patch sets are cut on the first call and kept for the rest of the run.
+        """
+        if self._probe is None:
+            self._probe = RepresentationProbe.from_datamodule(self.trainer.datamodule)
+        return score_backbone(self._probe, self.backbone)
 
     # -- checkpoint metadata ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -18,9 +18,10 @@ TRIPLET_BUILDERS = {"graph": graph_triplets, "random": random_triplets}
 class MixMatchStage(BaseStage):
     """Mix (patch sampling) + match (graph or random triplets) + triplet loss on pool5 embeddings.
 
-    Logs the loss, the fraction of active triplets, mean D(a,p) and D(a,n), and the
-    number of nodes per graph. Patch sampling is seeded by :meth:`BaseStage.step_generator`
-    so that a resumed run draws the same patches as an uninterrupted one.
+    Logs the loss, the fraction of active triplets, mean D(a,p) and D(a,n), the number of
+    nodes per graph, and after each validation the kNN probe of the backbone. Patch sampling
+    is seeded by :meth:`BaseStage.step_generator` so that a resumed run draws the same
+    patches as an uninterrupted one.
 
     Args:
         triplets: ``graph`` (class-wise connected, the paper's) or ``random`` (FaceNet-style baseline).
@@ -38,6 +39,8 @@ class MixMatchStage(BaseStage):
         ignore_index: label value never used as a patch centre (linked from data).
         global_graph: build one graph over the patches of all devices (embeddings all-gathered
             with gradient), so the graph grows with the number of devices.
+        knn_probe: at the end of each validation, log the kNN probe of the backbone
+            (``val/knn_acc``, ``val/knn_acc_balanced``, ``val/effective_rank``; see :mod:`mnm.probe`).
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
@@ -55,6 +58,7 @@ class MixMatchStage(BaseStage):
         max_overlap: float = 0.6,
         ignore_index: int = 255,
         global_graph: bool = False,
+        knn_probe: bool = True,
         **kwargs: Any,
     ) -> None:
         if triplets not in TRIPLET_BUILDERS:
@@ -126,3 +130,7 @@ class MixMatchStage(BaseStage):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, self.step_generator(batch_idx, salt=1), "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.knn_probe and not self.trainer.sanity_checking:
+            self.log_scalars("val", self.probe_scores())

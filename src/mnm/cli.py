@@ -76,6 +76,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "bench": _lazy("mnm.bench"),
     "benchmark": _lazy("mnm.benchmark"),
     "ensemble": _lazy("mnm.ensemble"),
+    "probe": _lazy("mnm.probe_cli"),
 }
 
 
@@ -89,6 +90,7 @@ def usage() -> str:
         "  mnm data synth --root DIR                         write the synthetic VOC-layout dataset\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
+        "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
         "  mnm demo | bench | benchmark                      the jobs behind make demo / bench / camvid-cpu\n"
         "\nAdd --help to any command; --debug shows tracebacks."
     )

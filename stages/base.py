@@ -9,6 +9,7 @@ import torch
 
 from mnm.backbones import Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import read_checkpoint
+from mnm.phases import PhaseTimer, no_phase_timer
 from mnm.probe import RepresentationProbe, score_backbone
 
 #: keys this package adds to every checkpoint it writes
@@ -50,7 +51,21 @@ class BaseStage(ScalarLogging, L.LightningModule):
         gamma: the factor applied at each milestone.
         head_lr_mult: learning-rate multiplier for everything that is not the backbone.
         seed: base seed of the stage's own random draws (patches, tiles, permutations).
+
+    A stage kind says what the runner, reports and comparisons need to know about it
+    through the class attributes below, so that they never match kind names.
     """
+
+    #: data-module attributes the stage CLI links into the model's arguments
+    data_links: tuple[str, ...] = ()
+    #: the split a pipeline evaluates the stage on after fitting (``None``: not evaluated)
+    evaluation_split: str | None = None
+    #: training curves reports plot: label -> logged metric (its CSV column)
+    curve_metrics: dict[str, str] = {}
+    #: the model argument that names a run's variant (a W&B tag, a label in comparisons)
+    variant_arg: str | None = None
+    #: wraps the phases of a training step; the speed benchmark sets a timer
+    phase_timer: PhaseTimer = staticmethod(no_phase_timer)
 
     def __init__(
         self,
@@ -104,6 +119,12 @@ class BaseStage(ScalarLogging, L.LightningModule):
         if self._probe is None:
             self._probe = RepresentationProbe.from_datamodule(self.trainer.datamodule)
         return score_backbone(self._probe, self.backbone)
+
+    @classmethod
+    def run_tags(cls, model_args: dict[str, Any]) -> list[str]:
+        """W&B tags of a run with these model arguments (its variant, if the kind has one)."""
+        value = model_args.get(cls.variant_arg) if cls.variant_arg else None
+        return [f"{cls.variant_arg}-{value}"] if value is not None else []
 
     # -- checkpoint metadata ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mnm.losses import TripletLoss, TripletStats
 from mnm.match import graph_triplets, random_triplets
-from mnm.mix import PatchBatch, sample_patches
+from mnm.mix import PatchBatch, PatchSampler
 from mnm.stages.base import BaseStage
 
 TRIPLET_BUILDERS = {"graph": graph_triplets, "random": random_triplets}
@@ -44,6 +44,10 @@ class MixMatchStage(BaseStage):
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
+    data_links = ("ignore_index",)
+    curve_metrics = {"loss": "train/loss", "active_fraction": "train/active_fraction"}
+    variant_arg = "triplets"
+
     def __init__(
         self,
         triplets: Literal["graph", "random"] = "graph",
@@ -65,35 +69,36 @@ class MixMatchStage(BaseStage):
             raise ValueError(f"model.triplets must be one of {sorted(TRIPLET_BUILDERS)}, got {triplets!r}")
         super().__init__(**kwargs)
         self.loss_fn = TripletLoss(margin=margin)
+        self.sampler = PatchSampler(
+            patches_per_image=patches_per_image,
+            size_range=tuple(patch_size_range),
+            out_size=patch_out_size,
+            background_class=background_class,
+            background_fraction=background_fraction,
+            class_balanced=class_balanced,
+            max_overlap=max_overlap,
+            ignore_index=ignore_index,
+            antialias=patch_antialias,
+        )
 
     def mix(self, batch: dict[str, Any], generator: torch.Generator) -> PatchBatch:
         """Sample, crop and resize the patches of one image batch."""
-        hp = self.hparams
-        return sample_patches(
-            batch["image"],
-            batch["mask"],
-            patches_per_image=hp.patches_per_image,
-            size_range=tuple(hp.patch_size_range),
-            out_size=hp.patch_out_size,
-            background_class=hp.background_class,
-            background_fraction=hp.background_fraction,
-            class_balanced=hp.class_balanced,
-            max_overlap=hp.max_overlap,
-            ignore_index=hp.ignore_index,
-            antialias=hp.patch_antialias,
-            generator=generator,
-        )
+        return self.sampler.sample(batch["image"], batch["mask"], generator)
 
     def match_and_score(
         self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> TripletStats:
         """Build the triplets over the nodes and compute the triplet loss."""
-        triplets = TRIPLET_BUILDERS[self.hparams.triplets](labels.cpu(), generator=generator)
-        return self.loss_fn(embeddings, triplets.to(embeddings.device))
+        with self.phase_timer("match"):
+            triplets = TRIPLET_BUILDERS[self.hparams.triplets](labels.cpu(), generator=generator)
+        with self.phase_timer("loss"):
+            return self.loss_fn(embeddings, triplets.to(embeddings.device))
 
     def _step(self, batch: dict[str, Any], generator: torch.Generator, prefix: str) -> torch.Tensor | None:
-        patches = self.mix(batch, generator)
-        embeddings, labels = self.backbone.embed(patches.patches), patches.labels
+        with self.phase_timer("mix"):
+            patches = self.mix(batch, generator)
+        with self.phase_timer("forward"):
+            embeddings, labels = self.backbone.embed(patches.patches), patches.labels
         if self.hparams.global_graph and self.trainer.world_size > 1:
             embeddings, labels = self._gather_nodes(embeddings, labels)
         if labels.numel() < 2:

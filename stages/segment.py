@@ -42,6 +42,17 @@ class SegmentationEvaluation:
         self.log_scalars(prefix, scalars, prog_bar=False)
         self.last_eval = {"split": prefix, "class_names": names, **result}
 
+    def read_evaluation(self, logged: dict[str, Any], split: str) -> dict[str, Any]:
+        """mIoU, per-class IoU and pixel accuracy of ``split`` from a trainer's logged metrics."""
+        names = list(self.hparams.class_names or range(self.hparams.num_classes))
+        return {
+            "split": split,
+            "class_names": [str(n) for n in names],
+            "miou": float(logged[f"{split}/miou"]),
+            "pixel_acc": float(logged[f"{split}/pixel_acc"]),
+            "per_class_iou": [float(logged[f"{split}/iou_{n}"]) for n in names],
+        }
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
@@ -68,6 +79,9 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
+
+    data_links = ("num_classes", "ignore_index", "class_names")
+    evaluation_split = "val"
 
     def __init__(
         self,
@@ -113,7 +127,10 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         return probs / views
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = masked_cross_entropy(self(batch["image"]), batch["mask"], self.hparams.ignore_index)
+        with self.phase_timer("forward"):
+            logits = self(batch["image"])
+        with self.phase_timer("loss"):
+            loss = masked_cross_entropy(logits, batch["mask"], self.hparams.ignore_index)
         self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(batch["image"]))
         return loss
 

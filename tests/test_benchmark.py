@@ -14,8 +14,8 @@ from run_fixtures import REPO, TINY, TinyRun, run_tiny_benchmark, tiny_run_fixtu
 from mnm.benchmark import load_benchmark
 from mnm.compare import main as compare_main
 from mnm.compare import mm_curves
+from mnm.config import ConfigError, load_pipeline
 from mnm.demo import benchmark_file
-from mnm.pipeline import ConfigError, load_pipeline
 
 FIGURES = ("curves.png", "samples.png", "tsne.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from mnm.cli import main
-from mnm.pipeline import ConfigError, PipelineRunner, load_pipeline
+from mnm.config import ConfigError, load_pipeline
+from mnm.runner import PipelineRunner
 from mnm.stage_cli import build_stage
 
 REPO = Path(__file__).resolve().parents[1]

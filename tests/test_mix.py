@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from mnm import mix
-from mnm.match import uniform_below
 from mnm.mix import PatchBatch, crop_patches, sample_patches
+from mnm.rng import uniform_below
 
 IGNORE = 255
 

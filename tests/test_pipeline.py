@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from mnm.checkpoints import CheckpointError, read_checkpoint
-from mnm.pipeline import ConfigError, PipelineRunner, load_pipeline
+from mnm.config import ConfigError, load_pipeline
+from mnm.runner import PipelineRunner
 from mnm.stage_cli import build_stage
 
 REPO = Path(__file__).resolve().parents[1]

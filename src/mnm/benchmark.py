@@ -1,6 +1,6 @@
 """``mnm benchmark FILE --out DIR``: run a benchmark file (a branching pipeline + ``report:``) and report it.
 
-The stages run through :class:`~mnm.pipeline.PipelineRunner`, so a rerun skips
+The stages run through :class:`~mnm.runner.PipelineRunner`, so a rerun skips
 finished stages and resumes an interrupted one; the report
 (:func:`mnm.report.build_report`) is rebuilt from the run directory every time.
 """
@@ -12,14 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnm.pipeline import Pipeline, PipelineRunner, load_pipeline
+from mnm.config import Pipeline, load_pipeline
 from mnm.report import build_report, check_report_spec, miou_table
+from mnm.runner import PipelineRunner
+from mnm.stage_cli import stage_class
 
 
 def load_benchmark(
     file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (), eval_split: str | None = None
 ) -> Pipeline:
-    """Parse a benchmark file; ``eval_split`` (``val``/``test``) replaces every segment stage's ``evaluate``.
+    """Parse a benchmark file; ``eval_split`` (``val``/``test``) replaces every evaluated stage's ``evaluate``.
 
     For ``test``, a segment stage whose data module has no ``test_split`` gets ``test_split: test``.
     """
@@ -27,7 +29,7 @@ def load_benchmark(
     check_report_spec(pipeline)
     if eval_split is not None:
         for spec in pipeline.stages:
-            if spec.kind != "segment":
+            if stage_class(spec.kind).evaluation_split is None:
                 continue
             spec.evaluate = eval_split
             init_args = spec.config.get("data", {}).setdefault("init_args", {})

@@ -1,4 +1,8 @@
-"""Safe, atomic checkpoint files: weights-only loading with clear errors, rename-on-write saving."""
+"""Safe, atomic checkpoint files: weights-only loading with clear errors, rename-on-write saving.
+
+Plain torch (no Lightning): the core reads weights through it; Lightning's
+``CheckpointIO`` wrapper lives with the stage CLI (:class:`mnm.stage_cli.AtomicCheckpointIO`).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class CheckpointError(ValueError):
@@ -70,16 +73,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to a temporary file and rename it over ``path``."""
     with _atomic_file(path, "w") as fh:
         fh.write(text)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that never leaves a truncated file and loads weights only."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        return read_checkpoint(path)
 
 
 def newest_loadable(paths: list[Path]) -> tuple[Path | None, list[str]]:

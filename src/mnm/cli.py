@@ -3,8 +3,9 @@
 ``mnm <stage> fit|validate|test|predict`` runs one stage through LightningCLI
 (stages: colorize, jigsaw, mix-match, segment); ``mnm pipeline run FILE``
 runs a whole pipeline; ``mnm data synth`` writes the synthetic dataset;
-``mnm compare`` plots runs side by side; ``mnm demo``/``bench``/``benchmark``
-are the reproducible jobs behind the Makefile targets.
+``mnm compare`` plots runs side by side; ``mnm speed`` times the training
+steps (``mnm bench`` is its old name); ``mnm benchmark``/``demo`` run experiment
+arms and report them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def _pipeline(argv: list[str]) -> None:
     status = sub.add_parser("status", help="print the manifest of a run directory")
     status.add_argument("run_dir")
     args = parser.parse_args(argv)
-    from mnm.pipeline import PipelineRunner, load_pipeline, read_manifest
+    from mnm.config import load_pipeline
+    from mnm.rundir import read_manifest
+    from mnm.runner import PipelineRunner
 
     if args.action == "status":
         import json
@@ -73,7 +76,8 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "data": _data,
     "compare": _lazy("mnm.compare"),
     "demo": _lazy("mnm.demo"),
-    "bench": _lazy("mnm.bench"),
+    "speed": _lazy("mnm.speed"),
+    "bench": _lazy("mnm.speed"),  # the old name of `mnm speed`, kept for one release
     "benchmark": _lazy("mnm.benchmark"),
     "ensemble": _lazy("mnm.ensemble"),
     "probe": _lazy("mnm.probe_cli"),
@@ -91,7 +95,9 @@ def usage() -> str:
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
-        "  mnm demo | bench | benchmark                      the jobs behind make demo / bench / camvid-cpu\n"
+        "  mnm speed [--only mnm graph finetune data]        speed and cost of the training steps (make speed)\n"
+        "  mnm benchmark FILE --out DIR                      run experiment arms and report them (make camvid-cpu)\n"
+        "  mnm demo                                          the synthetic benchmark behind make demo\n"
         "\nAdd --help to any command; --debug shows tracebacks."
     )
 

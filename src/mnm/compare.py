@@ -13,16 +13,16 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
-from mnm.pipeline import read_manifest
 from mnm.report import plot_mm_curves
+from mnm.rundir import MANIFEST, StageDir, read_manifest
+from mnm.stage_cli import stage_class
 
 
-def _manifest(run_dir: Path) -> dict:
-    if not (run_dir / "manifest.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no manifest.json)")
-    return read_manifest(run_dir)
+def _stages(run_dir: Path) -> dict[str, dict]:
+    """The manifest entries of a run folder's stages."""
+    if not (run_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {MANIFEST})")
+    return read_manifest(run_dir).get("stages", {})
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
@@ -32,35 +32,45 @@ def _labels(run_dirs: Sequence[Path]) -> list[str]:
 
 
 def mm_curves(run_dirs: Sequence[Path]) -> dict[str, Path]:
-    """``run/stage (triplets) -> csv/metrics.csv`` for every M&M stage with a CSV log."""
+    """``run/stage (variant) -> CSV log`` for every stage with training curves (M&M) and a CSV log."""
     series = {}
     for run_dir, run in zip(run_dirs, _labels(run_dirs), strict=True):
-        for stage, entry in _manifest(run_dir).get("stages", {}).items():
-            path = run_dir / stage / "csv" / "metrics.csv"
-            if entry.get("stage") == "mix-match" and path.is_file():
-                triplets = _triplets(run_dir / stage)
-                series[f"{run}/{stage}" + (f" ({triplets})" if triplets else "")] = path
+        for stage, entry in _stages(run_dir).items():
+            folder, cls = StageDir.of(run_dir, stage), stage_class(entry["stage"])
+            if cls.curve_metrics and folder.csv_log.is_file():
+                variant = (folder.read_config().get("model") or {}).get(cls.variant_arg) if cls.variant_arg else None
+                series[f"{run}/{stage}" + (f" ({variant})" if variant else "")] = folder.csv_log
     return series
 
 
-def _triplets(stage_dir: Path) -> str | None:
-    cfg = stage_dir / "config.yaml"
-    return (yaml.safe_load(cfg.read_text()).get("model") or {}).get("triplets") if cfg.is_file() else None
+def curve_columns(run_dirs: Sequence[Path]) -> dict[str, str]:
+    """The curves of the first stage kind with training curves in these runs ({} if none)."""
+    for run_dir in run_dirs:
+        for entry in _stages(run_dir).values():
+            if stage_class(entry["stage"]).curve_metrics:
+                return stage_class(entry["stage"]).curve_metrics
+    return {}
+
+
+def _init_from(entry: dict) -> str:
+    """The stage whose weights started this one (older manifests: found from the checkpoint path)."""
+    if entry.get("init_from"):
+        return entry["init_from"]
+    path = entry.get("pretrained_backbone")
+    return StageDir.of_checkpoint(path).name if path else "random"
 
 
 def miou_markdown(run_dirs: Sequence[Path]) -> str:
-    """``| run | segment stage | initialised from | status | mIoU (%) |`` for every segment stage."""
+    """``| run | segment stage | initialised from | status | mIoU (%) |`` for every evaluated stage."""
     lines = ["| run | segment stage | initialised from | status | mIoU (%) |", "|---|---|---|---|---:|"]
     for run_dir, run in zip(run_dirs, _labels(run_dirs), strict=True):
-        for stage, entry in _manifest(run_dir).get("stages", {}).items():
-            if entry.get("stage") != "segment":
+        for stage, entry in _stages(run_dir).items():
+            if stage_class(entry["stage"]).evaluation_split is None:
                 continue
-            init = entry.get("pretrained_backbone")
-            init = Path(init).parent.parent.name if init else "random"
-            metrics = run_dir / stage / "metrics.json"
+            metrics = StageDir.of(run_dir, stage).metrics
             miou = json.loads(metrics.read_text()).get("eval", {}).get("miou") if metrics.is_file() else None
             shown = "–" if miou is None else f"{100 * miou:.2f}"
-            lines.append(f"| {run} | {stage} | {init} | {entry.get('status', '?')} | {shown} |")
+            lines.append(f"| {run} | {stage} | {_init_from(entry)} | {entry.get('status', '?')} | {shown} |")
     return "\n".join(lines) + "\n"
 
 
@@ -76,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = miou_markdown(args.run_dirs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if series:
-        plot_mm_curves(series, args.out)
+        plot_mm_curves(series, curve_columns(args.run_dirs), args.out)
     else:
         print("[mnm] no M&M stage with a CSV log in these runs; no curves drawn")
     md = args.out.with_suffix(".md")

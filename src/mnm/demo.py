@@ -17,7 +17,7 @@ from lightning.pytorch.cli import instantiate_class
 
 import mnm
 from mnm.benchmark import load_benchmark, run_benchmark
-from mnm.pipeline import Pipeline
+from mnm.config import Pipeline
 
 
 def repo_root() -> Path:

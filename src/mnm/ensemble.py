@@ -17,8 +17,9 @@ import torch
 import yaml
 from torch import nn
 
+from mnm.config import set_by_path
 from mnm.metrics import SegmentationMetrics, per_class_table
-from mnm.pipeline import set_by_path, write_json
+from mnm.rundir import write_json
 from mnm.stages.base import ScalarLogging
 from mnm.stages.segment import SegmentationEvaluation, SegmentStage
 

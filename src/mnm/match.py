@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["graph_triplets", "random_triplets", "uniform_below"]
+from mnm.rng import uniform_below
+
+__all__ = ["graph_triplets", "random_triplets"]
 
 
 class _ClassIndex:
@@ -26,11 +28,6 @@ class _ClassIndex:
         rank = torch.empty_like(classes)
         rank[self.nodes] = torch.arange(classes.numel(), device=classes.device)
         self.rank = rank - self.start  # rank of each position inside its class
-
-
-def uniform_below(u: Tensor, n: Tensor) -> Tensor:
-    """Uniform integers in ``[0, n)`` from uniforms ``u`` in [0, 1) (0 where ``n <= 0``)."""
-    return (u * n).long().minimum((n - 1).clamp(min=0))
 
 
 def _compact(labels: Tensor) -> Tensor:

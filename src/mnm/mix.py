@@ -11,15 +11,16 @@ CPU and GPU.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from mnm.match import uniform_below
+from mnm.rng import uniform_below
 
-__all__ = ["PatchBatch", "crop_patches", "sample_patches"]
+__all__ = ["PatchBatch", "PatchSampler", "crop_patches", "sample_patches"]
 
 
 class PatchBatch(NamedTuple):
@@ -237,3 +238,26 @@ def sample_patches(
     rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1)
     patches = crop_patches(images, rois, out_size, sampling_ratio=-1 if antialias else 1)
     return PatchBatch(patches, flat[image_index, pixel[image_index, slot]], rois, image_index)
+
+
+@dataclass(frozen=True)
+class PatchSampler:
+    """The settings of :func:`sample_patches`, built once (by the M&M stage) and reused.
+
+    ``sample(images, labels, generator)`` is ``sample_patches`` with these settings.
+    """
+
+    patches_per_image: int = 9
+    size_range: tuple[int, int] = (64, 256)
+    out_size: int = 128
+    background_class: int | None = 0
+    background_fraction: float = 0.1
+    class_balanced: bool = False
+    max_overlap: float = 0.6
+    ignore_index: int = 255
+    candidates_per_image: int | None = None
+    antialias: bool = False
+
+    def sample(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> PatchBatch:
+        """Sample, crop and resize the patches of one image batch (see :func:`sample_patches`)."""
+        return sample_patches(images, labels, generator=generator, **asdict(self))

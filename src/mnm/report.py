@@ -10,7 +10,7 @@ stages), the M&M stages whose curves are compared, and the t-SNE pair::
       samples: 4
 
 Every number in ``report.md`` is read from ``results.json``, which is read from
-the run (``manifest.json``, each stage's ``metrics.json`` and ``csv/metrics.csv``).
+the run folder (:mod:`mnm.rundir`: the manifest, each stage's metrics and CSV log).
 """
 
 from __future__ import annotations
@@ -20,27 +20,35 @@ import importlib.metadata
 import json
 import math
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from mnm.checkpoints import atomic_write_text, read_checkpoint
+from mnm.checkpoints import atomic_write_text
+from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.datasets import pad_collate
 from mnm.metrics import per_class_table, write_per_class_csv
-from mnm.pipeline import ConfigError, Pipeline, config_hash, read_csv_rows, read_manifest
-from mnm.stage_cli import build_stage
+from mnm.rundir import (
+    StageDir,
+    config_hash,
+    load_stage,
+    read_csv_rows,
+    read_manifest,
+    read_stage_metrics,
+    stage_hashes,
+)
+from mnm.stage_cli import stage_class
 
 __all__ = [
     "build_report", "check_report_spec", "load_stage", "miou_table", "per_class_markdown", "plot_mm_curves",
     "read_curves",
 ]
 
-#: CSV columns of the M&M curves (the ``_step`` variant is what Lightning writes when also logged per epoch)
-CURVE_COLUMNS = {"loss": "train/loss", "active_fraction": "train/active_fraction"}
+#: figure titles of the curves stages log (:attr:`BaseStage.curve_metrics`); other curves show their key
+CURVE_TITLES = {"loss": "M&M triplet loss", "active_fraction": "active-triplet fraction"}
 MAX_VAL_PASSES = 10  # t-SNE: at most this many passes over the val split to collect the patches
 VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matplotlib", "mnm")
 
@@ -48,23 +56,25 @@ VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matp
 # -- reading the run -----------------------------------------------------------------------------------
 def check_report_spec(pipeline: Pipeline) -> None:
     """Raise :class:`ConfigError` unless ``report:`` names stages of the right kinds."""
-    kinds = {s.name: s.kind for s in pipeline.stages}
+    classes = {s.name: stage_class(s.kind) for s in pipeline.stages}
     spec = pipeline.report
 
-    def need(stage: Any, kind: str, where: str) -> None:
-        if kinds.get(stage) != kind:
-            raise ConfigError(f"{pipeline.path}: report.{where} = {stage!r} is not a {kind} stage of this file")
+    def need(stage: Any, has: Callable[[type], bool], what: str, where: str) -> None:
+        if stage not in classes or not has(classes[stage]):
+            raise ConfigError(f"{pipeline.path}: report.{where} = {stage!r} is not {what} of this file")
 
+    evaluated, segment = (lambda c: c.evaluation_split is not None), "a segment stage (one that is evaluated)"
     if not spec.get("arms"):
         raise ConfigError(f"{pipeline.path}: report.arms must map arm names to segment stages")
     for label, stage in spec["arms"].items():
-        need(stage, "segment", f"arms[{label!r}]")
+        need(stage, evaluated, segment, f"arms[{label!r}]")
     for label, stage in (spec.get("curves") or {}).items():
-        need(stage, "mix-match", f"curves[{label!r}]")
+        need(stage, lambda c: bool(c.curve_metrics), "an M&M stage (one with training curves)", f"curves[{label!r}]")
     tsne = spec.get("tsne")
     if tsne:
-        need(tsne.get("after"), "mix-match", "tsne.after")
-        if tsne.get("before") is not None and tsne["before"] not in kinds:
+        need(tsne.get("after"), lambda c: callable(getattr(c, "mix", None)), "an M&M stage (one that mixes patches)",
+             "tsne.after")
+        if tsne.get("before") is not None and tsne["before"] not in classes:
             raise ConfigError(f"{pipeline.path}: report.tsne.before = {tsne['before']!r} is not a stage")
 
 
@@ -82,29 +92,25 @@ def portable_hashes(pipeline: Pipeline) -> dict[str, str]:
 
     Equal hashes mean the same experiment, wherever the data and the run directory live.
     """
-    hashes: dict[str, str] = {}
-    for spec in pipeline.stages:
+
+    def without_paths(spec: StageSpec) -> dict[str, Any]:
         cfg = copy.deepcopy(spec.config)
         cfg.get("data", {}).get("init_args", {}).pop("root", None)
-        upstream = hashes.get(spec.init_from) if spec.init_from else None
-        hashes[spec.name] = config_hash({"kind": spec.kind, "config": cfg, "evaluate": spec.evaluate, "up": upstream})
-    return hashes
+        return cfg
+
+    return stage_hashes(pipeline.stages, without_paths)
 
 
-def _stage_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
-    path = run_dir / stage / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: stage {stage!r} has not finished in {run_dir}")
-    return json.loads(path.read_text())
+def read_curves(csv_path: Path, columns: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """``step`` and the curves ``key -> CSV column`` (NaN where a row lacks them) of a stage's CSV log.
 
-
-def read_curves(csv_path: Path) -> dict[str, np.ndarray]:
-    """``step`` and the M&M curve columns (NaN where a row lacks them) of a stage's ``metrics.csv``."""
+    A column logged per step and per epoch is read from its ``_step`` variant.
+    """
     rows = read_csv_rows(csv_path)
     by_step: dict[int, dict[str, float]] = {}
     for row in rows:
         values = {}
-        for key, column in CURVE_COLUMNS.items():
+        for key, column in columns.items():
             text = row.get(f"{column}_step") or row.get(column) or ""
             if text:
                 values[key] = float(text)
@@ -112,7 +118,7 @@ def read_curves(csv_path: Path) -> dict[str, np.ndarray]:
             by_step.setdefault(int(row["step"]), {}).update(values)
     steps = sorted(by_step)
     out = {"step": np.array(steps, dtype=float)}
-    for key in CURVE_COLUMNS:
+    for key in columns:
         out[key] = np.array([by_step[s].get(key, math.nan) for s in steps], dtype=float)
     return out
 
@@ -160,7 +166,7 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
     portable = portable_hashes(pipeline)
     stages = {}
     for spec in pipeline.stages:
-        metrics = _stage_metrics(run_dir, spec.name)
+        metrics = read_stage_metrics(run_dir, spec.name)
         stages[spec.name] = {
             "kind": spec.kind,
             "init_from": spec.init_from,
@@ -171,7 +177,7 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
         }
     arms = {}
     for label, stage in pipeline.report["arms"].items():
-        ev = _stage_metrics(run_dir, stage)["eval"]
+        ev = read_stage_metrics(run_dir, stage)["eval"]
         chain = init_chain(pipeline, stage)
         times = {s: stages[s]["wall_time_s"] for s in chain}
         arms[label] = {
@@ -187,15 +193,12 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
         }
     curves = {}
     for label, stage in (pipeline.report.get("curves") or {}).items():
-        c = read_curves(run_dir / stage / "csv" / "metrics.csv")
-        curves[label] = {
-            "stage": stage,
-            "steps": stages[stage]["steps"],
-            "final_loss": _tail_mean(c["loss"]),
-            "final_active_fraction": _tail_mean(c["active_fraction"]),
-        }
+        columns = stage_class(stages[stage]["kind"]).curve_metrics
+        c = read_curves(StageDir.of(run_dir, stage).csv_log, columns)
+        curves[label] = {"stage": stage, "steps": stages[stage]["steps"]}
+        curves[label] |= {f"final_{key}": _tail_mean(c[key]) for key in columns}
     first = next(iter(arms.values()))
-    data_cfg = yaml.safe_load((run_dir / first["stage"] / "config.yaml").read_text()).get("data", {})
+    data_cfg = StageDir.of(run_dir, first["stage"]).read_config().get("data", {})
     splits = sorted({a["split"] for a in arms.values()})
     return {
         "benchmark": pipeline.name,
@@ -214,26 +217,6 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
 
 
 # -- models from a run directory -----------------------------------------------------------------------
-def load_stage(run_dir: Path, stage: str, weights: bool = True) -> tuple[Any, Any]:
-    """``(model, datamodule)`` of a finished stage, rebuilt from its resolved ``config.yaml``.
-
-    With ``weights`` the model gets ``checkpoints/final.ckpt``; without, it has
-    the stage's initial weights for a random-init stage (same ``seed_everything``).
-    The model is in eval mode on the CPU.
-    """
-    folder = Path(run_dir) / stage
-    kind = read_manifest(Path(run_dir))["stages"][stage]["stage"]
-    cfg = yaml.safe_load((folder / "config.yaml").read_text())
-    cfg["model"]["pretrained_backbone"] = None
-    cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-                      "enable_progress_bar": False, "enable_model_summary": False}
-    cli = build_stage(kind, cfg)
-    model = cli.model
-    if weights:
-        model.load_state_dict(read_checkpoint(folder / "checkpoints" / "final.ckpt")["state_dict"])
-    return model.eval(), cli.datamodule
-
-
 def _val_batches(datamodule: Any) -> Any:
     datamodule.setup("validate")
     return iter(datamodule.val_dataloader())
@@ -257,18 +240,19 @@ def _smooth(values: np.ndarray) -> np.ndarray:
     return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
-def plot_mm_curves(series: Mapping[str, Path], out: Path) -> Path:
-    """Loss and active-triplet fraction vs step, one line per ``label -> csv/metrics.csv`` (raw faint, smoothed)."""
+def plot_mm_curves(series: Mapping[str, Path], columns: Mapping[str, str], out: Path) -> Path:
+    """One panel per curve ``key -> CSV column`` vs step, one line per ``label -> CSV log`` (raw faint, smoothed)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
+    axes = axes[0]
     for i, (label, path) in enumerate(series.items()):
-        c = read_curves(Path(path))
-        for ax, key in zip(axes, CURVE_COLUMNS, strict=True):
+        c = read_curves(Path(path), columns)
+        for ax, key in zip(axes, columns, strict=True):
             ok = ~np.isnan(c[key])
             ax.plot(c["step"][ok], c[key][ok], color=f"C{i}", alpha=0.25, linewidth=0.8)
             ax.plot(c["step"][ok], _smooth(c[key][ok]), color=f"C{i}", label=label)
-    for ax, title in zip(axes, ("M&M triplet loss", "active-triplet fraction"), strict=True):
-        ax.set(title=title, xlabel="step")
+    for ax, key in zip(axes, columns, strict=True):
+        ax.set(title=CURVE_TITLES.get(key, key), xlabel="step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -346,7 +330,7 @@ def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: 
     tuned, dm = load_stage(run_dir, after)
     initial, _ = load_stage(run_dir, after, weights=False)
     if before is not None:
-        load_backbone_weights(initial.backbone, str(Path(run_dir) / before / "checkpoints" / "final.ckpt"))
+        load_backbone_weights(initial.backbone, str(StageDir.of(run_dir, before).final_checkpoint))
     x, y = _val_patches(tuned, dm, num_patches, torch.Generator().manual_seed(seed))
     y = y.numpy()
     result: dict[str, Any] = {"labels": y, "class_names": dm.class_names, "palette": dm.palette}
@@ -443,8 +427,9 @@ def build_report(run_dir: str | Path, pipeline: Pipeline) -> dict[str, Any]:
     results = collect_results(run_dir, pipeline)
     spec, figures = pipeline.report, {}
     if results["curves"]:
-        series = {label: run_dir / c["stage"] / "csv" / "metrics.csv" for label, c in results["curves"].items()}
-        figures["curves"] = plot_mm_curves(series, run_dir / "curves.png").name
+        series = {label: StageDir.of(run_dir, c["stage"]).csv_log for label, c in results["curves"].items()}
+        columns = stage_class(results["stages"][next(iter(results["curves"].values()))["stage"]]["kind"]).curve_metrics
+        figures["curves"] = plot_mm_curves(series, columns, run_dir / "curves.png").name
     if int(spec.get("samples", 0)) > 0:
         figures["samples"] = plot_samples(run_dir, spec["arms"], int(spec["samples"]), run_dir / "samples.png").name
     if spec.get("tsne"):

@@ -1,0 +1,255 @@
+"""The pipeline config language: files, ``extends``, ``defaults``, ``${vars}`` and ``--set`` overrides.
+
+A pipeline file::
+
+    name: demo
+    seed: 0
+    deterministic: true
+    vars: {data_root: data/synthetic}          # ${data_root} is substituted in every string
+    defaults: [conf/data/synthetic.yaml, conf/trainer/cpu.yaml]   # merged under every stage
+    wandb: {enabled: true, project: mnm}
+    stages:
+      - {name: mnm, stage: mix-match, config: conf/stages/mix_match_alexnet.yaml, model: {triplets: graph}}
+      - {name: finetune, stage: segment, config: conf/stages/segment_alexnet.yaml, evaluate: val}
+
+Config files are LightningCLI configs (top-level ``model``/``data``/``trainer``),
+so the same files serve ``mnm <stage> fit -c FILE``. ``init_from`` names the
+stage whose final weights start this one (default: the previous stage; ``none``:
+random init); the runner passes them as ``model.pretrained_backbone``.
+``evaluate`` defaults to the stage class's ``evaluation_split``.
+
+The language is small and hand-rolled (see the commit message of its split from
+the runner): a ``class_path`` that changes replaces a whole sub-mapping, a whole
+``${var}`` string keeps the variable's type, and every error names the file and key.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mnm.stage_cli import STAGES, stage_class
+
+PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report"}
+STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data", "trainer", "seed_everything"}
+SECTIONS = ("model", "data", "trainer")
+
+
+class ConfigError(ValueError):
+    """A pipeline or stage configuration that cannot run; the message names the file and key."""
+
+
+# -- loading -------------------------------------------------------------------------------------------
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; a ``class_path`` that changes replaces the whole sub-dict."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        old = out.get(key)
+        same_class = not (
+            isinstance(value, dict) and isinstance(old, dict) and value.get("class_path", old.get("class_path"))
+            != old.get("class_path")
+        )
+        if isinstance(value, dict) and isinstance(old, dict) and same_class:
+            out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{what}: file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def _resolve_file(ref: str, base_dir: Path) -> Path:
+    """A config path as given, relative to the working directory or to the pipeline file's folders."""
+    candidates = [Path(ref)] + [d / ref for d in (base_dir, *base_dir.parents)]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return Path(ref)
+
+
+def _load_layers(refs: Any, base_dir: Path, what: str) -> dict[str, Any]:
+    """Merge one or more config files/dicts in order."""
+    merged: dict[str, Any] = {}
+    for ref in refs if isinstance(refs, list) else [refs]:
+        layer = ref if isinstance(ref, dict) else _read_yaml(_resolve_file(str(ref), base_dir), what)
+        merged = deep_merge(merged, layer)
+    return merged
+
+
+def _substitute(obj: Any, variables: dict[str, Any], where: str) -> Any:
+    if isinstance(obj, dict):
+        return {_substitute(k, variables, where): _substitute(v, variables, where) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(v, variables, where) for v in obj]
+    if isinstance(obj, str):
+
+        def repl(m: re.Match) -> str:
+            if m.group(1) not in variables:
+                raise ConfigError(f"{where}: ${{{m.group(1)}}} is not defined in vars (known: {sorted(variables)})")
+            return str(variables[m.group(1)])
+
+        whole = re.fullmatch(r"\$\{(\w+)\}", obj)
+        if whole and whole.group(1) in variables:
+            return variables[whole.group(1)]
+        return re.sub(r"\$\{(\w+)\}", repl, obj)
+    return obj
+
+
+def set_by_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in nested dicts, descending into ``init_args`` where a key lives there."""
+    keys = dotted.split(".")
+    node = cfg
+    for key in keys[:-1]:
+        if key not in node and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a mapping")
+    last = keys[-1]
+    if last not in node and isinstance(node.get("init_args"), dict):
+        node = node["init_args"]
+    node[last] = value
+
+
+@dataclass
+class StageSpec:
+    """One stage of a pipeline, its configuration fully merged."""
+
+    name: str
+    kind: str
+    config: dict[str, Any]
+    init_from: str | None
+    evaluate: str | None
+
+
+@dataclass
+class Pipeline:
+    """A parsed pipeline file."""
+
+    name: str
+    path: Path
+    seed: int
+    stages: list[StageSpec]
+    out_dir: Path
+    wandb: dict[str, Any] = field(default_factory=dict)
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    #: free-form settings for ``mnm benchmark`` reports (arms, curves, t-SNE); not used to run stages
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes a run directory belong to this pipeline: its name and stage list."""
+        return {"name": self.name, "stages": [[s.name, s.kind] for s in self.stages]}
+
+
+def read_pipeline_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A pipeline file's mapping, with ``extends: base.yaml`` merged in.
+
+    ``vars``, ``defaults`` and the other settings merge; ``stages`` and ``report`` (which names stages) replace.
+    """
+    raw = _read_yaml(path, "pipeline")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base_path = _resolve_file(str(parent), path.resolve().parent)
+    if base_path.resolve() in _seen:
+        raise ConfigError(f"{path}: extends {parent} makes a cycle")
+    base = read_pipeline_file(base_path, (*_seen, path.resolve()))
+    return deep_merge(base, raw) | {key: raw[key] for key in ("stages", "report") if key in raw}
+
+
+def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str | None = None) -> Pipeline:
+    """Parse a pipeline YAML, apply ``--set key=value`` overrides, and merge every stage's config layers."""
+    path = Path(path)
+    raw = read_pipeline_file(path)
+    unknown = set(raw) - PIPELINE_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PIPELINE_KEYS)}")
+    variables = dict(raw.get("vars") or {})
+    base_dir = path.resolve().parent
+    defaults = _load_layers(raw.get("defaults") or [], base_dir, f"{path}: defaults")
+    stage_overrides: dict[str, list[tuple[str, Any]]] = {}
+    for item in sets or []:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        value = yaml.safe_load(text) if text else None
+        if key in variables or "." not in key:
+            variables[key] = value
+        elif key.startswith("stages."):
+            name, _, rest = key[len("stages.") :].partition(".")
+            stage_overrides.setdefault(name, []).append((rest, value))
+        else:
+            set_by_path(defaults, key, value)
+
+    stages: list[StageSpec] = []
+    names = set()
+    for i, entry in enumerate(raw.get("stages") or []):
+        where = f"{path}: stages[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry or "stage" not in entry:
+            raise ConfigError(f"{where}: each stage needs 'name' and 'stage'")
+        unknown = set(entry) - STAGE_KEYS
+        if unknown:
+            raise ConfigError(f"{where} ({entry['name']}): unknown key(s) {sorted(unknown)}; allowed: {sorted(STAGE_KEYS)}")
+        if entry["stage"] not in STAGES:
+            raise ConfigError(
+                f"{where} ({entry['name']}): unknown stage {entry['stage']!r}; known stages: {', '.join(sorted(STAGES))}"
+            )
+        if entry["name"] in names:
+            raise ConfigError(f"{where}: duplicate stage name {entry['name']!r}")
+        init_from = entry.get("init_from", stages[-1].name if stages else None)
+        if init_from not in (None, "none") and init_from not in names:
+            raise ConfigError(f"{where} ({entry['name']}): init_from {init_from!r} is not an earlier stage")
+        names.add(entry["name"])
+        config = {k: v for k, v in defaults.items() if k in SECTIONS}
+        if "config" in entry:
+            config = deep_merge(config, _load_layers(entry["config"], base_dir, f"{where}.config"))
+        config = deep_merge(config, {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
+        for key, value in stage_overrides.pop(entry["name"], []):
+            set_by_path(config, key, value)
+        stages.append(
+            StageSpec(
+                name=entry["name"],
+                kind=entry["stage"],
+                config=config,
+                init_from=None if init_from == "none" else init_from,
+                evaluate=entry.get("evaluate", stage_class(entry["stage"]).evaluation_split),
+            )
+        )
+    if stage_overrides:
+        raise ConfigError(f"--set names unknown stage(s) {sorted(stage_overrides)}; stages: {sorted(names)}")
+    if not stages:
+        raise ConfigError(f"{path}: no stages")
+    seed = int(raw.get("seed", 0))
+    for s in stages:
+        s.config = _substitute(s.config, variables, f"{path}: stage {s.name}")
+        s.config.setdefault("seed_everything", seed)
+        s.config.setdefault("model", {}).setdefault("seed", seed)
+        if raw.get("deterministic"):
+            s.config.setdefault("trainer", {})["deterministic"] = True
+    name = str(raw.get("name") or path.stem)
+    return Pipeline(
+        name=name,
+        path=path,
+        seed=seed,
+        stages=stages,
+        out_dir=Path(out_dir or raw.get("out_dir") or Path("runs") / name),
+        wandb=dict(raw.get("wandb") or {}),
+        checkpoint=dict(raw.get("checkpoint") or {}),
+        report=_substitute(dict(raw.get("report") or {}), variables, f"{path}: report"),
+    )

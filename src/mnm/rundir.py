@@ -1,0 +1,206 @@
+"""The run folder: the one module that knows the layout of ``runs/<pipeline>/<stage>/``.
+
+A run folder holds ``manifest.json`` (one entry per stage) and a folder per stage::
+
+    <run>/manifest.json
+    <run>/<stage>/config.yaml            the resolved LightningCLI config
+    <run>/<stage>/metrics.json           fit scalars, evaluation, wall time, steps
+    <run>/<stage>/csv/metrics.csv        the CSV log (attempts merged after a resume)
+    <run>/<stage>/checkpoints/           step=*.ckpt and last.ckpt (training states), final.ckpt (weights)
+
+Report, compare, ensemble and the runner read and write runs through this module only.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+
+from mnm.checkpoints import atomic_write_text, read_checkpoint
+from mnm.config import ConfigError, StageSpec
+
+__all__ = [
+    "MANIFEST", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
+    "set_aside_csv_log", "stage_hash", "stage_hashes", "write_json",
+]
+
+MANIFEST = "manifest.json"
+CSV_LOGGER_NAME = "csv"  # Lightning's CSVLogger writes <save_dir>/<name>/metrics.csv (version "")
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """The files of one stage's folder."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, run_dir: str | Path, stage: str) -> StageDir:
+        """The folder of ``stage`` in ``run_dir``."""
+        return cls(Path(run_dir) / stage)
+
+    @classmethod
+    def of_checkpoint(cls, path: str | Path) -> StageDir:
+        """The stage folder a checkpoint file of this layout lies in."""
+        return cls(Path(path).parent.parent)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def final_checkpoint(self) -> Path:
+        """The weights the stage hands on (written when it finishes)."""
+        return self.checkpoints / "final.ckpt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        """The training state a resumed stage starts from."""
+        return self.checkpoints / "last.ckpt"
+
+    def step_checkpoints(self) -> list[Path]:
+        """The periodic full training states (``final.ckpt`` holds weights only)."""
+        return list(self.checkpoints.glob("step=*.ckpt"))
+
+    @property
+    def csv_log(self) -> Path:
+        return self.root / CSV_LOGGER_NAME / "metrics.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def csv_logger_args(self) -> dict[str, Any]:
+        """``init_args`` of Lightning's ``CSVLogger`` that write :attr:`csv_log`."""
+        return {"save_dir": str(self.root), "name": CSV_LOGGER_NAME, "version": ""}
+
+    def read_config(self) -> dict[str, Any]:
+        """The resolved ``config.yaml`` ({} when the stage has none yet)."""
+        return (yaml.safe_load(self.config.read_text()) or {}) if self.config.is_file() else {}
+
+    def _csv_parts(self) -> list[Path]:
+        return sorted(self.csv_log.parent.glob("metrics.part*.csv"), key=lambda p: int(p.stem[len("metrics.part"):]))
+
+
+# -- manifest and JSON ----------------------------------------------------------------------------------
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """``manifest.json`` of a run folder ({} when there is none)."""
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}); move it away to start this run over") from None
+
+
+@rank_zero_only
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (rank 0 only)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_stage_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
+    """A finished stage's ``metrics.json``; a clear error when the stage has not finished."""
+    path = StageDir.of(run_dir, stage).metrics
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: stage {stage!r} has not finished in {run_dir}")
+    return json.loads(path.read_text())
+
+
+def config_hash(obj: Any) -> str:
+    """A stable hash of a JSON-able object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def stage_hash(kind: str, config: dict[str, Any], evaluate: str | None, init_from_hash: str | None) -> str:
+    """The identity of a stage's run: its kind, merged config, evaluation split and its ``init_from``'s hash.
+
+    (The key ``upstream`` is kept so that hashes of existing run folders stay valid.)
+    """
+    return config_hash({"kind": kind, "config": config, "evaluate": evaluate, "upstream": init_from_hash})
+
+
+def stage_hashes(stages: Iterable[StageSpec], config_of: Callable[[StageSpec], dict[str, Any]] | None = None
+                 ) -> dict[str, str]:
+    """:func:`stage_hash` of every stage of a pipeline, in order; ``config_of`` picks what of the config counts."""
+    hashes: dict[str, str] = {}
+    for spec in stages:
+        config = spec.config if config_of is None else config_of(spec)
+        hashes[spec.name] = stage_hash(spec.kind, config, spec.evaluate, hashes.get(spec.init_from or ""))
+    return hashes
+
+
+# -- CSV logs --------------------------------------------------------------------------------------------
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV log as dicts."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@rank_zero_only
+def set_aside_csv_log(stage: StageDir) -> None:
+    """Keep the CSV log of an interrupted attempt (Lightning's CSVLogger would replace it on resume)."""
+    if stage.csv_log.exists():
+        stage.csv_log.rename(stage.csv_log.with_name(f"metrics.part{len(stage._csv_parts())}.csv"))
+
+
+@rank_zero_only
+def merge_csv_logs(stage: StageDir) -> None:
+    """Join the CSV logs of all attempts into one; rows of a later attempt replace
+    those of earlier ones from the step it resumed at."""
+    current, parts = stage.csv_log, stage._csv_parts()
+    if not parts:
+        return
+    tables = [read_csv_rows(p) for p in [*parts, current] if p.exists()]
+    rows: list[dict[str, str]] = []
+    for table in tables:
+        steps = [int(r["step"]) for r in table if r.get("step")]
+        first = min(steps, default=0)
+        rows = [r for r in rows if int(r.get("step") or 0) < first] + table
+    fields = list(dict.fromkeys(k for t in tables for r in t for k in r))
+    with open(current, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    for p in parts:
+        p.unlink()
+
+
+# -- models ----------------------------------------------------------------------------------------------
+def load_stage(run_dir: Path, stage: str, weights: bool = True) -> tuple[Any, Any]:
+    """``(model, datamodule)`` of a finished stage, rebuilt from its resolved config.
+
+    With ``weights`` the model gets the stage's final weights; without, it has
+    the stage's initial weights for a random-init stage (same ``seed_everything``).
+    The model is in eval mode on the CPU.
+    """
+    from mnm.stage_cli import build_stage
+
+    folder = StageDir.of(run_dir, stage)
+    kind = read_manifest(Path(run_dir))["stages"][stage]["stage"]
+    cfg = folder.read_config()
+    cfg["model"]["pretrained_backbone"] = None
+    cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                      "enable_progress_bar": False, "enable_model_summary": False}
+    cli = build_stage(kind, cfg)
+    model = cli.model
+    if weights:
+        model.load_state_dict(read_checkpoint(folder.final_checkpoint)["state_dict"])
+    return model.eval(), cli.datamodule

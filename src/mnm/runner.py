@@ -1,0 +1,240 @@
+"""The pipeline runner: runs a :class:`~mnm.config.Pipeline` stage by stage, handing weights on.
+
+Each stage writes its folder of the run (layout: :mod:`mnm.rundir`) and an entry
+of the run's manifest. A stage receives the final weights of its ``init_from``
+stage as ``model.pretrained_backbone``. Rerunning skips finished stages whose
+configuration hash is unchanged, resumes an interrupted stage from its last
+training state, and re-runs a changed stage and every stage after it (the old
+outputs are moved to ``<out>/../.superseded-<run>/``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable, read_checkpoint
+from mnm.config import ConfigError, Pipeline, StageSpec
+from mnm.rundir import (
+    MANIFEST,
+    StageDir,
+    merge_csv_logs,
+    read_manifest,
+    set_aside_csv_log,
+    stage_hashes,
+    write_json,
+)
+from mnm.stage_cli import build_stage, stage_class
+
+__all__ = ["PipelineRunner", "evaluate", "wandb_offline"]
+
+log = logging.getLogger(__name__)
+
+
+def wandb_offline() -> bool:
+    """W&B stays offline unless the user has set it up (an API key or ``WANDB_MODE=online``)."""
+    mode = os.environ.get("WANDB_MODE", "")
+    return mode != "online" and not (os.environ.get("WANDB_API_KEY") and mode != "offline")
+
+
+class PipelineRunner:
+    """Runs the stages of a :class:`Pipeline`, keeping the run's manifest up to date."""
+
+    def __init__(self, pipeline: Pipeline, overwrite: bool = False, fallback_checkpoint: bool = False) -> None:
+        self.p = pipeline
+        self.overwrite = overwrite
+        self.fallback_checkpoint = fallback_checkpoint
+        self.out = pipeline.out_dir
+        self.manifest = read_manifest(self.out)
+        self._guard_run_dir()
+        self.manifest.setdefault("stages", {})
+        self.manifest.update({"pipeline": pipeline.name, "identity": pipeline.identity, "file": str(pipeline.path)})
+
+    def _guard_run_dir(self) -> None:
+        old = self.manifest.get("identity")
+        if old is None or old == self.p.identity:
+            return
+        if not self.overwrite:
+            raise ConfigError(
+                f"run directory {self.out} belongs to another pipeline ({old['name']}: "
+                f"{[s[0] for s in old['stages']]}); use a new name/--out, or --overwrite to replace it"
+            )
+        self._supersede(self.out, "overwrite")
+        self.manifest = {}
+
+    def _supersede(self, folder: Path, tag: str) -> None:
+        if folder.exists() and rank_zero_only.rank == 0:
+            dest = self.out.parent / f".superseded-{self.out.name}" / f"{folder.name}-{tag}-{int(time.time())}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(folder), str(dest))
+            log.info("moved %s to %s", folder, dest)
+
+    def _save_manifest(self) -> None:
+        write_json(self.out / MANIFEST, self.manifest)
+
+    def run(self, only: list[str] | None = None) -> dict[str, Any]:
+        """Run (or skip, or resume) every stage in order; returns the manifest."""
+        hashes = stage_hashes(self.p.stages)
+        ckpts: dict[str, str] = {}
+        for spec in self.p.stages:
+            h = hashes[spec.name]
+            if only and spec.name not in only:
+                entry = self.manifest["stages"].get(spec.name, {})
+                if entry.get("status") == "finished":
+                    ckpts[spec.name] = entry["checkpoint"]
+                continue
+            ckpts[spec.name] = self.run_stage(spec, h, ckpts.get(spec.init_from) if spec.init_from else None)
+        return self.manifest
+
+    def _resume_checkpoint(self, stage: StageDir) -> str | None:
+        last = stage.last_checkpoint
+        if not last.exists():
+            return None
+        try:
+            read_checkpoint(last)
+            return str(last)
+        except CheckpointError as err:
+            if not self.fallback_checkpoint:
+                raise CheckpointError(
+                    f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
+                    f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
+                ) from None
+            good, _ = newest_loadable(stage.step_checkpoints())
+            log.warning("%s is unreadable; falling back to %s", last, good)
+            return str(good) if good else None
+
+    def _stage_config(self, spec: StageSpec, stage: StageDir, pretrained_backbone: str | None, wandb_id: str) -> dict:
+        cfg = copy.deepcopy(spec.config)
+        model = cfg.setdefault("model", {})
+        if pretrained_backbone and not model.get("pretrained_backbone"):
+            model["pretrained_backbone"] = pretrained_backbone
+        trainer = cfg.setdefault("trainer", {})
+        trainer["default_root_dir"] = str(stage.root)
+        ck = {"every_n_train_steps": 100, "keep_last": 2, **self.p.checkpoint}
+        trainer["callbacks"] = list(trainer.get("callbacks") or []) + [
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {
+                    "dirpath": str(stage.checkpoints),
+                    "filename": "{step:07d}",
+                    "monitor": "step",
+                    "mode": "max",
+                    "save_top_k": ck["keep_last"],
+                    "every_n_train_steps": ck["every_n_train_steps"],
+                    "save_last": True,
+                },
+            }
+        ]
+        loggers: list[dict[str, Any]] = [
+            {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": stage.csv_logger_args()}
+        ]
+        wb = {"enabled": True, "project": "mnm", **self.p.wandb}
+        if wb.pop("enabled"):
+            tags = [spec.kind, *stage_class(spec.kind).run_tags(model)]
+            loggers.append(
+                {
+                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    "init_args": {
+                        "save_dir": str(stage.root), "project": wb.pop("project"), "group": self.p.name,
+                        "job_type": spec.kind, "name": f"{self.p.name}/{spec.name}", "id": wandb_id,
+                        "offline": wandb_offline(), "tags": tags, "resume": "allow", **wb,
+                    },
+                }
+            )
+        trainer["logger"] = loggers
+        return cfg
+
+    def run_stage(self, spec: StageSpec, h: str, pretrained_backbone: str | None) -> str:
+        """Run one stage unless it is finished with the same hash; returns its final checkpoint."""
+        stage = StageDir.of(self.out, spec.name)
+        entry = self.manifest["stages"].get(spec.name, {})
+        final = stage.final_checkpoint
+        if entry.get("config_hash") == h and entry.get("status") == "finished" and final.exists():
+            log.info("stage %s: finished with the same config, skipped", spec.name)
+            print(f"[mnm] stage {spec.name}: finished earlier with the same config — skipped")
+            return str(final)
+        if entry and entry.get("config_hash") != h:
+            self._supersede(stage.root, f"config-{entry.get('config_hash', 'unknown')}")
+            entry = {}
+        resume = self._resume_checkpoint(stage) if entry else None
+        if resume:
+            set_aside_csv_log(stage)
+        wandb_id = entry.get("wandb_id") or f"{self.p.name}-{spec.name}-{h[:8]}".replace("/", "-")
+        cfg = self._stage_config(spec, stage, pretrained_backbone, wandb_id)
+        try:
+            cli = build_stage(spec.kind, cfg, label=spec.name)
+        except Exception as err:  # jsonargparse / instantiation errors
+            raise ConfigError(f"stage {spec.name!r} ({spec.kind}): {err}") from err
+        stage.root.mkdir(parents=True, exist_ok=True)
+        if rank_zero_only.rank == 0:
+            atomic_write_text(stage.config, cli.parser.dump(cli.config, skip_none=False))
+        entry = {
+            "stage": spec.kind, "status": "running", "config_hash": h, "wandb_id": wandb_id,
+            "init_from": spec.init_from, "pretrained_backbone": cfg["model"].get("pretrained_backbone"),
+            "resumed_from": resume, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "dir": str(stage.root),
+        }
+        self.manifest["stages"][spec.name] = entry
+        self._save_manifest()
+        print(f"[mnm] stage {spec.name} ({spec.kind})" + (f": resuming from {resume}" if resume else ""))
+        t0 = time.perf_counter()
+        trainer, model = cli.trainer, cli.model
+        try:
+            trainer.fit(model, datamodule=cli.datamodule, ckpt_path=resume)
+            if trainer.interrupted:
+                raise KeyboardInterrupt
+            trainer.save_checkpoint(final, weights_only=True)
+            metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
+            if spec.evaluate:
+                metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
+        except (SIGTERMException, KeyboardInterrupt):
+            entry.update(status="interrupted", step=trainer.global_step)
+            self._save_manifest()
+            raise
+        except BaseException as err:
+            entry.update(status="failed", error=f"{type(err).__name__}: {err}", step=trainer.global_step)
+            self._save_manifest()
+            raise
+        finally:
+            _finish_wandb()
+        merge_csv_logs(stage)
+        metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=time.perf_counter() - t0,
+                       steps=trainer.global_step)
+        write_json(stage.metrics, metrics)
+        entry.update(status="finished", checkpoint=str(final), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     wall_time_s=metrics["wall_time_s"], steps=trainer.global_step)
+        if "eval" in metrics:
+            entry["miou"] = metrics["eval"]["miou"]
+        self._save_manifest()
+        return str(final)
+
+
+def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str, Any]:
+    """Validate or test a model; returns what its ``read_evaluation`` makes of the logged metrics.
+
+    Read from the trainer's logged metrics, so it works for every strategy (with
+    ``ddp_spawn`` the evaluation runs in other processes).
+    """
+    if split not in ("val", "test"):
+        raise ConfigError(f"evaluate must be 'val' or 'test', got {split!r}")
+    run = trainer.validate if split == "val" else trainer.test
+    run(model, datamodule=datamodule, verbose=False)
+    return model.read_evaluation(trainer.callback_metrics, split)
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def _finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

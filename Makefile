@@ -18,7 +18,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo bench bench-data camvid-cpu camvid-cpu-margin voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -45,11 +45,15 @@ lint: $(STAMP) ## ruff
 demo: $(STAMP) ## synthetic data, random/M&M(graph)/M&M(random) arms on CPU -> runs/demo/report.md
 	$(MNM) demo --out runs/demo
 
-bench: $(STAMP) ## speed and cost of an M&M step, graph scaling, loaders -> runs/bench/bench.json
-	$(MNM) bench --out runs/bench --camvid-root $(CAMVID_ROOT)
+speed: $(STAMP) ## speed and cost of an M&M step, graph scaling, fine-tune, loaders -> runs/speed/speed.json
+	$(MNM) speed --out runs/speed --camvid-root $(CAMVID_ROOT)
 
-bench-data: $(STAMP) ## data-loader images/s on CamVid (0 and 2 workers)
-	$(MNM) bench --out runs/bench --camvid-root $(CAMVID_ROOT) --only data
+speed-data: $(STAMP) ## data-loader images/s on CamVid (0 and 2 workers)
+	$(MNM) speed --out runs/speed --camvid-root $(CAMVID_ROOT) --only data
+
+bench: speed ## old name of `make speed` (kept for one release)
+
+bench-data: speed-data ## old name of `make speed-data` (kept for one release)
 
 camvid-cpu: $(STAMP) ## CPU-sized CamVid benchmark (5 arms) -> runs/camvid-cpu/report.md
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }

@@ -1,4 +1,4 @@
-"""``mnm bench`` at tiny sizes: JSON structure, positive finite timings, the printed table.
+"""``mnm speed`` at tiny sizes: JSON structure, positive finite timings, the printed table.
 
 Timings are only checked to be measured (positive, finite), never against thresholds.
 """
@@ -16,7 +16,7 @@ import pytest
 import torch
 from data_fixtures import random_image, save_gray_png, save_image
 
-from mnm.bench import SECTIONS, Laps, main, time_laps
+from mnm.speed import SECTIONS, Laps, main, time_laps
 
 PHASES = {"mix", "match", "forward", "loss", "backward", "optimizer", "total"}
 FINETUNE_PHASES = {"forward", "loss", "backward", "optimizer", "total"}
@@ -47,7 +47,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
-    """One tiny ``mnm bench`` run: (out dir, returned results, printed text)."""
+    """One tiny ``mnm speed`` run: (out dir, returned results, printed text)."""
     import contextlib
     import io
 
@@ -77,7 +77,7 @@ def _timings(obj: Any, key: str = "") -> Iterator[tuple[str, Any]]:
 
 def test_json_structure(bench_run: tuple[Path, dict[str, Any], str]) -> None:
     out, results, _ = bench_run
-    saved = json.loads((out / "bench.json").read_text())
+    saved = json.loads((out / "speed.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert set(SECTIONS) | {"env", "settings", "summary"} == set(saved)
     env = saved["env"]
@@ -118,7 +118,7 @@ def test_timings_positive_and_finite(bench_run: tuple[Path, dict[str, Any], str]
 def test_table_printed(bench_run: tuple[Path, dict[str, Any], str]) -> None:
     out, _, text = bench_run
     for needle in (
-        "mnm bench on cpu",
+        "mnm speed on cpu",
         "M&M tuning step",
         "overhead_ratio",
         "mix profile: crop",
@@ -126,14 +126,14 @@ def test_table_printed(bench_run: tuple[Path, dict[str, Any], str]) -> None:
         "Fine-tune step",
         "Throughput",
         "CamVid loader, 2 workers",
-        str(out / "bench.json"),
+        str(out / "speed.json"),
     ):
         assert needle in text, needle
 
 
 def test_only_keeps_other_sections(bench_run: tuple[Path, dict[str, Any], str], tmp_path: Path) -> None:
     out, first, _ = bench_run
-    (tmp_path / "bench.json").write_text((out / "bench.json").read_text())
+    (tmp_path / "speed.json").write_text((out / "speed.json").read_text())
     second = main([*TINY, "--out", str(tmp_path), "--only", "graph"])
     assert second["mnm"] == json.loads(json.dumps(first["mnm"]))  # carried over from the earlier run
     assert second["graph"]["measured_at"] == second["env"]["started"]
@@ -164,3 +164,65 @@ def test_data_section_without_camvid(tmp_path: Path) -> None:
     results = main([*TINY, "--out", str(tmp_path), "--only", "data"])
     assert "skipped" in results["data"]
     assert set(results) == {"env", "settings", "data", "summary"}
+
+
+def _tiny_settings(**kw: Any) -> Any:
+    from mnm.speed.settings import Settings
+
+    return Settings(patch_size_range=(16, 40), patch_out_size=64, patches_per_image=3, warmup=0, repeats=1, **kw)
+
+
+def _labelled_batch(ignore_all_but_one: bool = False) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, 3, (2, 64, 80), generator=g)
+    if ignore_all_but_one:
+        mask.fill_(255)
+        mask[0, 20, 20] = 1  # one valid pixel in the whole batch: at most one node
+    return {"image": torch.rand(2, 3, 64, 80, generator=g), "mask": mask}
+
+
+def test_timed_step_is_the_stages_training_step() -> None:
+    """One timed step moves the weights exactly as training_step + backward + SGD step does."""
+    from mnm.speed.inputs import Variant
+    from mnm.speed.sections import build_mnm_stage, stage_step
+
+    settings, batch = _tiny_settings(), _labelled_batch()
+    timed, plain = (build_mnm_stage("alexnet", settings, 3) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(timed.parameters(), plain.parameters(), strict=True))
+    laps = Laps(torch.device("cpu"))
+    stage_step(timed, timed.configure_optimizers()["optimizer"], batch, Variant("fp32"))(laps)
+    assert list(laps.ms) == ["mix", "forward", "match", "loss", "backward", "optimizer"]
+
+    optimizer = plain.configure_optimizers()["optimizer"]
+    with pytest.warns(UserWarning, match="self.log"):  # no Trainer: the stage's logging is a no-op
+        plain.training_step(batch, 0).backward()
+    optimizer.step()
+    changed = [not torch.equal(p0, p1) for p0, p1 in zip(build_mnm_stage("alexnet", settings, 3).parameters(),
+                                                          plain.parameters(), strict=True)]
+    assert any(changed)
+    assert all(torch.equal(a, b) for a, b in zip(timed.parameters(), plain.parameters(), strict=True))
+
+
+def test_speed_path_takes_the_fewer_than_two_nodes_guard() -> None:
+    """A batch with one labelled pixel gives one node: the stage's guard returns a zero loss, no match."""
+    from mnm.speed.inputs import Variant
+    from mnm.speed.sections import build_mnm_stage, measure_mnm
+
+    settings = _tiny_settings()
+    result = measure_mnm(build_mnm_stage("alexnet", settings, 3), Variant("fp32"),
+                         _labelled_batch(ignore_all_but_one=True), settings, 0, 1)
+    assert result["nodes"] == 1
+    assert result["ms"]["match"] == result["ms"]["loss"] == 0.0
+    assert result["ms"]["mix"] > 0 and result["ms"]["forward"] > 0 and result["ms"]["backward"] > 0
+
+
+def test_segment_step_phases() -> None:
+    """The fine-tune timing runs SegmentStage.training_step: its forward and loss phases are laps."""
+    from mnm.speed.inputs import Variant
+    from mnm.speed.sections import stage_step
+    from mnm.stages.segment import SegmentStage
+
+    stage = SegmentStage(backbone="alexnet", num_classes=3)
+    laps = Laps(torch.device("cpu"))
+    stage_step(stage, stage.configure_optimizers()["optimizer"], _labelled_batch(), Variant("fp32"))(laps)
+    assert list(laps.ms) == ["forward", "loss", "backward", "optimizer"]

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import lightning as L
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, get_worker_info
 
 from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, pad_collate
 from mnm.datamodules.errors import DataError
+from mnm.datamodules.label_subset import LabelSplit, split_labeled, write_id_list
 from mnm.datamodules.readers import (
     IGNORE_INDEX,
     LabelMapping,
@@ -40,7 +42,9 @@ RGB = tuple[int, int, int]
 
 # Lightning stage -> dataset roles it needs.
 _STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-_ROLE_STAGE = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}
+_ROLE_STAGE = {"train": "fit", "unlabeled": "fit", "val": "validate", "test": "test", "predict": "predict"}
+#: files (in the trainer's ``default_root_dir``) that record a label fraction's subset
+LABELED_FILE, UNLABELED_FILE = "labeled.txt", "unlabeled.txt"
 
 
 def seed_worker(worker_id: int) -> None:
@@ -64,6 +68,15 @@ class SegmentationDataModule(L.LightningDataModule):
     ``num_classes``, ``ignore_index`` (255), ``class_names`` and ``palette``
     (list of RGB tuples) are set in ``__init__`` so a CLI can link them to the
     model before ``setup()``.
+
+    Label fractions: ``labeled_fraction`` (0 < f <= 1) or ``labeled_list`` (a file of
+    sample ids, one per line) keeps the masks of a subset of the train split only
+    (:mod:`mnm.datamodules.label_subset`: seeded by ``split_seed``, default ``seed``;
+    every class of the full split present). The remainder is the ``unlabeled`` role
+    (images without masks: :meth:`unlabeled_dataloader`, or the train loader itself
+    with ``train_on: unlabeled``). On ``setup("fit")`` under a trainer, the two id
+    lists are written to ``labeled.txt`` and ``unlabeled.txt`` in the trainer's
+    ``default_root_dir`` (the stage folder of a pipeline run).
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -88,6 +101,10 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int = 0,
         predict_dir: str | None = None,
         max_samples: int | None = None,
+        labeled_fraction: float = 1.0,
+        labeled_list: str | None = None,
+        split_seed: int | None = None,
+        train_on: Literal["labeled", "unlabeled"] = "labeled",
     ) -> None:
         super().__init__()
         for setting, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -97,6 +114,12 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"num_workers must be >= 0, got {num_workers}")
         if max_samples is not None and max_samples < 1:
             raise DataError(f"max_samples must be >= 1 or null, got {max_samples}")
+        if not 0.0 < labeled_fraction <= 1.0:
+            raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
+        if labeled_list is not None and labeled_fraction != 1.0:
+            raise DataError("give labeled_fraction or labeled_list, not both")
+        if train_on not in ("labeled", "unlabeled"):
+            raise DataError(f"train_on must be 'labeled' or 'unlabeled', got {train_on!r}")
         for setting, size in (("crop_size", crop_size), ("val_size", val_size)):
             if size is not None and (len(size) != 2 or min(size) < 1):
                 raise DataError(f"{setting} must be two positive ints (height, width), got {size}")
@@ -117,6 +140,11 @@ class SegmentationDataModule(L.LightningDataModule):
         self.seed = seed
         self.predict_dir = Path(predict_dir).expanduser() if predict_dir is not None else None
         self.max_samples = max_samples
+        self.labeled_fraction = labeled_fraction
+        self.labeled_list = Path(labeled_list).expanduser() if labeled_list is not None else None
+        self.split_seed = seed if split_seed is None else split_seed
+        self.train_on = train_on
+        self.label_split: LabelSplit | None = None
 
         self.num_classes = len(self.CLASS_NAMES)
         self.ignore_index = IGNORE_INDEX
@@ -178,18 +206,43 @@ class SegmentationDataModule(L.LightningDataModule):
             records.append(SampleRecord(image, label, image.stem, self.label_mapping, source))
         return records
 
+    @property
+    def uses_label_subset(self) -> bool:
+        """Whether only a subset of the train split keeps its masks."""
+        return self.labeled_list is not None or self.labeled_fraction < 1.0
+
+    def write_label_split(self, folder: str | Path) -> None:
+        """Write the labelled and unlabelled ids to ``folder``/``labeled.txt``, ``unlabeled.txt``."""
+        if not self.uses_label_subset:
+            raise DataError("no label subset to write: set data.labeled_fraction < 1 or data.labeled_list")
+        if self.label_split is None:
+            self.setup("fit")
+        folder = Path(folder)
+        write_id_list(folder / LABELED_FILE, self.label_split.labeled)
+        write_id_list(folder / UNLABELED_FILE, self.label_split.unlabeled)
+
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
         """Build (once) and validate the datasets the stage needs; raises :class:`DataError`."""
         roles = _STAGE_ROLES.get(stage or "fit")
         if roles is None:
             raise DataError(f"unknown stage {stage!r}; expected one of {sorted(_STAGE_ROLES)}")
+        if "train" in roles and self.train_on == "unlabeled":
+            roles = (*roles, "unlabeled")
         for role in roles:
             if role not in self.datasets:
                 self.datasets[role] = self._build_dataset(role)
+        trainer = self.trainer
+        if self.label_split is not None and trainer is not None and trainer.is_global_zero:
+            self.write_label_split(trainer.default_root_dir)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        role = "unlabeled" if self.train_on == "unlabeled" else "train"
+        return self._loader(role, self.batch_size, shuffle=True)
+
+    def unlabeled_dataloader(self) -> DataLoader:
+        """Images of the train split outside the labelled subset, without masks, augmented as train."""
+        return self._loader("unlabeled", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size, shuffle=False)
@@ -235,7 +288,9 @@ class SegmentationDataModule(L.LightningDataModule):
         return split, self.list_samples(split), str(self.split_source(split))
 
     def _build_dataset(self, role: str, transform: JointTransform | None = None) -> SegmentationDataset:
-        split, records, source = self._list_role(role)
+        if role == "unlabeled" and not self.uses_label_subset:
+            raise DataError("no unlabelled remainder: set data.labeled_fraction < 1 or data.labeled_list")
+        split, records, source = self._list_role("train" if role == "unlabeled" else role)
         if self.max_samples is not None:
             records = records[: self.max_samples]
         if not records:
@@ -248,10 +303,17 @@ class SegmentationDataModule(L.LightningDataModule):
             logger.warning(
                 "split '%s': skipped %d of %d samples with bad data (skip_bad)", split, skipped, len(records)
             )
+        if role in ("train", "unlabeled") and self.uses_label_subset:
+            if self.label_split is None:
+                self.label_split = split_labeled(
+                    good, fraction=self.labeled_fraction, list_file=self.labeled_list, seed=self.split_seed
+                )
+            good = self.label_split.labeled if role == "train" else self.label_split.unlabeled
+            if not good:
+                raise DataError(f"{source}: the labelled subset leaves no unlabelled sample in '{split}'")
         if transform is None:
-            transform = {"train": self.train_transform, "predict": self.predict_transform}.get(
-                role, self.eval_transform
-            )()
+            transform = {"train": self.train_transform, "unlabeled": self.train_transform,
+                         "predict": self.predict_transform}.get(role, self.eval_transform)()  # fmt: skip
         dataset = SegmentationDataset(
             good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict"
         )
@@ -276,6 +338,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def _loader(self, role: str, batch_size: int, shuffle: bool) -> DataLoader:
         if role not in self.datasets:
             self.setup(_ROLE_STAGE[role])
+        if role not in self.datasets:  # the unlabelled remainder is built on first use
+            self.datasets[role] = self._build_dataset(role)
         dataset = self.datasets[role]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -283,7 +347,8 @@ class SegmentationDataModule(L.LightningDataModule):
         dataset.set_seed(seed)  # used as is when num_workers == 0
         drop_last = shuffle and len(dataset) > batch_size * world
         # a resumed fit starts at the batch after the last one it trained on
-        start_batch = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None and role == "train" else 0
+        resumes = trainer is not None and shuffle
+        start_batch = trainer.global_step * trainer.accumulate_grad_batches if resumes else 0
         if shuffle:
             dataset.key_seed = self.seed  # augmentation keyed by sample and epoch: exact resume
         sampler = ResumableSampler(

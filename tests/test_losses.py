@@ -68,3 +68,13 @@ def test_gradients_reach_backbone_parameters(name: str) -> None:
     assert first_conv.weight.grad is not None and float(first_conv.weight.grad.abs().sum()) > 0
     with_grad = [p for p in net.parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
     assert len(with_grad) > len(list(net.parameters())) // 2
+
+
+def test_release_normalisation_halves_the_mean() -> None:
+    # hinges 0.1 and 4.1 (see test_known_values...): mean (0.1 + 4.1) / 2 = 2.1; release (0.1 + 4.1) / 4 = 1.05
+    e = torch.tensor([[1.0, 0, 0], [3.0, 0, 0], [0, 2.0, 0], [0, 0, 5.0]])
+    triplets = torch.tensor([[0, 1, 2], [0, 3, 1]])
+    torch.testing.assert_close(TripletLoss(MARGIN, reduction="release")(e, triplets).loss, torch.tensor(1.05))
+    torch.testing.assert_close(TripletLoss(MARGIN)(e, triplets).loss, torch.tensor(2.1))
+    with pytest.raises(ValueError, match="unknown reduction 'sum'"):
+        TripletLoss(reduction="sum")

@@ -10,10 +10,11 @@ import torchvision.models as tvm
 
 from mnm.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
 
-NAMES = ["alexnet", "vgg16_bn", "resnet18", "resnet50"]
+NAMES = ["alexnet", "alexnet_caffe", "vgg16_bn", "resnet18", "resnet50"]
 HW = (64, 96)
 EXPECTED = {  # out_channels, out_strides, embed_dim at HW
     "alexnet": ([64, 192, 384, 256, 256, 256], [4, 8, 16, 16, 16, 32], 256 * 1 * 2),
+    "alexnet_caffe": ([96, 256, 384, 384, 256, 256], [4, 8, 16, 16, 16, 32], 256 * 2 * 3),  # ceil-mode pools
     "vgg16_bn": ([64, 128, 256, 512, 512, 512], [1, 2, 4, 8, 16, 32], 512 * 2 * 3),
     "resnet18": ([64, 64, 128, 256, 512], [2, 4, 8, 16, 32], 512),
     "resnet50": ([64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32], 2048),
@@ -174,3 +175,59 @@ def test_unreadable_files(tmp_path) -> None:
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(ValueError, match="list.pth"):
         load_backbone_weights(net, tmp_path / "list.pth")
+
+
+# --- release options: embeddings, Caffe AlexNet, batch norm without affine parameters, initialisations ---
+
+
+def test_embedding_kinds() -> None:
+    net, x = cached("alexnet", 3), torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        pool5, prerelu, avg = (net.embed(x, kind) for kind in ("pool5", "pool5_prerelu", "pool5_avg"))
+    assert pool5.min() >= 0 and prerelu.min() < 0  # ReLU before pool5 vs the pre-activation
+    torch.testing.assert_close(prerelu.clamp_min(0), pool5)  # max-pool and ReLU commute
+    torch.testing.assert_close(avg, net(x)[-1].mean(dim=(2, 3)))
+    assert avg.shape[1] == net.embed_dim(HW, "pool5_avg") == 256
+    assert prerelu.shape[1] == net.embed_dim(HW, "pool5_prerelu") == pool5.shape[1]
+    with pytest.raises(ValueError, match="unknown embedding 'fc7'"):
+        net.embed(x, "fc7")
+    with pytest.raises(ValueError, match="resnet18: embedding 'pool5_prerelu' is not available"):
+        cached("resnet18", 3).embed(x, "pool5_prerelu")
+
+
+def test_caffe_alexnet_matches_the_release() -> None:
+    net = build_backbone("alexnet_caffe", bn_affine=False)
+    with torch.no_grad():
+        pool5 = net(torch.rand(1, 3, 128, 128))[-1]
+    assert pool5.shape == (1, 256, 4, 4) and net.embed_dim((128, 128)) == 4096
+    # conv weights and biases only: 96*3*11*11 + 256*48*5*5 + 384*256*3*3 + 384*192*3*3 + 256*192*3*3 + biases
+    assert sum(p.numel() for p in net.parameters()) == 2_334_080
+    assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in net.modules()) == 2
+    assert [m.groups for m in net.modules() if isinstance(m, torch.nn.Conv2d)] == [1, 2, 1, 2, 2]
+
+
+def test_bn_without_affine_has_fewer_tensors() -> None:
+    affine, plain = build_backbone("alexnet"), build_backbone("alexnet", bn_affine=False)
+    bn_params = 2 * (64 + 192 + 384 + 256 + 256)
+    assert sum(p.numel() for p in affine.parameters()) - sum(p.numel() for p in plain.parameters()) == bn_params
+    assert len(affine.state_dict()) - len(plain.state_dict()) == 2 * 5
+    assert all(not m.affine for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="only bn_affine=True"):
+        build_backbone("resnet18", bn_affine=False)
+    with pytest.raises(ValueError, match=r"unknown backbone options \['width'\]"):
+        build_backbone("alexnet", width=2)
+
+
+def test_initialisations() -> None:
+    torch.manual_seed(0)
+    gauss = build_backbone("alexnet_caffe", init="gaussian")
+    convs = [m for m in gauss.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(abs(float(c.weight.detach().std()) - 0.01) < 0.001 for c in convs)
+    assert [float(c.bias.mean()) for c in convs] == pytest.approx([0.0, 0.1, 0.0, 0.1, 0.1])
+    xavier = build_backbone("vgg16_bn", init="xavier")
+    for conv in (m for m in xavier.modules() if isinstance(m, torch.nn.Conv2d)):
+        bound = (3 / conv.weight[0].numel()) ** 0.5  # Caffe's Xavier filler: U(-sqrt(3/fan_in), +)
+        assert float(conv.weight.abs().max()) <= bound and float(conv.weight.abs().max()) > 0.9 * bound
+        assert float(conv.bias.abs().max()) == 0.0
+    with pytest.raises(ValueError, match="unknown init 'orthogonal'"):
+        build_backbone("alexnet", init="orthogonal")

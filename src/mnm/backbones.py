@@ -1,4 +1,4 @@
-"""Backbone registry: AlexNet (with batch norm), VGG-16-BN and ResNet-18/50.
+"""Backbone registry: AlexNet (with batch norm; torchvision's widths or the Caffe release's), VGG-16-BN, ResNet-18/50.
 
 Every backbone takes RGB in ``[0, 1]`` (normalisation and the grayscale
 conversion are done by :meth:`Backbone.prepare`), returns a list of
@@ -10,7 +10,7 @@ network: :func:`load_backbone_weights` reads local files only.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,19 +22,31 @@ from mnm.checkpoints import read_checkpoint
 
 __all__ = [
     "BACKBONES",
+    "BACKBONE_OPTIONS",
+    "EMBEDDINGS",
+    "INITS",
     "AlexNetBackbone",
+    "AlexNetCaffeBackbone",
     "Backbone",
     "LoadReport",
     "PlainBackbone",
     "ResNetBackbone",
     "VGG16BNBackbone",
     "build_backbone",
+    "init_weights",
     "load_backbone_weights",
 ]
 
 _RGB_MEAN = (0.485, 0.456, 0.406)
 _RGB_STD = (0.229, 0.224, 0.225)
 _GRAY_MEAN, _GRAY_STD = 0.449, 0.226
+
+#: embeddings :meth:`Backbone.embed` can return: flattened pool5 (after its ReLU), flattened pool5
+#: without the last ReLU (max-pool and ReLU commute, so this is the pre-activation pool5), and
+#: the global average of pool5
+EMBEDDINGS = ("pool5", "pool5_prerelu", "pool5_avg")
+#: weight initialisations of the plain backbones (:func:`init_weights`)
+INITS = ("kaiming", "gaussian", "xavier")
 
 
 class Backbone(nn.Module):
@@ -75,11 +87,18 @@ class Backbone(nn.Module):
         """Multi-scale maps (one per ``out_channels`` entry, last = pool5), computed in one pass."""
         return self._maps(self.prepare(x))
 
-    def embed(self, x: Tensor) -> Tensor:
-        """``B×D`` embedding: flattened pool5."""
-        return self.features(x)[-1].flatten(1)
+    def embed(self, x: Tensor, kind: str = "pool5") -> Tensor:
+        """``B×D`` embedding of ``kind`` (one of :data:`EMBEDDINGS`; default: flattened pool5)."""
+        _check_embedding(kind)
+        if kind == "pool5_prerelu":
+            return self._pool5_prerelu(self.prepare(x)).flatten(1)
+        pool5 = self.features(x)[-1]
+        return pool5.mean(dim=(2, 3)) if kind == "pool5_avg" else pool5.flatten(1)
 
-    def embed_dim(self, input_hw: tuple[int, int]) -> int:
+    def _pool5_prerelu(self, x: Tensor) -> Tensor:
+        raise ValueError(f"{self.name}: embedding 'pool5_prerelu' is not available for this backbone")
+
+    def embed_dim(self, input_hw: tuple[int, int], kind: str = "pool5") -> int:
         """Length ``D`` of :meth:`embed` for an input of spatial size ``input_hw``."""
         raise NotImplementedError
 
@@ -87,14 +106,33 @@ class Backbone(nn.Module):
         return self.features(x)
 
 
-def _init_convs(module: nn.Module) -> None:
-    """Kaiming-normal (fan_out, ReLU) convolutions, zero biases, identity batch norm."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
+def _check_embedding(kind: str) -> None:
+    if kind not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding {kind!r}; expected one of {list(EMBEDDINGS)}")
+
+
+def init_weights(module: nn.Module, init: str = "kaiming", conv_biases: Sequence[float] = ()) -> None:
+    """Initialise the convolutions and batch norms of ``module`` in place.
+
+    ``kaiming``: Kaiming-normal (fan_out, ReLU) weights, zero biases (torchvision's VGG/ResNet).
+    ``gaussian``: normal weights with std 0.01 and the biases ``conv_biases`` (one per conv in
+    order, 0 where not given): the Caffe release's AlexNet. ``xavier``: Caffe's Xavier filler,
+    uniform with variance 1/fan_in, zero biases (the release's VGG-16). Batch norm: identity.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {list(INITS)}")
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    for i, m in enumerate(convs):
+        if init == "kaiming":
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
+        elif init == "gaussian":
+            nn.init.normal_(m.weight, std=0.01)
+        else:
+            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="linear")  # U(±sqrt(3/fan_in))
+        if m.bias is not None:
+            nn.init.constant_(m.bias, conv_biases[i] if init == "gaussian" and i < len(conv_biases) else 0.0)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
@@ -103,7 +141,8 @@ def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (v[0], v[1])
 
 
-# A plain body spec: ("C", out, kernel, stride, padding) = conv + BN + ReLU, ("M", kernel, stride) = max-pool.
+# A plain body spec: ("C", out, kernel, stride, padding[, groups]) = conv + BN + ReLU,
+# ("M", kernel, stride[, ceil_mode]) = max-pool, ("N",) = Caffe's local response normalisation.
 _Spec = list[tuple]
 
 _ALEXNET_SPEC: _Spec = [
@@ -111,6 +150,14 @@ _ALEXNET_SPEC: _Spec = [
     ("C", 192, 5, 1, 2), ("M", 3, 2),
     ("C", 384, 3, 1, 1), ("C", 256, 3, 1, 1), ("C", 256, 3, 1, 1), ("M", 3, 2),
 ]  # fmt: skip
+# The Caffe release's AlexNet (Krizhevsky's widths, 2 groups in conv2/4/5, LRN after relu1/relu2,
+# ceil-mode pooling) and its Gaussian-init biases per conv.
+_ALEXNET_CAFFE_SPEC: _Spec = [
+    ("C", 96, 11, 4, 5), ("N",), ("M", 3, 2, True),
+    ("C", 256, 5, 1, 2, 2), ("N",), ("M", 3, 2, True),
+    ("C", 384, 3, 1, 1), ("C", 384, 3, 1, 1, 2), ("C", 256, 3, 1, 1, 2), ("M", 3, 2, True),
+]  # fmt: skip
+_ALEXNET_RELEASE_BIASES = (0.0, 0.1, 0.0, 0.1, 0.1)
 _VGG16_SPEC: _Spec = [
     spec
     for width, n_convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -124,9 +171,22 @@ class PlainBackbone(Backbone):
     ``body`` has torchvision's ``features`` layout with a ``BatchNorm2d`` after
     every convolution (for VGG-16-BN that is exactly torchvision's layout).
     Maps are tapped after the modules listed in ``taps``; the last tap is pool5.
+    ``bn_affine=False`` gives Caffe's BatchNorm (statistics only, no scale or shift);
+    ``init`` is one of :data:`INITS` (:func:`init_weights`).
     """
 
-    def __init__(self, name: str, in_chans: int, spec: _Spec, tap_before_pool: bool) -> None:
+    #: biases of the ``gaussian`` init, one per conv (the release's AlexNet prototxt)
+    release_biases: tuple[float, ...] = ()
+
+    def __init__(
+        self,
+        name: str,
+        in_chans: int,
+        spec: _Spec,
+        tap_before_pool: bool,
+        bn_affine: bool = True,
+        init: str = "kaiming",
+    ) -> None:
         super().__init__(name, in_chans)
         layers: list[nn.Module] = []
         taps: list[int] = []
@@ -139,20 +199,25 @@ class PlainBackbone(Backbone):
 
         for kind, *args in spec:
             if kind == "C":
-                out, k, s, p = args
-                layers += [nn.Conv2d(channels, out, k, s, p), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+                out, k, s, p, *groups = args
+                conv = nn.Conv2d(channels, out, k, s, p, groups=groups[0] if groups else 1)
+                layers += [conv, nn.BatchNorm2d(out, affine=bn_affine), nn.ReLU(inplace=True)]
                 channels, stride = out, stride * s
                 if not tap_before_pool:
                     tap()
+            elif kind == "N":
+                layers.append(nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
             else:
                 if tap_before_pool:
                     tap()
-                layers.append(nn.MaxPool2d(*args))
-                stride *= args[1]
+                k, s, *ceil = args
+                layers.append(nn.MaxPool2d(k, s, ceil_mode=bool(ceil and ceil[0])))
+                stride *= s
         tap()  # pool5
         self.body = nn.Sequential(*layers)
         self.taps = frozenset(taps)
-        _init_convs(self.body)
+        self.last_relu = max(i for i, m in enumerate(layers) if isinstance(m, nn.ReLU))
+        init_weights(self.body, init, self.release_biases)
 
     def _maps(self, x: Tensor) -> list[Tensor]:
         maps = []
@@ -162,15 +227,28 @@ class PlainBackbone(Backbone):
                 maps.append(x)
         return maps
 
-    def embed_dim(self, input_hw: tuple[int, int]) -> int:
-        h, w = input_hw
+    def _pool5_prerelu(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.body):
+            if i != self.last_relu:
+                x = layer(x)
+        return x
+
+    def embed_dim(self, input_hw: tuple[int, int], kind: str = "pool5") -> int:
+        _check_embedding(kind)
+        size = list(input_hw)
         for m in self.body:
             if isinstance(m, nn.Conv2d | nn.MaxPool2d):
                 k, s, p = (_pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding"))
-                h, w = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
-        if h < 1 or w < 1:
+                ceil = isinstance(m, nn.MaxPool2d) and m.ceil_mode
+                for d in (0, 1):
+                    span = size[d] + 2 * p[d] - k[d]
+                    out = (-(-span // s[d]) if ceil else span // s[d]) + 1
+                    if ceil and (out - 1) * s[d] >= size[d] + p[d]:
+                        out -= 1  # the last window must start inside the input (PyTorch's rule)
+                    size[d] = out
+        if min(size) < 1:
             raise ValueError(f"{self.name}: input {tuple(input_hw)} is too small for pool5")
-        return self.out_channels[-1] * h * w
+        return self.out_channels[-1] * (1 if kind == "pool5_avg" else size[0] * size[1])
 
 
 class AlexNetBackbone(PlainBackbone):
@@ -179,29 +257,47 @@ class AlexNetBackbone(PlainBackbone):
     Maps: conv1..conv5 activations and pool5 (strides 4, 8, 16, 16, 16, 32).
     """
 
-    def __init__(self, in_chans: int = 3) -> None:
-        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, tap_before_pool=False)
+    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
+        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, bn_affine, init)
+
+
+class AlexNetCaffeBackbone(PlainBackbone):
+    """The Caffe release's AlexNet (96-256-384-384-256, 2 groups in conv2/4/5, conv1 pad 5,
+    LRN after conv1/conv2, ceil-mode pooling) with batch norm after every conv.
+
+    Maps: conv1..conv5 activations and pool5 (strides 4, 8, 16, 16, 16, 32); pool5 is
+    256×4×4 at 128 px. ``init="gaussian"`` uses the release's biases (0.1 in conv2/4/5).
+    """
+
+    release_biases = _ALEXNET_RELEASE_BIASES
+
+    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
+        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, bn_affine, init)
 
 
 class VGG16BNBackbone(PlainBackbone):
     """VGG-16 with batch norm. Maps: each conv block before pooling, then pool5 (strides 1..32)."""
 
-    def __init__(self, in_chans: int = 3) -> None:
-        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, tap_before_pool=True)
+    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
+        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, bn_affine, init)
 
 
 class ResNetBackbone(Backbone):
     """torchvision ResNet without ``fc``. Maps: stem (stride 2), layer1..layer4 (4..32).
 
-    The last map (layer4) plays the role of pool5; :meth:`embed` is its global average.
+    The last map (layer4) plays the role of pool5; :meth:`embed` is its global average
+    (``pool5`` and ``pool5_avg`` alike; ``pool5_prerelu`` is not available). Only the
+    default ``bn_affine`` and ``init`` are supported.
     """
 
-    def __init__(self, name: str, in_chans: int = 3, **kw) -> None:
+    def __init__(self, name: str, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", **kw) -> None:
+        if not bn_affine or init != "kaiming":
+            raise ValueError(f"{name}: only bn_affine=True and init='kaiming' are supported for ResNets")
         super().__init__(name, in_chans)
         net = getattr(tvm, name)(weights=None, **kw)
         if in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-            _init_convs(net.conv1)
+            init_weights(net.conv1)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         expansion = type(net.layer1[0]).expansion  # 1 for BasicBlock, 4 for Bottleneck
@@ -217,26 +313,36 @@ class ResNetBackbone(Backbone):
             maps.append(x)
         return maps
 
-    def embed(self, x: Tensor) -> Tensor:
+    def embed(self, x: Tensor, kind: str = "pool5") -> Tensor:
         """``B×D`` embedding: global average pool of layer4."""
-        return self.features(x)[-1].mean(dim=(2, 3))
+        return super().embed(x, "pool5_avg" if kind == "pool5" else kind)
 
-    def embed_dim(self, input_hw: tuple[int, int]) -> int:
+    def embed_dim(self, input_hw: tuple[int, int], kind: str = "pool5") -> int:
+        _check_embedding(kind)
         return self.out_channels[-1]
 
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "alexnet": AlexNetBackbone,
+    "alexnet_caffe": AlexNetCaffeBackbone,
     "vgg16_bn": VGG16BNBackbone,
     "resnet18": lambda in_chans=3, **kw: ResNetBackbone("resnet18", in_chans, **kw),
     "resnet50": lambda in_chans=3, **kw: ResNetBackbone("resnet50", in_chans, **kw),
 }
+#: keyword options every registered backbone takes (``BaseStage(backbone_kwargs=...)``)
+BACKBONE_OPTIONS = ("bn_affine", "init")
 
 
 def build_backbone(name: str, in_chans: int = 3, **kw) -> Backbone:
-    """Build a randomly initialised backbone (seeded by the caller's torch seed; no downloads)."""
+    """Build a randomly initialised backbone (seeded by the caller's torch seed; no downloads).
+
+    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``); other keys raise ``ValueError``.
+    """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
+    unknown = sorted(set(kw) - set(BACKBONE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown backbone options {unknown}; known: {list(BACKBONE_OPTIONS)}")
     return BACKBONES[name](in_chans=in_chans, **kw)
 
 
@@ -301,7 +407,7 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, contents: Mappin
             raise ValueError(f"{path}: checkpoint has a 'state_dict' but no 'backbone.*' keys")
     elif isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
         source, weights, ignored = "state-dict", {}, []
-        keymap = _TORCHVISION_KEYMAPS[backbone.name]
+        keymap = _TORCHVISION_KEYMAPS.get(backbone.name, lambda key: key)  # no torchvision twin: own keys
         for key, value in obj.items():
             mapped = keymap(key)
             if mapped is None:

@@ -9,6 +9,7 @@ import torch
 
 from mnm.backbones import Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import read_checkpoint
+from mnm.param_groups import param_groups
 from mnm.phases import PhaseTimer, no_phase_timer
 from mnm.probe import RepresentationProbe, score_backbone
 
@@ -41,8 +42,10 @@ class BaseStage(ScalarLogging, L.LightningModule):
     stage, pass ``ckpt_path`` to ``Trainer.fit`` instead.
 
     Args:
-        backbone: registry name (``alexnet``, ``vgg16_bn``, ``resnet18``, ``resnet50``).
+        backbone: registry name (``alexnet``, ``alexnet_caffe``, ``vgg16_bn``, ``resnet18``, ``resnet50``).
         in_chans: 1 for a grayscale network (colorization-pretrained), 3 for RGB.
+        backbone_kwargs: backbone options (``bn_affine``, ``init``; see :mod:`mnm.backbones`),
+            stored in the checkpoint so the next stage builds the same parameter set.
         pretrained_backbone: a checkpoint or weights file to initialise the backbone from.
         lr: base learning rate of SGD.
         momentum: SGD momentum.
@@ -50,6 +53,9 @@ class BaseStage(ScalarLogging, L.LightningModule):
         milestones: optimiser steps at which the learning rate is multiplied by ``gamma``.
         gamma: the factor applied at each milestone.
         head_lr_mult: learning-rate multiplier for everything that is not the backbone.
+        bias_lr_mult: learning-rate multiplier for biases (the Caffe release: 2).
+        bias_weight_decay: weight decay of biases (release: 0); ``None`` keeps ``weight_decay``.
+        norm_weight_decay: weight decay of batch-norm parameters (release VGG: 0); ``None`` keeps it.
         seed: base seed of the stage's own random draws (patches, tiles, permutations).
 
     A stage kind says what the runner, reports and comparisons need to know about it
@@ -79,25 +85,27 @@ class BaseStage(ScalarLogging, L.LightningModule):
         gamma: float = 0.1,
         head_lr_mult: float = 1.0,
         seed: int = 0,
+        backbone_kwargs: dict[str, Any] | None = None,
+        bias_lr_mult: float = 1.0,
+        bias_weight_decay: float | None = None,
+        norm_weight_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone: Backbone = build_backbone(backbone, in_chans=in_chans)
+        self.backbone: Backbone = build_backbone(backbone, in_chans=in_chans, **(backbone_kwargs or {}))
         if pretrained_backbone:
             contents = read_checkpoint(pretrained_backbone)
-            check_backbone_matches(pretrained_backbone, contents, backbone, in_chans)
+            check_backbone_matches(pretrained_backbone, contents, backbone, in_chans, backbone_kwargs)
             load_backbone_weights(self.backbone, pretrained_backbone, contents)
         self._probe: RepresentationProbe | None = None
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        backbone_params = list(self.backbone.parameters())
-        ids = {id(p) for p in backbone_params}
-        other = [p for p in self.parameters() if id(p) not in ids and p.requires_grad]
-        groups = [{"params": backbone_params, "lr": hp.lr}]
-        if other:
-            groups.append({"params": other, "lr": hp.lr * hp.head_lr_mult})
+        groups = param_groups(
+            self, self.backbone, hp.lr, hp.weight_decay, hp.head_lr_mult,
+            hp.bias_lr_mult, hp.bias_weight_decay, hp.norm_weight_decay,
+        )  # fmt: skip
         opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -128,19 +136,31 @@ class BaseStage(ScalarLogging, L.LightningModule):
 
     # -- checkpoint metadata ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[ARCH_KEY] = {"name": self.hparams.backbone, "in_chans": self.hparams.in_chans}
+        hp = self.hparams
+        checkpoint[ARCH_KEY] = {"name": hp.backbone, "in_chans": hp.in_chans, **(hp.backbone_kwargs or {})}
 
 
-def check_backbone_matches(path: str, contents: dict[str, Any], name: str, in_chans: int) -> None:
+def check_backbone_matches(
+    path: str, contents: dict[str, Any], name: str, in_chans: int, backbone_kwargs: dict[str, Any] | None = None
+) -> None:
     """Refuse a checkpoint written for another backbone architecture, naming both.
 
-    Only mnm checkpoints carry the architecture; other weight files are checked
-    key by key when they are loaded.
+    Compares the name, ``in_chans`` and ``bn_affine`` (the options that change the parameter
+    set; a checkpoint without it had affine batch norm). Only mnm checkpoints carry the
+    architecture; other weight files are checked key by key when they are loaded.
     """
     meta = contents.get(ARCH_KEY)
-    if meta and (meta.get("name") != name or int(meta.get("in_chans", 3)) != in_chans):
+    if not meta:
+        return
+    ours = {"backbone": name, "in_chans": in_chans, "bn_affine": (backbone_kwargs or {}).get("bn_affine", True)}
+    theirs = {"backbone": meta.get("name"), "in_chans": int(meta.get("in_chans", 3)),
+              "bn_affine": meta.get("bn_affine", True)}  # fmt: skip
+    if ours != theirs:
         raise ValueError(
-            f"pretrained_backbone {path} was trained with backbone={meta.get('name')} "
-            f"in_chans={meta.get('in_chans')}, but this stage is configured with backbone={name} "
-            f"in_chans={in_chans}"
+            f"pretrained_backbone {path} was trained with {_settings(theirs)}, "
+            f"but this stage is configured with {_settings(ours)}"
         )
+
+
+def _settings(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in values.items())

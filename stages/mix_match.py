@@ -7,7 +7,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from mnm.losses import TripletLoss, TripletStats
+from mnm.backbones import EMBEDDINGS
+from mnm.losses import REDUCTIONS, TripletLoss, TripletStats
 from mnm.match import graph_triplets, random_triplets
 from mnm.mix import PatchBatch, PatchSampler
 from mnm.stages.base import BaseStage
@@ -41,6 +42,10 @@ class MixMatchStage(BaseStage):
             with gradient), so the graph grows with the number of devices.
         knn_probe: at the end of each validation, log the kNN probe of the backbone
             (``val/knn_acc``, ``val/knn_acc_balanced``, ``val/effective_rank``; see :mod:`mnm.probe`).
+        loss_normalization: ``mean`` (the summed hinge over N triplets / N) or ``release``
+            (/ 2N, the Caffe release's TripletLoss layer).
+        embedding: ``pool5`` (flattened, after the ReLU), ``pool5_prerelu`` (without the last
+            ReLU, so D can reach 4) or ``pool5_avg`` (global average); see :data:`mnm.backbones.EMBEDDINGS`.
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
@@ -63,12 +68,20 @@ class MixMatchStage(BaseStage):
         ignore_index: int = 255,
         global_graph: bool = False,
         knn_probe: bool = True,
+        loss_normalization: Literal["mean", "release"] = "mean",
+        embedding: Literal["pool5", "pool5_prerelu", "pool5_avg"] = "pool5",
         **kwargs: Any,
     ) -> None:
         if triplets not in TRIPLET_BUILDERS:
             raise ValueError(f"model.triplets must be one of {sorted(TRIPLET_BUILDERS)}, got {triplets!r}")
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"model.embedding must be one of {list(EMBEDDINGS)}, got {embedding!r}")
+        if loss_normalization not in REDUCTIONS:
+            raise ValueError(
+                f"model.loss_normalization must be one of {sorted(REDUCTIONS)}, got {loss_normalization!r}"
+            )
         super().__init__(**kwargs)
-        self.loss_fn = TripletLoss(margin=margin)
+        self.loss_fn = TripletLoss(margin=margin, reduction=loss_normalization)
         self.sampler = PatchSampler(
             patches_per_image=patches_per_image,
             size_range=tuple(patch_size_range),
@@ -98,7 +111,7 @@ class MixMatchStage(BaseStage):
         with self.phase_timer("mix"):
             patches = self.mix(batch, generator)
         with self.phase_timer("forward"):
-            embeddings, labels = self.backbone.embed(patches.patches), patches.labels
+            embeddings, labels = self.backbone.embed(patches.patches, self.hparams.embedding), patches.labels
         if self.hparams.global_graph and self.trainer.world_size > 1:
             embeddings, labels = self._gather_nodes(embeddings, labels)
         if labels.numel() < 2:

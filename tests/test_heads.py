@@ -67,3 +67,14 @@ def test_unknown_head_lists_known():
         build_head("deeplab", [8], [32], 3)
     for name in HEADS:
         assert name in str(err.value)
+
+
+def test_fcn_without_skips_is_the_release_plain_fcn():
+    """``num_skips: 0``: no skip scores, one bilinear upsampling of the top prediction (the release's head)."""
+    head = FCNHead(*ALEXNET_LIKE, num_classes=3, num_skips=0, hidden=(16,)).eval()
+    assert head.used_indices == [5] and len(head.skip_scores) == 0
+    feats = _features(*ALEXNET_LIKE, (64, 96), batch=1, requires_grad=False)
+    with torch.no_grad():
+        top = head.score(head.top(feats[-1]))
+        expected = torch.nn.functional.interpolate(top, size=(64, 96), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(head(feats, (64, 96)), expected)

@@ -89,3 +89,31 @@ def test_print_config_and_unknown_stage(capsys) -> None:
         main(["mixmatch", "fit"])
     assert exit_info.value.code == 2
     assert "unknown command 'mixmatch'" in capsys.readouterr().err
+
+
+def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: Path) -> None:
+    import torch
+
+    release = {**MODELS["mix-match"], "backbone": "alexnet_caffe", "embedding": "pool5_prerelu",
+               "loss_normalization": "release", "backbone_kwargs": {"bn_affine": False, "init": "gaussian"},
+               "bias_lr_mult": 2, "bias_weight_decay": 0}  # fmt: skip
+    cli = build_stage("mix-match", {"model": release, "data": data, "trainer": TRAINER})
+    model = cli.model
+    assert model.loss_fn.reduction == "release"
+    assert not any(m.affine for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    groups = model.configure_optimizers()["optimizer"].param_groups
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in groups] == [(0.01, 5e-4, 5), (0.02, 0, 5)]
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    assert np.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+    ckpt = tmp_path / "mm.ckpt"
+    cli.trainer.save_checkpoint(ckpt)
+    meta = torch.load(ckpt, weights_only=True)["mnm_backbone"]
+    assert meta == {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False, "init": "gaussian"}
+
+    segment = {"backbone": "alexnet_caffe", "pretrained_backbone": str(ckpt), "head_kwargs": {"num_skips": 0}}
+    seg = build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False}},
+                                  "data": data, "trainer": TRAINER}).model  # fmt: skip
+    assert torch.equal(seg.backbone.body[0].weight, model.backbone.body[0].weight)
+    assert len(seg.head.skip_scores) == 0
+    with pytest.raises(ValueError, match=r"mm\.ckpt was trained with .*bn_affine=False, .*configured with .*bn_affine=True"):
+        build_stage("segment", {"model": segment, "data": data, "trainer": TRAINER})

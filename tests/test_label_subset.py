@@ -105,3 +105,22 @@ def test_a_fraction_too_small_for_the_cover_is_refused() -> None:
     presence = [frozenset({c}) for c in range(4)] * 3
     with pytest.raises(DataError, match="keeps 2 of 12 train samples, but covering all 4 classes"):
         choose_labeled(presence, 1 / 6, 0)
+
+
+def test_mix_match_and_segment_stages_share_the_subset(tmp_path: Path) -> None:
+    from mnm.stage_cli import build_stage
+
+    data = {"class_path": "mnm.datamodules.SyntheticDataModule",
+            "init_args": {"root": str(tmp_path / "s"), "num_train": 8, "num_val": 2, "image_size": [64, 64],
+                          "crop_size": [64, 64], "batch_size": 2, "labeled_fraction": 0.5, "seed": 4}}  # fmt: skip
+    trainer = {"fast_dev_run": 1, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
+               "enable_progress_bar": False, "enable_model_summary": False}  # fmt: skip
+    lists = {}
+    for stage, model in (("mix-match", {"patches_per_image": 2, "patch_size_range": [16, 32],
+                                        "patch_out_size": 64}), ("segment", {})):  # fmt: skip
+        out = tmp_path / stage
+        cli = build_stage(stage, {"model": model, "data": data, "trainer": {**trainer, "default_root_dir": str(out)}})
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        lists[stage] = (out / "labeled.txt").read_text()
+        assert len(lists[stage].split()) == 4
+    assert lists["mix-match"] == lists["segment"]

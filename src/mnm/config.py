@@ -35,7 +35,8 @@ import yaml
 
 from mnm.stage_cli import STAGES, stage_class
 
-PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report"}
+PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report",
+                 "protocol"}
 STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data", "trainer", "seed_everything"}
 SECTIONS = ("model", "data", "trainer")
 
@@ -150,6 +151,8 @@ class Pipeline:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     #: free-form settings for ``mnm benchmark`` reports (arms, curves, t-SNE); not used to run stages
     report: dict[str, Any] = field(default_factory=dict)
+    #: label fractions x seeds for ``mnm protocol`` (:mod:`mnm.protocol`); not used to run stages
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -252,4 +255,5 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         wandb=dict(raw.get("wandb") or {}),
         checkpoint=dict(raw.get("checkpoint") or {}),
         report=_substitute(dict(raw.get("report") or {}), variables, f"{path}: report"),
+        protocol=dict(raw.get("protocol") or {}),
     )

@@ -1,0 +1,239 @@
+"""``mnm protocol FILE``: a benchmark file run over label fractions × seeds, reported as mean ± std.
+
+The benchmark file (see :mod:`mnm.benchmark`) gains a ``protocol:`` section::
+
+    vars: {fraction: 1.0}             # the file uses ${fraction}, e.g. data.init_args.labeled_fraction
+    protocol:
+      fractions: [0.125, 1.0]
+      seeds: [0, 1, 2]
+      probe: true                     # kNN probe of every arm's pre-trained backbone
+      budget: "about 6.5 h on 2 CPU cores"   # free text, copied into the report
+
+Each cell (fraction ``f``, seed ``s``) is an ordinary benchmark run in ``<out>/f<f>-s<s>/``
+(resumable; its own ``report.md``), with ``${fraction}`` = ``f`` and every seed of the run =
+``s``: the stages' ``seed_everything`` and ``model.seed``, the data module's ``seed`` and the
+labelled subset's ``split_seed``. The protocol report (``protocol.json``, ``protocol.md``,
+``miou_vs_fraction.png``) aggregates the finished cells; the standard deviation is the sample
+standard deviation over seeds (``ddof=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mnm.backbones import build_backbone
+from mnm.benchmark import load_benchmark, run_benchmark
+from mnm.checkpoints import atomic_write_text
+from mnm.config import ConfigError, Pipeline
+from mnm.probe import RepresentationProbe, score_backbone
+from mnm.rundir import load_stage
+
+PROBE_FILE = "probe.json"
+
+
+def cell_name(fraction: float, seed: int) -> str:
+    """The folder of one cell, e.g. ``f0.125-s1``."""
+    return f"f{fraction:g}-s{seed}"
+
+
+def reseed(pipeline: Pipeline, seed: int) -> Pipeline:
+    """Set every seed of ``pipeline`` to ``seed`` (stages, their data modules and labelled subsets)."""
+    pipeline.seed = seed
+    for spec in pipeline.stages:
+        spec.config["seed_everything"] = seed
+        spec.config.setdefault("model", {})["seed"] = seed
+        init_args = spec.config.setdefault("data", {}).setdefault("init_args", {})
+        init_args["seed"] = seed
+        init_args["split_seed"] = seed
+    return pipeline
+
+
+def protocol_spec(pipeline: Pipeline) -> dict[str, Any]:
+    """The validated ``protocol:`` section of a benchmark file."""
+    spec = dict(pipeline.protocol or {})
+    fractions, seeds = spec.get("fractions"), spec.get("seeds")
+    if not fractions or not all(isinstance(f, int | float) and 0 < f <= 1 for f in fractions):
+        raise ConfigError(f"{pipeline.path}: protocol.fractions must list label fractions in (0, 1], got {fractions}")
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{pipeline.path}: protocol.seeds must list integer seeds, got {seeds}")
+    return spec
+
+
+def load_cell(file: str | Path, out: Path, sets: Sequence[str], fraction: float, seed: int,
+              eval_split: str | None = None) -> Pipeline:
+    """The benchmark pipeline of one cell, with its fraction and seed applied."""
+    pipeline = load_benchmark(file, out / cell_name(fraction, seed), [*sets, f"fraction={fraction}"], eval_split)
+    return reseed(pipeline, seed)
+
+
+# -- probe ------------------------------------------------------------------------------------------------
+def pretrained_stage(pipeline: Pipeline, arm_stage: str) -> str | None:
+    """The stage an arm's fine-tuning starts from (``None`` for random init)."""
+    return next(s.init_from for s in pipeline.stages if s.name == arm_stage)
+
+
+def probe_cell(pipeline: Pipeline) -> dict[str, dict[str, float]]:
+    """kNN probe scores of the backbone each arm starts from, keyed by stage (``random`` = a seeded init).
+
+    The patch sets come from the cell's own data (its labelled subset), cached in the cell's ``probe.json``.
+    """
+    cache = pipeline.out_dir / PROBE_FILE
+    scores: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    arms = pipeline.report["arms"]
+    wanted = {pretrained_stage(pipeline, stage) or "random" for stage in arms.values()}
+    missing = sorted(w for w in wanted if w not in scores)
+    if not missing:
+        return scores
+    model, datamodule = load_stage(pipeline.out_dir, next(iter(arms.values())), weights=False)
+    probe = RepresentationProbe.from_datamodule(datamodule)
+    for stage in missing:
+        if stage == "random":
+            torch.manual_seed(pipeline.seed)
+            backbone = build_backbone(model.hparams.backbone, in_chans=model.hparams.in_chans)
+        else:
+            backbone = load_stage(pipeline.out_dir, stage)[0].backbone
+        scores[stage] = score_backbone(probe, backbone)
+    atomic_write_text(cache, json.dumps(scores, indent=2, sort_keys=True) + "\n")
+    return scores
+
+
+# -- aggregation --------------------------------------------------------------------------------------------
+def _stats(values: list[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=float)
+    std = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
+    return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": [float(v) for v in arr]}
+
+
+def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) -> dict[str, Any]:
+    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished cells."""
+    table: dict[str, dict[str, list[dict[str, float]]]] = {}
+    per_cell: dict[str, Any] = {}
+    wall_time = 0.0
+    for (fraction, seed), pipeline in cells.items():
+        results_file = pipeline.out_dir / "results.json"
+        if not results_file.is_file():
+            continue
+        results = json.loads(results_file.read_text())
+        wall_time += sum(stage["wall_time_s"] for stage in results["stages"].values())
+        probes = probe_cell(pipeline) if spec.get("probe", True) else {}
+        per_cell[cell_name(fraction, seed)] = {"fraction": fraction, "seed": seed, "arms": {}}
+        for label, arm in results["arms"].items():
+            start = pretrained_stage(pipeline, arm["stage"]) or "random"
+            row = {"miou": arm["miou"], "pixel_acc": arm["pixel_acc"], "total_time_s": arm["total_time_s"]}
+            row |= {f"probe_{k}": v for k, v in probes.get(start, {}).items()}
+            per_cell[cell_name(fraction, seed)]["arms"][label] = row
+            table.setdefault(label, {}).setdefault(f"{fraction:g}", []).append(row)
+    summary = {
+        label: {
+            fraction: {key: _stats([r[key] for r in rows]) for key in rows[0]}
+            for fraction, rows in by_fraction.items()
+        }
+        for label, by_fraction in table.items()
+    }
+    return {"summary": summary, "cells": per_cell, "wall_time_s": wall_time}
+
+
+def _pm(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
+    if not stats:
+        return "–"
+    std = "" if math.isnan(stats["std"]) else f" ± {scale * stats['std']:.2f}"
+    return f"{scale * stats['mean']:.2f}{std} (n={stats['n']})"
+
+
+def protocol_markdown(report: dict[str, Any]) -> str:
+    """``protocol.md``: per fraction, each arm's mIoU and probe accuracy (mean ± std over seeds)."""
+    parts = [f"# Protocol `{report['benchmark']}`\n",
+             f"File `{report['file']}`; fractions {report['fractions']}, seeds {report['seeds']}, evaluated on "
+             f"**{report['eval_split']}**. Budget: {report.get('budget') or 'not stated'}. Wall time of the "
+             f"finished cells: {report['wall_time_s'] / 3600:.2f} h (sum of stage times).\n",
+             "mean ± sample std over seeds (n = seeds finished). Probe: kNN accuracy of the backbone each arm "
+             "starts from, on patches of the cell's labelled train images vs val patches (`mnm.probe`).\n"]
+    for fraction in (f"{f:g}" for f in report["fractions"]):
+        parts += [f"## Label fraction {fraction}\n", "| arm | mIoU (%) | probe kNN acc. (%) | probe eff. rank |",
+                  "|---|---:|---:|---:|"]
+        for label, by_fraction in report["summary"].items():
+            s = by_fraction.get(fraction)
+            if not s:
+                continue
+            rank = s.get("probe_effective_rank")
+            rank_text = f"{rank['mean']:.1f}" if rank else "–"
+            parts.append(f"| {label} | {_pm(s['miou'])} | {_pm(s.get('probe_knn_acc'))} | {rank_text} |")
+        parts.append("")
+    parts.append("![mIoU against label fraction](miou_vs_fraction.png)\n")
+    return "\n".join(parts)
+
+
+def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
+    """Each arm's mean mIoU against the label fraction (log scale), with ± std bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, by_fraction in report["summary"].items():
+        fractions = sorted(by_fraction, key=float)
+        means = [100 * by_fraction[f]["miou"]["mean"] for f in fractions]
+        stds = [100 * np.nan_to_num(by_fraction[f]["miou"]["std"]) for f in fractions]
+        ax.errorbar([float(f) for f in fractions], means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("labelled fraction of the train split")
+    ax.set_ylabel(f"mIoU (%) on {report['eval_split']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (),
+                 eval_split: str | None = None, fractions: Sequence[float] | None = None,
+                 seeds: Sequence[int] | None = None, report_only: bool = False) -> dict[str, Any]:
+    """Run (or resume, or skip) the cells in order, fraction by fraction, then write the protocol report.
+
+    ``fractions``/``seeds`` restrict what is run now (the report covers every finished cell).
+    """
+    first = load_benchmark(file, out, [*sets, "fraction=1.0"], eval_split)
+    spec = protocol_spec(first)
+    root = Path(out) if out is not None else first.out_dir
+    cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
+    for (fraction, seed), pipeline in cells.items():
+        if report_only or (fractions and fraction not in fractions) or (seeds and seed not in seeds):
+            continue
+        print(f"[mnm] protocol cell {cell_name(fraction, seed)}")
+        run_benchmark(pipeline)
+    report = {"benchmark": first.name, "file": str(first.path), "fractions": spec["fractions"],
+              "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val"}
+    report |= aggregate(cells, spec)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "protocol.json", json.dumps(report, indent=2) + "\n")
+    if report["summary"]:
+        plot_miou_vs_fraction(report, root / "miou_vs_fraction.png")
+    atomic_write_text(root / "protocol.md", protocol_markdown(report))
+    print(f"[mnm] protocol report: {root / 'protocol.md'} ({time.strftime('%H:%M:%S')})")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mnm protocol``."""
+    parser = argparse.ArgumentParser(prog="mnm protocol", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("file", help="benchmark YAML with a protocol: section")
+    parser.add_argument("--out", help="protocol directory (default runs/<name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, as for benchmark")
+    parser.add_argument("--eval-split", choices=("val", "test"), help="split every evaluated stage is evaluated on")
+    parser.add_argument("--fractions", type=float, nargs="+", help="run only these fractions now")
+    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds now")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    run_protocol(args.file, args.out, args.set, args.eval_split, args.fractions, args.seeds, args.report_only)

@@ -1,0 +1,86 @@
+"""``mnm protocol`` on conf/benchmarks/tiny_protocol.yaml: cells per fraction and seed, mean ± std, probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mnm.config import ConfigError
+from mnm.protocol import cell_name, load_cell, run_protocol
+
+FILE = "conf/benchmarks/tiny_protocol.yaml"
+
+
+@pytest.fixture(scope="module")
+def protocol(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> tuple[Path, dict]:
+    import os
+
+    out = tmp_path_factory.mktemp("protocol")
+    cwd = os.getcwd()
+    os.chdir(repo_root)
+    try:
+        report = run_protocol(FILE, out, [f"data_root={out / 'data'}"], fractions=[0.5], seeds=[0, 1])
+    finally:
+        os.chdir(cwd)
+    return out, report
+
+
+def test_cells_run_with_their_fraction_and_seed(protocol: tuple[Path, dict]) -> None:
+    out, _ = protocol
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and p.name != "data") == ["f0.5-s0", "f0.5-s1"]
+    for seed in (0, 1):
+        cfg = yaml.safe_load((out / cell_name(0.5, seed) / "ft_mm_graph" / "config.yaml").read_text())
+        assert cfg["seed_everything"] == seed and cfg["model"]["seed"] == seed
+        assert cfg["data"]["init_args"]["labeled_fraction"] == 0.5
+        assert cfg["data"]["init_args"]["split_seed"] == seed
+    # one labelled subset per cell, shared by M&M and fine-tuning; another seed draws another subset
+    subsets = {seed: (out / cell_name(0.5, seed) / "mm_graph" / "labeled.txt").read_text() for seed in (0, 1)}
+    assert subsets[0] == (out / cell_name(0.5, 0) / "ft_random" / "labeled.txt").read_text()
+    assert subsets[0] != subsets[1]
+    assert len(subsets[0].split()) == 8  # half of the 16 synthetic train images
+
+
+def test_summary_is_mean_and_sample_std_of_the_cells(protocol: tuple[Path, dict]) -> None:
+    out, report = protocol
+    assert json.loads((out / "protocol.json").read_text())["summary"] == report["summary"]
+    for label, by_fraction in report["summary"].items():
+        assert set(by_fraction) == {"0.5"}  # fraction 1 was not run
+        values = [json.loads((out / cell_name(0.5, s) / "results.json").read_text())["arms"][label]["miou"]
+                  for s in (0, 1)]
+        stats = by_fraction["0.5"]["miou"]
+        assert stats["values"] == values and stats["n"] == 2
+        assert stats["mean"] == pytest.approx(np.mean(values))
+        assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    md = (out / "protocol.md").read_text()
+    assert "## Label fraction 0.5" in md and "(n=2)" in md
+    assert (out / "miou_vs_fraction.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probe_scores_each_arms_starting_point(protocol: tuple[Path, dict]) -> None:
+    out, report = protocol
+    probes = json.loads((out / cell_name(0.5, 0) / "probe.json").read_text())
+    assert set(probes) == {"random", "mm_graph"}
+    assert all(0.0 <= p["knn_acc"] <= 1.0 for p in probes.values())
+    graph = report["cells"][cell_name(0.5, 0)]["arms"]["random → M&M graph → fine-tune"]
+    assert graph["probe_knn_acc"] == probes["mm_graph"]["knn_acc"]
+
+
+def test_report_only_rebuilds_the_same_summary(protocol: tuple[Path, dict], repo_root: Path, monkeypatch) -> None:
+    out, report = protocol
+    monkeypatch.chdir(repo_root)
+    again = run_protocol(FILE, out, [f"data_root={out / 'data'}"], report_only=True)
+    assert again["summary"] == report["summary"]
+
+
+def test_protocol_section_is_checked(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: {repo_root / FILE}\nprotocol: {{fractions: [0, 1.5], seeds: [0]}}\n")
+    with pytest.raises(ConfigError, match="protocol.fractions"):
+        run_protocol(bad, tmp_path / "out")
+    cell = load_cell(FILE, tmp_path, [], 0.25, 3)
+    assert cell.out_dir == tmp_path / "f0.25-s3" and cell.seed == 3

@@ -84,3 +84,16 @@ def test_protocol_section_is_checked(tmp_path: Path, repo_root: Path, monkeypatc
         run_protocol(bad, tmp_path / "out")
     cell = load_cell(FILE, tmp_path, [], 0.25, 3)
     assert cell.out_dir == tmp_path / "f0.25-s3" and cell.seed == 3
+
+
+def test_arms_restrict_what_runs(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    report = run_protocol(FILE, tmp_path, [f"data_root={tmp_path / 'data'}"], fractions=[1.0], seeds=[0],
+                          arms=["random → fine-tune"])
+    cell = tmp_path / cell_name(1.0, 0)
+    assert sorted(p.name for p in cell.iterdir() if p.is_dir()) == ["ft_random"]
+    assert not (cell / "results.json").exists()  # the cell's own report waits for all its arms
+    assert list(report["summary"]) == ["random → fine-tune"]
+    assert report["summary"]["random → fine-tune"]["1"]["miou"]["n"] == 1
+    with pytest.raises(ConfigError, match="unknown arm"):
+        run_protocol(FILE, tmp_path, [f"data_root={tmp_path / 'data'}"], arms=["ft_nope"])

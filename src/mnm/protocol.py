@@ -35,7 +35,9 @@ from mnm.benchmark import load_benchmark, run_benchmark
 from mnm.checkpoints import atomic_write_text
 from mnm.config import ConfigError, Pipeline
 from mnm.probe import RepresentationProbe, score_backbone
-from mnm.rundir import load_stage
+from mnm.report import init_chain
+from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
+from mnm.runner import PipelineRunner
 
 PROBE_FILE = "probe.json"
 
@@ -55,6 +57,16 @@ def reseed(pipeline: Pipeline, seed: int) -> Pipeline:
         init_args["seed"] = seed
         init_args["split_seed"] = seed
     return pipeline
+
+
+def stages_of_arms(pipeline: Pipeline, arms: Sequence[str]) -> list[str]:
+    """Every stage the named arms need (their init chains); arms are named by label or by stage."""
+    by_label = pipeline.report["arms"]
+    unknown = [a for a in arms if a not in by_label and a not in by_label.values()]
+    if unknown:
+        raise ConfigError(f"{pipeline.path}: unknown arm(s) {unknown}; arms: {sorted(by_label.values())}")
+    stages = [by_label.get(a, a) for a in arms]
+    return list(dict.fromkeys(s for stage in stages for s in init_chain(pipeline, stage)))
 
 
 def protocol_spec(pipeline: Pipeline) -> dict[str, Any]:
@@ -81,14 +93,13 @@ def pretrained_stage(pipeline: Pipeline, arm_stage: str) -> str | None:
     return next(s.init_from for s in pipeline.stages if s.name == arm_stage)
 
 
-def probe_cell(pipeline: Pipeline) -> dict[str, dict[str, float]]:
+def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, float]]:
     """kNN probe scores of the backbone each arm starts from, keyed by stage (``random`` = a seeded init).
 
     The patch sets come from the cell's own data (its labelled subset), cached in the cell's ``probe.json``.
     """
     cache = pipeline.out_dir / PROBE_FILE
     scores: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    arms = pipeline.report["arms"]
     wanted = {pretrained_stage(pipeline, stage) or "random" for stage in arms.values()}
     missing = sorted(w for w in wanted if w not in scores)
     if not missing:
@@ -113,24 +124,36 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": [float(v) for v in arr]}
 
 
+def finished_stages(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the stages that finished with the configuration they have now."""
+    entries = read_manifest(pipeline.out_dir).get("stages", {})
+    hashes = stage_hashes(pipeline.stages)
+    return {
+        name: entry for name, entry in entries.items()
+        if entry.get("status") == "finished" and entry.get("config_hash") == hashes.get(name)
+    }
+
+
 def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) -> dict[str, Any]:
-    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished cells."""
+    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished arms."""
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
     per_cell: dict[str, Any] = {}
     wall_time = 0.0
     for (fraction, seed), pipeline in cells.items():
-        results_file = pipeline.out_dir / "results.json"
-        if not results_file.is_file():
+        done = finished_stages(pipeline)
+        wall_time += sum(float(entry.get("wall_time_s", 0.0)) for entry in done.values())
+        arms = {label: stage for label, stage in pipeline.report["arms"].items() if stage in done}
+        if not arms:
             continue
-        results = json.loads(results_file.read_text())
-        wall_time += sum(stage["wall_time_s"] for stage in results["stages"].values())
-        probes = probe_cell(pipeline) if spec.get("probe", True) else {}
-        per_cell[cell_name(fraction, seed)] = {"fraction": fraction, "seed": seed, "arms": {}}
-        for label, arm in results["arms"].items():
-            start = pretrained_stage(pipeline, arm["stage"]) or "random"
-            row = {"miou": arm["miou"], "pixel_acc": arm["pixel_acc"], "total_time_s": arm["total_time_s"]}
-            row |= {f"probe_{k}": v for k, v in probes.get(start, {}).items()}
-            per_cell[cell_name(fraction, seed)]["arms"][label] = row
+        probes = probe_cell(pipeline, arms) if spec.get("probe", True) else {}
+        cell = per_cell.setdefault(cell_name(fraction, seed), {"fraction": fraction, "seed": seed, "arms": {}})
+        for label, stage in arms.items():
+            evaluation = read_stage_metrics(pipeline.out_dir, stage)["eval"]
+            chain = init_chain(pipeline, stage)
+            row = {"miou": float(evaluation["miou"]), "pixel_acc": float(evaluation["pixel_acc"]),
+                   "total_time_s": sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)}
+            row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
+            cell["arms"][label] = row
             table.setdefault(label, {}).setdefault(f"{fraction:g}", []).append(row)
     summary = {
         label: {
@@ -198,10 +221,13 @@ def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
 
 def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (),
                  eval_split: str | None = None, fractions: Sequence[float] | None = None,
-                 seeds: Sequence[int] | None = None, report_only: bool = False) -> dict[str, Any]:
+                 seeds: Sequence[int] | None = None, arms: Sequence[str] | None = None,
+                 report_only: bool = False) -> dict[str, Any]:
     """Run (or resume, or skip) the cells in order, fraction by fraction, then write the protocol report.
 
-    ``fractions``/``seeds`` restrict what is run now (the report covers every finished cell).
+    ``fractions``/``seeds``/``arms`` (arm labels or their stage names) restrict what is run now; the
+    report covers every finished arm of every cell. A cell's own ``report.md`` is written once all
+    its arms have finished.
     """
     first = load_benchmark(file, out, [*sets, "fraction=1.0"], eval_split)
     spec = protocol_spec(first)
@@ -211,7 +237,10 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
         if report_only or (fractions and fraction not in fractions) or (seeds and seed not in seeds):
             continue
         print(f"[mnm] protocol cell {cell_name(fraction, seed)}")
-        run_benchmark(pipeline)
+        if arms:
+            PipelineRunner(pipeline).run(stages_of_arms(pipeline, arms))
+        if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
+            run_benchmark(pipeline)
     report = {"benchmark": first.name, "file": str(first.path), "fractions": spec["fractions"],
               "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val"}
     report |= aggregate(cells, spec)
@@ -233,7 +262,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--eval-split", choices=("val", "test"), help="split every evaluated stage is evaluated on")
     parser.add_argument("--fractions", type=float, nargs="+", help="run only these fractions now")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds now")
+    parser.add_argument("--arms", nargs="+", help="run only these arms now (stage names or labels)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
-    run_protocol(args.file, args.out, args.set, args.eval_split, args.fractions, args.seeds, args.report_only)
+    run_protocol(args.file, args.out, args.set, args.eval_split, args.fractions, args.seeds, args.arms,
+                 args.report_only)

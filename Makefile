@@ -14,11 +14,16 @@ VOC_ROOT ?=
 PROXY_IMAGES ?=
 CITYSCAPES_ROOT ?=
 PIPELINE_ARGS ?=
+FRACTIONS ?=
+SEEDS ?=
+ARMS ?=
+STAGES ?=
+MM_SWEEP_STAGES := $(shell sed -n 's/^ *- *{\{0,1\}name: \(mm_[a-z0-9_]*\).*/\1/p' conf/benchmarks/camvid_mm_sweep.yaml 2>/dev/null)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-mm-sweep voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -63,6 +68,18 @@ camvid-cpu-margin: $(STAMP) ## margin ablation of camvid-cpu: its M&M graph arm 
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) benchmark conf/benchmarks/camvid_cpu_margin.yaml --out runs/camvid-cpu-margin$(MARGIN) \
 		--set data.root=$(CAMVID_ROOT) --set margin=$(MARGIN) --eval-split $(EVAL_SPLIT)
+
+camvid-label-efficient: $(STAMP) ## CamVid, 1/8 and all labels x 3 seeds, 5 arms, probe (resumable; FRACTIONS=, SEEDS=, ARMS= restrict) -> runs/camvid-label-efficient/protocol.md
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	$(MNM) protocol conf/benchmarks/camvid_label_efficient.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
+		$(if $(FRACTIONS),--fractions $(FRACTIONS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
+
+camvid-mm-sweep: $(STAMP) ## M&M candidates on CamVid scored by the kNN probe (STAGES= picks some) -> runs/mm-sweep/
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	for s in $(or $(STAGES),$(MM_SWEEP_STAGES)); do \
+		$(MNM) pipeline run conf/benchmarks/camvid_mm_sweep.yaml --set data.root=$(CAMVID_ROOT) --only $$s --out runs/mm-sweep/$$s || exit 1; \
+	done
+	$(MNM) probe runs/mm-sweep/*/*/checkpoints/final.ckpt --random alexnet --root $(CAMVID_ROOT) --json runs/mm-sweep/probe.json
 
 define need_dir
 	@test -n "$($(1))" -a -d "$($(1))" || { echo "error: set $(1)=<folder> ($(2)); got '$($(1))'"; exit 2; }

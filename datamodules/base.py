@@ -251,7 +251,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader("test", self.val_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Images of ``predict_dir``: ``image``, ``name`` and original ``size`` (B×2, H and W)."""
+        """Images of ``predict_dir`` (a folder or one file): ``image``, ``name``, ``size`` and ``input_size``."""
         return self._loader("predict", self.val_batch_size, shuffle=False)
 
     def eval_dataset(self, role: str) -> SegmentationDataset:
@@ -277,10 +277,13 @@ class SegmentationDataModule(L.LightningDataModule):
         if role == "predict":
             if self.predict_dir is None:
                 raise DataError("predict_dir is not set (data.predict_dir); cannot build the predict loader")
-            records = [
-                SampleRecord(path, None, path.relative_to(self.predict_dir).with_suffix("").as_posix())
-                for path in list_images(self.predict_dir)
-            ]
+            if self.predict_dir.is_file():
+                records = [SampleRecord(self.predict_dir, None, self.predict_dir.stem)]
+            else:
+                records = [
+                    SampleRecord(path, None, path.relative_to(self.predict_dir).with_suffix("").as_posix())
+                    for path in list_images(self.predict_dir)
+                ]
             return "predict", records, str(self.predict_dir)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")

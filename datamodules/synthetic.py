@@ -236,7 +236,8 @@ class SyntheticDataModule(VOCDataModule):
         generate(self.root, **self.generation)
 
     def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()  # no-op when present; checks that root holds the requested data
+        if stage != "predict":  # prediction reads predict_dir only, so it writes no data
+            self.prepare_data()  # no-op when present; checks that root holds the requested data
         super().setup(stage)
 
 

@@ -81,6 +81,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "benchmark": _lazy("mnm.benchmark"),
     "ensemble": _lazy("mnm.ensemble"),
     "probe": _lazy("mnm.probe_cli"),
+    "predict": _lazy("mnm.predict"),
 }
 
 
@@ -92,6 +93,7 @@ def usage() -> str:
         "  mnm pipeline run FILE [--set k=v]                 a pipeline of stages (resumable)\n"
         "  mnm pipeline status RUN_DIR                       the manifest of a run\n"
         "  mnm data synth --root DIR                         write the synthetic VOC-layout dataset\n"
+        "  mnm predict STAGE_DIR IMAGES --out DIR            masks (input size) from a trained segment stage\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"

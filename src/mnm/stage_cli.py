@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -60,6 +61,21 @@ class StageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in stage_class(self.stage).data_links:
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Only ``fit`` writes into the stage folder: evaluating or predicting with a stage's ``config.yaml``
+        opens no logger (which would wipe or extend the training logs) and saves no ``config.yaml``."""
+        if self.subcommand not in (None, "fit"):
+            self.config[self.subcommand]["trainer"]["logger"] = False
+            self.save_config_callback = None
+
+    def before_predict(self) -> None:
+        """Refuse a prediction whose results nobody writes (no prediction-writer callback)."""
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            raise ValueError(
+                f"mnm {self.stage} predict writes nothing without a prediction writer callback; "
+                "use `mnm predict STAGE_DIR IMAGES --out DIR`, which writes one mask per image"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self._get(self.config_init, "trainer", default={})

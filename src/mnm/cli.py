@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         if debug:
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"mnm: error: {msg}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        from mnm.datamodules.errors import error_message
+
+        print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable, read_checkpoint
 from mnm.config import ConfigError, Pipeline, StageSpec
+from mnm.datamodules.errors import error_message
 from mnm.rundir import (
     MANIFEST,
     StageDir,
@@ -200,7 +201,7 @@ class PipelineRunner:
             self._save_manifest()
             raise
         except BaseException as err:
-            entry.update(status="failed", error=f"{type(err).__name__}: {err}", step=trainer.global_step)
+            entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}", step=trainer.global_step)
             self._save_manifest()
             raise
         finally:

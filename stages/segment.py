@@ -82,6 +82,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
 
     data_links = ("num_classes", "ignore_index", "class_names")
     evaluation_split = "val"
+    default_max_steps = 40_000
 
     def __init__(
         self,

@@ -3,13 +3,15 @@ message ever suggests switching the weights-only safety off."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
 import torch
 
-from mnm.checkpoints import CheckpointError, read_checkpoint
+from mnm.checkpoints import CheckpointError, atomic_torch_save, atomic_write_text, read_checkpoint
 from mnm.cli import main
 
 
@@ -58,3 +60,14 @@ def test_cli_names_a_garbage_checkpoint_in_one_line(tmp_path: Path, capsys) -> N
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith(f"mnm: error: cannot read checkpoint {garbage}: truncated or corrupt") and err.count("\n") == 2
+
+
+def test_atomic_files_get_the_mode_of_the_users_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        atomic_torch_save({"w": torch.zeros(1)}, tmp_path / "a.ckpt")
+        atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o640

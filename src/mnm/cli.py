@@ -15,9 +15,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from mnm.stage_cli import STAGES
+from mnm.quiet import quiet_library_messages
+from mnm.stages import STAGES
 
 DEBUG_HELP = "show the full traceback of an error"
 
@@ -104,6 +103,12 @@ def usage() -> str:
     )
 
 
+def _is_sigterm(err: SystemExit) -> bool:
+    """Whether ``err`` is Lightning's SIGTERMException (looked up only if Lightning was loaded: ``--help`` stays fast)."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mnm`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -112,7 +117,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning's own plain status lines, as it sets them up
+        lightning_log = logging.getLogger(name)  # when it is imported first (it is imported lazily here)
+        lightning_log.addHandler(logging.StreamHandler())
+        lightning_log.propagate = False
     command, rest = argv[0], argv[1:]
+    quiet_library_messages()
     if command in STAGES:
         from mnm.stage_cli import main_stage
 
@@ -124,7 +134,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         runner([a for a in rest if a != "--debug"] if command not in STAGES else rest)
-    except SIGTERMException:
+    except SystemExit as err:
+        if not _is_sigterm(err):
+            raise
         print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
               file=sys.stderr)
         raise SystemExit(143) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 import lightning as L
@@ -13,16 +12,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnm.callbacks import FiniteLossGuard, RNGStateCheckpoint, SigtermCheckpoint
 from mnm.checkpoints import atomic_torch_save, read_checkpoint
-
-#: the stage-kind registry: stage command -> LightningModule class path. A new kind adds one line here;
-#: everything else the runner and reports need to know about it is a class attribute of its stage.
-STAGES: dict[str, str] = {
-    "colorize": "mnm.stages.colorize.ColorizeStage",
-    "jigsaw": "mnm.stages.jigsaw.JigsawStage",
-    "mix-match": "mnm.stages.mix_match.MixMatchStage",
-    "segment": "mnm.stages.segment.SegmentStage",
-}
-
+from mnm.quiet import quiet_library_messages
+from mnm.stages import STAGES
 
 
 def stage_class(stage: str) -> type:
@@ -51,8 +42,10 @@ class StageCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
+            "max_steps": stage_class(stage).default_max_steps,
             **kwargs["trainer_defaults"],
         }
+        kwargs.setdefault("seed_everything_default", 0)  # seeded like the stages' own ``model.seed``
         kwargs["trainer_defaults"].setdefault(
             "callbacks", [FiniteLossGuard(label or stage), SigtermCheckpoint(), RNGStateCheckpoint()]
         )
@@ -90,7 +83,7 @@ def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **
     ``label`` names the stage in error messages (default: the stage command).
     Configuration errors raise (they do not exit), so callers can name the stage.
     """
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    quiet_library_messages()
     return StageCLI(
         stage,
         label=label,
@@ -104,4 +97,5 @@ def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **
 
 def main_stage(stage: str, argv: list[str]) -> None:
     """``mnm <stage> fit|validate|test|predict ...`` — the LightningCLI subcommands of one stage."""
+    quiet_library_messages()
     StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True})

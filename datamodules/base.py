@@ -31,7 +31,7 @@ from mnm.datamodules.readers import (
     read_list,
     resolve_listed,
 )
-from mnm.datamodules.sampling import ResumableSampler
+from mnm.datamodules.sampling import ResumableLoader, ResumableSampler
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
@@ -358,7 +358,7 @@ class SegmentationDataModule(L.LightningDataModule):
             len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world,
             batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,

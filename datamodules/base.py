@@ -184,6 +184,11 @@ class SegmentationDataModule(L.LightningDataModule):
         """Transform for ``predict_dir`` images: full image or ``val_size``."""
         return build_eval_transform(size=self.val_size, seed=self.seed)
 
+    def check_source(self) -> None:
+        """Raise :class:`DataError` unless the data can be found (checked before a pipeline starts)."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")
+
     # ------------------------------------------------------------------ shared helpers
     def records_from_list(
         self,
@@ -285,8 +290,7 @@ class SegmentationDataModule(L.LightningDataModule):
                     for path in list_images(self.predict_dir)
                 ]
             return "predict", records, str(self.predict_dir)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")
+        self.check_source()
         split = self._split_for(role)
         return split, self.list_samples(split), str(self.split_source(split))
 

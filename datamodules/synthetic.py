@@ -233,6 +233,10 @@ class SyntheticDataModule(VOCDataModule):
             "max_objects": max_objects,
         }
 
+    def check_source(self) -> None:
+        """``root`` is missing, empty, or holds this very dataset (generating would not be refused)."""
+        _check_marker(self.root, _generation_args(**self.generation))
+
     def prepare_data(self) -> None:
         """Generate the data into ``root`` unless it is already there (same arguments)."""
         generate(self.root, **self.generation)

@@ -35,22 +35,21 @@ def _pipeline(argv: list[str]) -> None:
     run.add_argument("--fallback-checkpoint", action="store_true",
                      help="resume from the newest readable checkpoint when last.ckpt is corrupt")
     run.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    status = sub.add_parser("status", help="print the manifest of a run directory")
+    status = sub.add_parser("status", help="a table of a run's stages: status, steps, time, mIoU or loss")
     status.add_argument("run_dir")
     args = parser.parse_args(argv)
     from mnm.config import load_pipeline
-    from mnm.rundir import read_manifest
+    from mnm.rundir import status_table
     from mnm.runner import PipelineRunner
 
     if args.action == "status":
-        import json
         from pathlib import Path
 
-        print(json.dumps(read_manifest(Path(args.run_dir)), indent=2))
+        print(status_table(Path(args.run_dir)), end="")
         return
     pipeline = load_pipeline(args.file, args.set, args.out)
     PipelineRunner(pipeline, overwrite=args.overwrite, fallback_checkpoint=args.fallback_checkpoint).run(args.only)
-    print(f"[mnm] pipeline {pipeline.name}: done — {pipeline.out_dir / 'manifest.json'}")
+    print(f"\n[mnm] pipeline {pipeline.name}: done\n{status_table(pipeline.out_dir)}", end="")
 
 
 def _data(argv: list[str]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,15 +64,14 @@ def load_model(path: Path) -> Any:
 
 def load_datamodule(data: dict[str, Any], images: Path, batch_size: int, num_workers: int | None) -> Any:
     """The stage's data module (``data`` section of its config) reading ``images`` for prediction."""
-    from lightning.pytorch.cli import instantiate_class
+    from mnm.stage_cli import instantiate_datamodule
 
     data = copy.deepcopy(data)
     init = data.setdefault("init_args", {})
     init.update(predict_dir=str(images), val_batch_size=batch_size)
     if num_workers is not None:
         init["num_workers"] = num_workers
-    importlib.import_module(data["class_path"].rpartition(".")[0])
-    return instantiate_class((), data)
+    return instantiate_datamodule(data)
 
 
 def check_out_dir(out: Path, stage_dir: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnm.callbacks import FiniteLossGuard, RNGStateCheckpoint, SigtermCheckpoint
@@ -37,8 +37,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class StageCLI(LightningCLI):
     """LightningCLI with data→model links, atomic checkpoints and the safety callbacks."""
 
-    def __init__(self, stage: str, *args: Any, label: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, stage: str, *args: Any, label: str | None = None, parse_only: bool = False, **kwargs: Any
+    ) -> None:
         self.stage = stage
+        self.parse_only = parse_only
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
@@ -54,6 +57,15 @@ class StageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in stage_class(self.stage).data_links:
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+
+    def _set_seed(self) -> None:  # LightningCLI seeds right after parsing; a parse-only check must not
+        if not self.parse_only:
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer (not with ``parse_only``: then only ``self.config`` is set)."""
+        if not self.parse_only:
+            super().instantiate_classes()
 
     def before_instantiate_classes(self) -> None:
         """Only ``fit`` writes into the stage folder: evaluating or predicting with a stage's ``config.yaml``
@@ -93,6 +105,20 @@ def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **
         parser_kwargs={"exit_on_error": False},
         **kwargs,
     )
+
+
+def parse_stage(stage: str, config: dict[str, Any], label: str | None = None) -> Any:
+    """Check a stage's config as :func:`build_stage` would, building nothing; returns the parsed config.
+
+    Raises on unknown keys, wrong types and unknown classes, naming the key.
+    """
+    return build_stage(stage, config, label=label, parse_only=True).config
+
+
+def instantiate_datamodule(data: dict[str, Any]) -> L.LightningDataModule:
+    """A data module from a config's ``data`` section (``class_path`` + ``init_args``)."""
+    importlib.import_module(data["class_path"].rpartition(".")[0])
+    return instantiate_class((), data)
 
 
 def main_stage(stage: str, argv: list[str]) -> None:

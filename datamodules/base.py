@@ -31,7 +31,7 @@ from mnm.datamodules.readers import (
     read_list,
     resolve_listed,
 )
-from mnm.datamodules.sampling import ResumableSampler
+from mnm.datamodules.sampling import ResumableLoader, ResumableSampler
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
@@ -184,6 +184,11 @@ class SegmentationDataModule(L.LightningDataModule):
         """Transform for ``predict_dir`` images: full image or ``val_size``."""
         return build_eval_transform(size=self.val_size, seed=self.seed)
 
+    def check_source(self) -> None:
+        """Raise :class:`DataError` unless the data can be found (checked before a pipeline starts)."""
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")
+
     # ------------------------------------------------------------------ shared helpers
     def records_from_list(
         self,
@@ -251,7 +256,7 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader("test", self.val_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """Images of ``predict_dir``: ``image``, ``name`` and original ``size`` (B×2, H and W)."""
+        """Images of ``predict_dir`` (a folder or one file): ``image``, ``name``, ``size`` and ``input_size``."""
         return self._loader("predict", self.val_batch_size, shuffle=False)
 
     def eval_dataset(self, role: str) -> SegmentationDataset:
@@ -277,13 +282,15 @@ class SegmentationDataModule(L.LightningDataModule):
         if role == "predict":
             if self.predict_dir is None:
                 raise DataError("predict_dir is not set (data.predict_dir); cannot build the predict loader")
-            records = [
-                SampleRecord(path, None, path.relative_to(self.predict_dir).with_suffix("").as_posix())
-                for path in list_images(self.predict_dir)
-            ]
+            if self.predict_dir.is_file():
+                records = [SampleRecord(self.predict_dir, None, self.predict_dir.stem)]
+            else:
+                records = [
+                    SampleRecord(path, None, path.relative_to(self.predict_dir).with_suffix("").as_posix())
+                    for path in list_images(self.predict_dir)
+                ]
             return "predict", records, str(self.predict_dir)
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")
+        self.check_source()
         split = self._split_for(role)
         return split, self.list_samples(split), str(self.split_source(split))
 
@@ -355,7 +362,7 @@ class SegmentationDataModule(L.LightningDataModule):
             len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world,
             batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
         )
-        return DataLoader(
+        return ResumableLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,

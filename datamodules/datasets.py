@@ -42,7 +42,8 @@ class SegmentationDataset(Dataset):
     """Reads one record per item, applies the joint transform and returns uint8 tensors.
 
     Items: ``image`` uint8 ``3×H×W``, ``mask`` uint8 ``H×W`` (labelled records
-    only), ``name``, and ``size`` (original ``(H, W)``) when ``with_size``. With
+    only), ``name``, and, when ``with_size``, ``size`` (original ``(H, W)``) and
+    ``input_size`` (``(H, W)`` after the transform, before batch padding). With
     ``skip_bad`` a sample that fails to read is logged once, flagged (in shared
     memory, so DataLoader workers see it too) and replaced by the next good one.
 
@@ -101,6 +102,7 @@ class SegmentationDataset(Dataset):
             item["mask"] = _to_tensor(mask)
         if self.with_size:
             item["size"] = size
+            item["input_size"] = image.shape[:2]
         return item
 
     def __getitem__(self, key: int) -> dict[str, Any]:
@@ -138,7 +140,7 @@ def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack items, padding to the largest ``H×W`` in the batch (image 0, mask 255).
 
     Returns ``image`` float32 ``B×3×H×W`` in [0, 1], ``mask`` int64 ``B×H×W``
-    (if labelled), ``name`` list[str] and ``size`` int64 ``B×2`` (if present).
+    (if labelled), ``name`` list[str], and ``size`` / ``input_size`` int64 ``B×2`` (if present).
     Built with numpy (single-threaded): torch's intra-op threads only add
     contention for this much work, badly so on a busy machine.
     """
@@ -156,6 +158,7 @@ def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
             h, w = item["mask"].shape
             masks[i, :h, :w] = item["mask"].numpy()
         batch["mask"] = torch.from_numpy(masks)
-    if "size" in items[0]:
-        batch["size"] = torch.tensor([list(item["size"]) for item in items], dtype=torch.int64)
+    for key in ("size", "input_size"):
+        if key in items[0]:
+            batch[key] = torch.tensor([list(item[key]) for item in items], dtype=torch.int64)
     return batch

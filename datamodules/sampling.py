@@ -10,12 +10,16 @@ of the same stream.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
+
+logger = logging.getLogger("mnm.datamodules")
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -85,3 +89,25 @@ class ResumableSampler(Sampler[int]):
 def split_key(key: int, size: int) -> tuple[int, int]:
     """``(epoch, index)`` of a sampler key."""
     return divmod(int(key), size)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableSampler`, resumable in Lightning's sense (``state_dict`` /
+    ``load_state_dict``), so a mid-epoch resume is known to continue the same stream.
+
+    The position needs no saving: the data module builds the sampler at the trainer's restored
+    step. The state holds what fixes the stream (seed, batch size, ranks); a resume with other
+    settings is logged, since it cannot see the batches an uninterrupted run would.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The settings that fix the stream of batches."""
+        return {"seed": self.sampler.seed, "batch_size": self.batch_size, "world": self.sampler.world}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Compare the saved settings with this loader's; warn where they differ."""
+        if state_dict != self.state_dict():
+            logger.warning(
+                "resuming with other data settings than the checkpoint's (%s, now %s): the batches differ "
+                "from those of an uninterrupted run", state_dict, self.state_dict()
+            )

@@ -161,8 +161,9 @@ def generate(
 
     Layout: ``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette PNGs),
     ``ImageSets/Segmentation/{train,val,trainval}.txt`` and a marker file with
-    the arguments. An existing root made with other arguments raises
-    :class:`DataError`. Returns ``root``.
+    the arguments. ``root`` must be missing, empty, or marked by an earlier
+    call with the same arguments; anything else (another dataset, a user's
+    folder, a file) raises :class:`DataError` and is left untouched. Returns ``root``.
     """
     root = Path(root).expanduser()
     if num_train < 1 or num_val < 1 or len(image_size) != 2 or min(image_size) < 16:
@@ -173,6 +174,7 @@ def generate(
     args = _generation_args(num_train, num_val, image_size, seed, max_objects)
     if _check_marker(root, args):
         return root
+    print(f"[mnm] writing the synthetic dataset ({num_train} train, {num_val} val images) to {root}", flush=True)
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -231,17 +233,22 @@ class SyntheticDataModule(VOCDataModule):
             "max_objects": max_objects,
         }
 
+    def check_source(self) -> None:
+        """``root`` is missing, empty, or holds this very dataset (generating would not be refused)."""
+        _check_marker(self.root, _generation_args(**self.generation))
+
     def prepare_data(self) -> None:
         """Generate the data into ``root`` unless it is already there (same arguments)."""
         generate(self.root, **self.generation)
 
     def setup(self, stage: str | None = None) -> None:
-        self.prepare_data()  # no-op when present; checks that root holds the requested data
+        if stage != "predict":  # prediction reads predict_dir only, so it writes no data
+            self.prepare_data()  # no-op when present; checks that root holds the requested data
         super().setup(stage)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mnm data synth``: write a synthetic dataset in the VOC layout; returns 0, exits non-zero on error."""
+    """``mnm data synth``: write a synthetic dataset in the VOC layout; returns 0, raises :class:`DataError`."""
     parser = argparse.ArgumentParser(prog="mnm data synth", description=__doc__.split("\n", 1)[0])
     parser.add_argument(
         "--root", default="data/synthetic", help="output folder, a VOC2012-style root (%(default)s)"
@@ -252,10 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-objects", type=int, default=4)
     args = parser.parse_args(argv)
-    try:
-        root = generate(args.root, args.num_train, args.num_val, args.size, args.seed, args.max_objects)
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
+    root = generate(args.root, args.num_train, args.num_val, args.size, args.seed, args.max_objects)
     print(
         f"synthetic dataset ({args.num_train} train, {args.num_val} val, {args.size[0]}x{args.size[1]}) at {root}"
     )

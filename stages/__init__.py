@@ -1,1 +1,13 @@
-"""Lightning stages: proxy tasks, M&M tuning, segmentation fine-tuning."""
+"""Lightning stages: proxy tasks, M&M tuning, segmentation fine-tuning.
+
+Importing this package is cheap (no Lightning), so ``mnm --help`` stays fast: the stage modules load on use.
+"""
+
+#: the stage-kind registry: stage command -> LightningModule class path. A new kind adds one line here;
+#: everything else the runner and reports need to know about it is a class attribute of its stage.
+STAGES: dict[str, str] = {
+    "colorize": "mnm.stages.colorize.ColorizeStage",
+    "jigsaw": "mnm.stages.jigsaw.JigsawStage",
+    "mix-match": "mnm.stages.mix_match.MixMatchStage",
+    "segment": "mnm.stages.segment.SegmentStage",
+}

@@ -70,6 +70,8 @@ class BaseStage(ScalarLogging, L.LightningModule):
     curve_metrics: dict[str, str] = {}
     #: the model argument that names a run's variant (a W&B tag, a label in comparisons)
     variant_arg: str | None = None
+    #: ``trainer.max_steps`` of a bare ``mnm <stage> fit`` (the stage's schedule in ``conf/stages``)
+    default_max_steps: int = -1
     #: wraps the phases of a training step; the speed benchmark sets a timer
     phase_timer: PhaseTimer = staticmethod(no_phase_timer)
 

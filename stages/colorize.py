@@ -26,6 +26,8 @@ class ColorizeStage(BaseStage):
         **kwargs: backbone and optimiser settings of :class:`BaseStage` (``in_chans`` defaults to 1).
     """
 
+    default_max_steps = 100_000
+
     def __init__(
         self,
         grid: float = 10.0,

@@ -25,6 +25,8 @@ class JigsawStage(BaseStage):
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
+    default_max_steps = 100_000
+
     def __init__(
         self,
         num_permutations: int = 100,

@@ -52,6 +52,7 @@ class MixMatchStage(BaseStage):
     data_links = ("ignore_index",)
     curve_metrics = {"loss": "train/loss", "active_fraction": "train/active_fraction"}
     variant_arg = "triplets"
+    default_max_steps = 8_000
 
     def __init__(
         self,

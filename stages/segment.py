@@ -82,6 +82,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
 
     data_links = ("num_classes", "ignore_index", "class_names")
     evaluation_split = "val"
+    default_max_steps = 40_000
 
     def __init__(
         self,
@@ -135,4 +136,19 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         return loss
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        return {"name": batch["name"], "pred": self.predict_probs(batch["image"]).argmax(1).to(torch.uint8)}
+        """``name``, ``probs`` (C×H×W) and ``pred`` (uint8 H×W) per image, at each image's original size.
+
+        Each image's scores are cut to its ``input_size`` (dropping batch padding) and
+        resized bilinearly to its ``size`` before the argmax, so masks match the input
+        files even when the data module resizes them (``val_size``).
+        """
+        probs = self.predict_probs(batch["image"])
+        sizes, input_sizes = batch.get("size"), batch.get("input_size")
+        per_image = []
+        for i, p in enumerate(probs):
+            if input_sizes is not None:
+                p = p[:, : int(input_sizes[i][0]), : int(input_sizes[i][1])]
+            if sizes is not None and tuple(p.shape[-2:]) != tuple(int(v) for v in sizes[i]):
+                p = F.interpolate(p[None], size=tuple(int(v) for v in sizes[i]), mode="bilinear")[0]
+            per_image.append(p)
+        return {"name": batch["name"], "probs": per_image, "pred": [p.argmax(0).to(torch.uint8) for p in per_image]}

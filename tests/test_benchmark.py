@@ -12,10 +12,11 @@ import yaml
 from run_fixtures import REPO, TINY, TinyRun, run_tiny_benchmark, tiny_run_fixture  # noqa: F401
 
 from mnm.benchmark import load_benchmark
+from mnm.compare import curve_columns, mm_curves, segment_results
 from mnm.compare import main as compare_main
-from mnm.compare import mm_curves
 from mnm.config import ConfigError, load_pipeline
 from mnm.demo import benchmark_file
+from mnm.report import mm_figure
 
 FIGURES = ("curves.png", "samples.png", "tsne.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -149,3 +150,17 @@ def test_extending_benchmark_replaces_stages_and_report() -> None:
     assert {**mm, "margin": 2.1} == base_mm  # everything else as in the base
     ft = {s.name: s for s in ablation.stages}["ft_mm_graph"]
     assert ft.config == {s.name: s for s in base.stages}["ft_mm_graph"].config and ft.init_from == "mm_graph"
+
+
+def test_compare_figure_shows_miou_per_arm_and_keeps_identical_curves_apart(tiny_run: TinyRun) -> None:
+    curve = mm_curves([tiny_run.run_dir])
+    series = {"a": next(iter(curve.values())), "b": next(iter(curve.values()))}  # the same CSV twice
+    rows = segment_results([tiny_run.run_dir])
+    fig = mm_figure(series, curve_columns([tiny_run.run_dir]), {r["stage"]: r["miou"] for r in rows})
+    loss, active, bars = fig.axes
+    smoothed = [line for line in loss.lines if line.get_label() in series]
+    assert len(smoothed) == 2
+    assert len({(line.get_linestyle(), line.get_marker()) for line in smoothed}) == 2
+    shown = {t.get_text() for t in bars.get_yticklabels()}
+    assert shown == {r["stage"] for r in rows} and bars.get_title() == "final mIoU (%)"
+    assert {t.get_text().strip() for t in bars.texts} == {f"{100 * r['miou']:.2f}" for r in rows}

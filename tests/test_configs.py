@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +155,95 @@ def test_weights_only_refusal(tmp_path: Path) -> None:
                                 "data": {"class_path": "mnm.datamodules.SyntheticDataModule",
                                          "init_args": {"root": str(tmp_path / "d")}},
                                 "trainer": NO_RUN})
+
+
+# -- --set: every key changes the run or stops it ------------------------------------------------------
+def tiny_with(tmp_path: Path, *sets: str):
+    return load_pipeline(REPO / "conf/pipelines/tiny.yaml", [f"data_root={tmp_path}/d", *sets])
+
+
+def test_set_changes_pipeline_settings(tmp_path: Path) -> None:
+    pipeline = tiny_with(tmp_path, "seed=5", "name=foo", "wandb.enabled=true", "checkpoint.keep_last=7")
+    assert pipeline.seed == 5 and all(s.config["seed_everything"] == s.config["model"]["seed"] == 5
+                                      for s in pipeline.stages)
+    assert pipeline.name == "foo" and pipeline.out_dir == Path("runs/foo")
+    assert pipeline.wandb["enabled"] is True and pipeline.checkpoint["keep_last"] == 7
+
+
+def test_set_sections_apply_on_top_of_every_stage_of_the_same_class(tmp_path: Path) -> None:
+    pipeline = tiny_with(tmp_path, "trainer.max_steps=3", "model.lr=0.5")
+    assert [s.config["trainer"]["max_steps"] for s in pipeline.stages] == [3, 3]  # the stages set ${steps}
+    assert [s.config["model"]["lr"] for s in pipeline.stages] == [0.5, 0.5]  # each stage sets its own lr
+    voc = load_pipeline(CONF / "pipelines/voc_colorize_vgg16_graph.yaml", ["data.root=/voc"])
+    roots = {s.name: s.config["data"]["init_args"]["root"] for s in voc.stages}
+    assert roots == {"proxy": "data/unlabeled", "mix_match": "/voc", "finetune": "/voc"}  # proxy: image folder
+
+
+def test_set_trainer_profile_replaces_the_hardware_settings_only() -> None:
+    pipeline = load_pipeline(CONF / "pipelines/voc_random_alexnet_graph.yaml", ["trainer=cpu"])
+    for spec in pipeline.stages:
+        trainer = spec.config["trainer"]
+        assert trainer["accelerator"] == "cpu" and trainer["precision"] == "32-true"
+        assert "sync_batchnorm" not in trainer and "benchmark" not in trainer and trainer["max_steps"] > 0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stepz=3", r"--set stepz: unknown key.*did you mean 'steps'\?"),
+        ("dta.root=/x", r"--set dta.root: unknown key.*did you mean 'data.root'\?"),
+        ("stages.fintune.model.lr=0.1", r"no stage 'fintune'.*did you mean 'finetune'\?"),
+        ("stages.finetune.evaluate=test", r"stages.<name>.model\|data\|trainer"),
+        ("trainer=tpu", r"no trainer profile conf/trainer/tpu.yaml \(profiles: cpu, ddp, ddp_cpu, gpu\)"),
+        ("vars.unused=1", r"never uses \$\{unused\}"),
+    ],
+)
+def test_set_keys_that_would_change_nothing_are_errors(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        tiny_with(tmp_path, override)
+
+
+def test_set_section_key_no_stage_takes_is_an_error(tmp_path: Path) -> None:
+    text = TINY.replace("    model: {backbone: alexnet, lr: 0.01}",
+                        "    model: {backbone: alexnet, lr: 0.01}\n    data: {class_path: mnm.datamodules.VOCDataModule, "
+                        "init_args: {root: /voc}}")
+    text = text.replace("    stage: mix-match", "    stage: mix-match\n    data: {class_path: mnm.datamodules.VOCDataModule,"
+                        " init_args: {root: /voc}}")
+    with pytest.raises(ConfigError, match=r"--set data.num_train: changes no stage"):
+        load_pipeline(write(tmp_path, text), ["data.num_train=4"])
+
+
+# -- every stage is checked before the first one starts ---------------------------------------------------
+def test_pipeline_cli_finds_later_stage_and_hardware_mistakes_before_training(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnm", "pipeline", "run", str(REPO / "conf/pipelines/tiny.yaml"), "--out", str(out),
+         "--set", f"data_root={tmp_path}/d", "--set", "stages.finetune.model.lrr=0.1", "--set", "trainer=gpu",
+         "--set", f"stages.mix_match.model.pretrained_backbone={tmp_path}/none.ckpt"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    err = proc.stderr
+    assert err.startswith("mnm: error: ") and "found before any stage started" in err
+    assert "stage 'finetune' (segment): " in err and "lrr" in err
+    assert f"stage 'mix_match' (mix-match): model.pretrained_backbone: file not found: {tmp_path}/none.ckpt" in err
+    if not torch.cuda.is_available():
+        assert "trainer.accelerator is 'gpu' but this machine has no CUDA GPU; add --set trainer=cpu" in err
+    assert not out.exists() and not (tmp_path / "d").exists()  # nothing trained, no data generated
+    proc = subprocess.run(
+        [sys.executable, "-m", "mnm", "pipeline", "run", str(REPO / "conf/pipelines/tiny.yaml"), "--set", "stepz=3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "mnm: error: --set stepz: unknown key" in proc.stderr
+    assert "did you mean 'steps'?" in proc.stderr
+
+
+def test_a_foreign_data_root_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    pipeline = load_pipeline(REPO / "conf/pipelines/tiny.yaml", [f"data_root={tmp_path}/mine"],
+                             out_dir=str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"2 problems.*\n.*mix_match.*not an mnm synthetic dataset"):
+        PipelineRunner(pipeline).run()
+    assert not (tmp_path / "out").exists()

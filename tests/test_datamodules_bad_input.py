@@ -1,6 +1,9 @@
 """Bad data stops with one clear DataError naming the file; ``skip_bad`` skips, logs once and counts."""
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +186,18 @@ def test_skip_bad_skips_logs_each_once_and_counts(
         return  # worker processes log to their own handlers, which caplog does not see
     for name in ("2007_000002.jpg", "2007_000003.png", "2007_000004.png", "2007_000005.jpg"):
         assert caplog.text.count(name) == 1, name
+
+
+def test_worker_errors_reach_the_cli_as_one_line(voc: Path, tmp_path: Path) -> None:
+    """A truncated image read in a DataLoader worker gives the same one-line error as with 0 workers."""
+    truncate(voc / "JPEGImages" / "2007_000004.jpg")
+    args = ["segment", "fit", "--data", "mnm.datamodules.VOCDataModule", f"--data.root={voc}",
+            "--data.num_workers=2", "--data.batch_size=6", "--data.crop_size=[64, 64]", "--model.backbone=alexnet",
+            "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu", "--trainer.logger=false",
+            f"--trainer.default_root_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "mnm", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("mnm: error: ") and "2007_000004.jpg: unreadable or truncated image" in last[0]
+    assert "DataLoader worker" not in proc.stderr and "Traceback" not in proc.stderr

@@ -173,12 +173,14 @@ def test_predict_loader_yields_image_name_and_original_size(tmp_path: Path) -> N
     dm = VOCDataModule(root=str(tmp_path / "no-root-needed"), predict_dir=str(folder), val_batch_size=2)
     dm.setup("predict")
     batch = next(iter(dm.predict_dataloader()))
-    assert set(batch) == {"image", "name", "size"}
+    assert set(batch) == {"image", "name", "size", "input_size"}
     assert batch["name"] == ["a", "b"] and batch["size"].tolist() == [[20, 30], [24, 32]]
+    assert batch["input_size"].tolist() == [[20, 30], [24, 32]]
     assert batch["image"].shape == (2, 3, 24, 32) and batch["image"][0, :, 20:].eq(0).all()
     resized = VOCDataModule(root=str(tmp_path), predict_dir=str(folder), val_batch_size=2, val_size=(16, 16))
     batch = next(iter(resized.predict_dataloader()))
     assert batch["image"].shape == (2, 3, 16, 16) and batch["size"].tolist() == [[20, 30], [24, 32]]
+    assert batch["input_size"].tolist() == [[16, 16], [16, 16]]
 
 
 def test_image_folder_holds_out_val_deterministically(tmp_path: Path) -> None:

@@ -251,3 +251,24 @@ def test_wandb_offline_run_per_stage(data_root: Path, tmp_path: Path) -> None:
         assert runs[0].name.endswith(entry["wandb_id"])
         config = (out / stage / "config.yaml").read_text()
         assert f"group: {pipeline.name}" in config and f"job_type: {kind}" in config
+
+
+def test_status_table_and_the_final_table_of_a_run(finished: Path, data_root: Path, capsys) -> None:
+    from mnm.cli import main
+
+    main(["pipeline", "status", str(finished)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"tiny ({finished})" and lines[1].split() == ["stage", "kind", "status", "steps", "time", "result"]
+    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    assert rows["mix_match"][1:4] == ["mix-match", "finished", str(STEPS)] and rows["mix_match"][5] == "loss"
+    miou = json.loads((finished / "finetune" / "metrics.json").read_text())["eval"]["miou"]
+    assert rows["finetune"][1:4] == ["segment", "finished", str(STEPS)]
+    assert rows["finetune"][5:] == ["mIoU", f"{100 * miou:.2f}%"]
+    main(["pipeline", "run", str(TINY), "--set", f"data_root={data_root}", "--set", f"steps={STEPS}",
+          "--out", str(finished)])  # everything finished: skipped, then the table
+    out = capsys.readouterr().out
+    assert "skipped" in out and out.rstrip().endswith(lines[-1])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", "status", str(finished.parent / "nope")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith(f"mnm: error: {finished.parent / 'nope'}: not a run folder")

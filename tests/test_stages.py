@@ -117,3 +117,23 @@ def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: 
     assert len(seg.head.skip_scores) == 0
     with pytest.raises(ValueError, match=r"mm\.ckpt was trained with .*bn_affine=False, .*configured with .*bn_affine=True"):
         build_stage("segment", {"model": segment, "data": data, "trainer": TRAINER})
+
+
+def test_mid_epoch_resume_is_known_to_be_resumable(data: dict, tmp_path: Path, caplog) -> None:
+    """The loaders declare their (step-keyed) state to Lightning: no "dataloader is not resumable" warning."""
+    import warnings
+
+    trainer = {**TRAINER, "fast_dev_run": False, "max_steps": 1, "limit_val_batches": 0, "num_sanity_val_steps": 0}
+    first = build_stage("segment", {"model": MODELS["segment"], "data": data, "trainer": trainer})
+    first.trainer.fit(first.model, datamodule=first.datamodule)  # 1 of 2 batches of the first epoch
+    ckpt = tmp_path / "mid.ckpt"
+    first.trainer.save_checkpoint(ckpt)
+    for batch_size, moved in ((4, False), (2, True)):
+        again = build_stage("segment", {"model": MODELS["segment"], "trainer": {**trainer, "max_steps": 2},
+                                        "data": {**data, "init_args": {**data["init_args"], "batch_size": batch_size}}})
+        caplog.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again.trainer.fit(again.model, datamodule=again.datamodule, ckpt_path=ckpt)
+        assert not [w for w in caught if "not resumable" in str(w.message)]
+        assert ("other data settings" in caplog.text) == moved

@@ -1,5 +1,8 @@
 """The synthetic VOC-layout generator: deterministic, colour-ambiguous classes, loads through the VOC loader."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +112,7 @@ def test_cli_main(tmp_path: Path) -> None:
     assert main(argv) == 0
     assert len((tmp_path / "s" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()) == 3
     assert Image.open(tmp_path / "s" / "JPEGImages" / "synth_000000.jpg").size == (48, 32)
-    with pytest.raises(SystemExit, match="error: .*not the requested"):
+    with pytest.raises(DataError, match="not the requested"):
         main([*argv[:-1], "8"])
 
 
@@ -139,3 +142,20 @@ def test_synthetic_datamodule_generates_on_demand(tmp_path: Path) -> None:
     other = SyntheticDataModule(root=str(tmp_path / "s"), data_seed=3, **SMALL)
     with pytest.raises(DataError, match="not the requested"):
         other.setup("fit")
+
+
+def test_the_cli_refuses_a_foreign_root_and_leaves_it_untouched(tmp_path: Path) -> None:
+    """Through the real ``mnm`` command: a user's folder, a file and another synthetic set are refused."""
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "thesis.tex").write_text("keep me")
+    (tmp_path / "afile").write_text("a file")
+    generate(tmp_path / "other", seed=5, **SMALL)
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for root, reason in (("user", "not an mnm synthetic dataset"), ("afile", "not an mnm synthetic dataset"),
+                         ("other", "not the requested")):
+        before = sorted(p.name for p in (tmp_path / root).rglob("*"))
+        proc = subprocess.run([sys.executable, "-m", "mnm", "data", "synth", "--root", str(tmp_path / root)],
+                              capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.startswith(f"mnm: error: {tmp_path / root}") and reason in proc.stderr
+        assert sorted(p.name for p in (tmp_path / root).rglob("*")) == before
+    assert (tmp_path / "user" / "thesis.tex").read_text() == "keep me"

@@ -84,27 +84,53 @@ class RNGStateCheckpoint(Callback):
 class PaletteMaskWriter(BasePredictionWriter):
     """Write each predicted mask as ``<output_dir>/<name>.png``: palette mode, index = class id.
 
-    The palette is the data module's (VOC, CamVid, ...); masks are cropped to
-    the original image size when the batch carries ``size``.
+    Masks have the size of the input image (see ``SegmentStage.predict_step``);
+    the palette is the data module's (VOC, CamVid, ...). ``overlays`` also
+    writes ``<output_dir>/overlays/<name>.jpg`` (the input blended with the mask
+    colours) and ``probs`` ``<output_dir>/probs/<name>.npy`` (float16 C×H×W class
+    probabilities).
     """
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, overlays: bool = False, probs: bool = False) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
+        self.overlays = overlays
+        self.probs = probs
+        self.written = 0
 
     def write_on_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Any,
         batch: Any, batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        palette = [c for rgb in getattr(trainer.datamodule, "palette", []) for c in rgb]
-        sizes = batch.get("size")
+        palette = [tuple(rgb) for rgb in getattr(trainer.datamodule, "palette", [])]
+        flat = [c for rgb in palette for c in rgb]
         for i, name in enumerate(prediction["name"]):
             mask = prediction["pred"][i].cpu().numpy().astype(np.uint8)
-            if sizes is not None:
-                h, w = (int(v) for v in sizes[i])
-                mask = mask[:h, :w]
             image = Image.fromarray(mask, mode="P")
-            if palette:
-                image.putpalette(palette)
-            image.save(self.output_dir / f"{name}.png")
+            if flat:
+                image.putpalette(flat)
+            image.save(_output_file(self.output_dir, name, ".png"))
+            if self.overlays:
+                overlay_image(batch, i, mask, palette).save(_output_file(self.output_dir / "overlays", name, ".jpg"))
+            if self.probs:
+                np.save(_output_file(self.output_dir / "probs", name, ".npy"),
+                        prediction["probs"][i].cpu().numpy().astype(np.float16))
+            self.written += 1
+
+
+def _output_file(folder: Path, name: str, suffix: str) -> Path:
+    path = folder / f"{name}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def overlay_image(batch: dict[str, Any], i: int, mask: np.ndarray, palette: list[tuple[int, ...]]) -> Image.Image:
+    """Image ``i`` of a prediction batch, resized back to the mask's size, half-blended with the mask colours."""
+    height, width = mask.shape
+    if "input_size" in batch:
+        image = batch["image"][i, :, : int(batch["input_size"][i][0]), : int(batch["input_size"][i][1])]
+    else:
+        image = batch["image"][i]
+    rgb = Image.fromarray((image.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)).resize((width, height))
+    colours = np.array(palette or [(0, 0, 0)], dtype=np.uint8)[np.minimum(mask, len(palette or [0]) - 1)]
+    return Image.blend(rgb, Image.fromarray(colours), 0.5)

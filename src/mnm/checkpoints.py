@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,29 +23,51 @@ class CheckpointError(ValueError):
     """A checkpoint or weights file that cannot be used; the message names the file."""
 
 
+#: how torch's weights-only unpickler names a class it refuses to rebuild
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load ``path`` with ``torch.load(weights_only=True)`` on the CPU.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError`
-    for one that needs arbitrary unpickling (refused for safety) or is
-    truncated/corrupt.
+    for a file that is not a PyTorch checkpoint (truncated, corrupt, another
+    format) or one that holds objects only arbitrary unpickling can rebuild
+    (refused: unpickling can run code).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt file, or not a PyTorch checkpoint "
+            f"({'empty' if not size else f'{size} bytes'}; not the zip archive torch.save writes)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        refused = _REFUSED_GLOBAL.search(str(err))
+        if refused is None:
+            raise CheckpointError(f"cannot read checkpoint {path}: corrupt pickle data in the archive") from None
         raise CheckpointError(
-            f"refused to load {path}: it needs arbitrary unpickling (objects other than tensors and plain "
-            f"containers), which can run code, so it is refused for safety. mnm loads weights only "
-            f"(torch.load(weights_only=True)); re-save just the state dict. ({str(err).splitlines()[0]})"
+            f"refused to load {path} for safety: it holds a {refused.group(1)} object, which only arbitrary unpickling "
+            "can rebuild, and unpickling can run code. mnm loads tensors and plain containers only; "
+            "save just the state dict (torch.save(model.state_dict(), file)) where the file was made"
         ) from None
     except Exception as err:  # torch raises RuntimeError/EOFError/KeyError/... for damaged files
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt file ({err})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or corrupt file ({reason})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint dict")
     return obj
+
+
+def current_umask() -> int:
+    """The process's file-mode creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -52,6 +76,7 @@ def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the file gets the mode open() would give
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

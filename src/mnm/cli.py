@@ -15,9 +15,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from mnm.stage_cli import STAGES
+from mnm.quiet import quiet_library_messages
+from mnm.stages import STAGES
 
 DEBUG_HELP = "show the full traceback of an error"
 
@@ -36,22 +35,21 @@ def _pipeline(argv: list[str]) -> None:
     run.add_argument("--fallback-checkpoint", action="store_true",
                      help="resume from the newest readable checkpoint when last.ckpt is corrupt")
     run.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    status = sub.add_parser("status", help="print the manifest of a run directory")
+    status = sub.add_parser("status", help="a table of a run's stages: status, steps, time, mIoU or loss")
     status.add_argument("run_dir")
     args = parser.parse_args(argv)
     from mnm.config import load_pipeline
-    from mnm.rundir import read_manifest
+    from mnm.rundir import status_table
     from mnm.runner import PipelineRunner
 
     if args.action == "status":
-        import json
         from pathlib import Path
 
-        print(json.dumps(read_manifest(Path(args.run_dir)), indent=2))
+        print(status_table(Path(args.run_dir)), end="")
         return
     pipeline = load_pipeline(args.file, args.set, args.out)
     PipelineRunner(pipeline, overwrite=args.overwrite, fallback_checkpoint=args.fallback_checkpoint).run(args.only)
-    print(f"[mnm] pipeline {pipeline.name}: done — {pipeline.out_dir / 'manifest.json'}")
+    print(f"\n[mnm] pipeline {pipeline.name}: done\n{status_table(pipeline.out_dir)}", end="")
 
 
 def _data(argv: list[str]) -> None:
@@ -82,6 +80,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "ensemble": _lazy("mnm.ensemble"),
     "probe": _lazy("mnm.probe_cli"),
     "protocol": _lazy("mnm.protocol"),
+    "predict": _lazy("mnm.predict"),
 }
 
 
@@ -93,6 +92,7 @@ def usage() -> str:
         "  mnm pipeline run FILE [--set k=v]                 a pipeline of stages (resumable)\n"
         "  mnm pipeline status RUN_DIR                       the manifest of a run\n"
         "  mnm data synth --root DIR                         write the synthetic VOC-layout dataset\n"
+        "  mnm predict STAGE_DIR IMAGES --out DIR            masks (input size) from a trained segment stage\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
@@ -104,6 +104,12 @@ def usage() -> str:
     )
 
 
+def _is_sigterm(err: SystemExit) -> bool:
+    """Whether ``err`` is Lightning's SIGTERMException (looked up only if Lightning was loaded: ``--help`` stays fast)."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mnm`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -112,7 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning's own plain status lines, as it sets them up
+        lightning_log = logging.getLogger(name)  # when it is imported first (it is imported lazily here)
+        lightning_log.addHandler(logging.StreamHandler())
+        lightning_log.propagate = False
     command, rest = argv[0], argv[1:]
+    quiet_library_messages()
     if command in STAGES:
         from mnm.stage_cli import main_stage
 
@@ -124,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     try:
         runner([a for a in rest if a != "--debug"] if command not in STAGES else rest)
-    except SIGTERMException:
+    except SystemExit as err:
+        if not _is_sigterm(err):
+            raise
         print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
               file=sys.stderr)
         raise SystemExit(143) from None
@@ -134,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         if debug:
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"mnm: error: {msg}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        from mnm.datamodules.errors import error_message
+
+        print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
 
 

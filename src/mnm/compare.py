@@ -2,7 +2,7 @@
 
 The local stand-in for the W&B "graph vs random triplets" dashboard: one PNG with
 the loss and active-triplet curves of every M&M stage found in the run
-directories, and a Markdown table of each segment stage's mIoU (printed and
+directories and a bar panel of each segment stage's final mIoU, and a Markdown table of each segment stage's mIoU (printed and
 written next to the PNG as ``FILE.md``).
 """
 
@@ -60,17 +60,26 @@ def _init_from(entry: dict) -> str:
     return StageDir.of_checkpoint(path).name if path else "random"
 
 
-def miou_markdown(run_dirs: Sequence[Path]) -> str:
-    """``| run | segment stage | initialised from | status | mIoU (%) |`` for every evaluated stage."""
-    lines = ["| run | segment stage | initialised from | status | mIoU (%) |", "|---|---|---|---|---:|"]
+def segment_results(run_dirs: Sequence[Path]) -> list[dict]:
+    """One row per evaluated stage: ``run``, ``stage``, ``init`` (the stage it started from), ``status``, ``miou``."""
+    rows = []
     for run_dir, run in zip(run_dirs, _labels(run_dirs), strict=True):
         for stage, entry in _stages(run_dir).items():
             if stage_class(entry["stage"]).evaluation_split is None:
                 continue
             metrics = StageDir.of(run_dir, stage).metrics
             miou = json.loads(metrics.read_text()).get("eval", {}).get("miou") if metrics.is_file() else None
-            shown = "–" if miou is None else f"{100 * miou:.2f}"
-            lines.append(f"| {run} | {stage} | {_init_from(entry)} | {entry.get('status', '?')} | {shown} |")
+            rows.append({"run": run, "stage": stage, "init": _init_from(entry), "status": entry.get("status", "?"),
+                         "miou": miou})
+    return rows
+
+
+def miou_markdown(rows: Sequence[dict]) -> str:
+    """``| run | segment stage | initialised from | status | mIoU (%) |`` for :func:`segment_results` rows."""
+    lines = ["| run | segment stage | initialised from | status | mIoU (%) |", "|---|---|---|---|---:|"]
+    for r in rows:
+        shown = "–" if r["miou"] is None else f"{100 * r['miou']:.2f}"
+        lines.append(f"| {r['run']} | {r['stage']} | {r['init']} | {r['status']} | {shown} |")
     return "\n".join(lines) + "\n"
 
 
@@ -83,14 +92,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {args.out}")
     series = mm_curves(args.run_dirs)
-    table = miou_markdown(args.run_dirs)
+    rows = segment_results(args.run_dirs)
+    table = miou_markdown(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if series:
-        plot_mm_curves(series, curve_columns(args.run_dirs), args.out)
-    else:
+    if not series:
         print("[mnm] no M&M stage with a CSV log in these runs; no curves drawn")
+    drawn = bool(series or rows)
+    if drawn:
+        miou = {f"{r['run']}/{r['stage']}": r["miou"] for r in rows}
+        plot_mm_curves(series, curve_columns(args.run_dirs), args.out, miou=miou)
     md = args.out.with_suffix(".md")
-    figure = f"![M&M curves]({args.out.name})\n\n" if series else ""
+    figure = f"![M&M curves and mIoU]({args.out.name})\n\n" if drawn else ""
     md.write_text(f"# M&M runs compared\n\n{figure}## Final mIoU\n\n{table}")
     print(table)
-    print(f"[mnm] wrote {md}" + (f" and {args.out}" if series else ""))
+    print(f"[mnm] wrote {md}" + (f" and {args.out}" if drawn else ""))

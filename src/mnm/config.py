@@ -26,6 +26,7 @@ the runner): a ``class_path`` that changes replaces a whole sub-mapping, a whole
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,10 @@ PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults",
                  "protocol"}
 STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data", "trainer", "seed_everything"}
 SECTIONS = ("model", "data", "trainer")
+#: pipeline settings a ``--set`` may change (besides vars, config sections and ``stages.<name>.``)
+SETTABLE = ("name", "seed", "deterministic", "out_dir", "wandb", "checkpoint")
+#: the trainer settings a hardware profile (``--set trainer=cpu`` -> ``conf/trainer/cpu.yaml``) replaces
+HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "sync_batchnorm", "benchmark")
 
 
 class ConfigError(ValueError):
@@ -176,8 +181,83 @@ def read_pipeline_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     return deep_merge(base, raw) | {key: raw[key] for key in ("stages", "report") if key in raw}
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``; a dotted word is matched by its head."""
+    head, dot, rest = word.partition(".")
+    close = difflib.get_close_matches(head if dot else word, choices, n=1)
+    return f"; did you mean {close[0] + dot + rest!r}?" if close else ""
+
+
+@dataclass
+class Overrides:
+    """``--set key=value`` items sorted by what they change; unknown keys raise :class:`ConfigError`."""
+
+    variables: dict[str, Any] = field(default_factory=dict)
+    settings: list[tuple[str, Any]] = field(default_factory=list)
+    hardware: str | None = None
+    sections: list[tuple[str, Any]] = field(default_factory=list)
+    stages: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, sets: list[str], variables: dict[str, Any]) -> Overrides:
+        """Sort ``key=value`` items; ``variables`` are the pipeline's vars."""
+        out = cls()
+        for item in sets:
+            key, eq, text = item.partition("=")
+            if not eq:
+                raise ConfigError(f"--set {item!r}: expected key=value")
+            value = yaml.safe_load(text) if text else None
+            head = key.split(".")[0]
+            if key in variables or (head == "vars" and "." in key):
+                out.variables[key.removeprefix("vars.")] = value
+            elif head in SETTABLE:
+                out.settings.append((key, value))
+            elif key == "trainer":
+                out.hardware = str(value)
+            elif head in SECTIONS:
+                out.sections.append((key, value))
+            elif head == "stages":
+                name, _, rest = key[len("stages.") :].partition(".")
+                if rest.split(".")[0] not in (*SECTIONS, "seed_everything"):
+                    raise ConfigError(f"--set {key}: expected stages.<name>.model|data|trainer.<key> "
+                                      "or stages.<name>.seed_everything")
+                out.stages.setdefault(name, []).append((rest, value))
+            else:
+                choices = [*SETTABLE, *SECTIONS, "stages"] if "." in key else [*variables, *SETTABLE]
+                raise ConfigError(
+                    f"--set {key}: unknown key: not a var of this pipeline (vars: {', '.join(variables) or 'none'}), "
+                    f"a pipeline setting ({', '.join(SETTABLE)}), trainer=<profile>, model.*, data.*, trainer.* "
+                    f"or stages.<name>.*{_did_you_mean(key, choices)}"
+                )
+        return out
+
+
+def _class_path(section: Any) -> str | None:
+    return section.get("class_path") if isinstance(section, dict) else None
+
+
+def hardware_profile(name: str, base_dir: Path) -> dict[str, Any]:
+    """The hardware settings (:data:`HARDWARE_KEYS`) of ``conf/trainer/<name>.yaml`` (or of the file ``name``)."""
+    ref = name if name.endswith((".yaml", ".yml")) else f"conf/trainer/{name}.yaml"
+    path = _resolve_file(ref, base_dir)
+    if not path.is_file():
+        folder = _resolve_file("conf/trainer", base_dir)
+        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        raise ConfigError(f"--set trainer={name}: no trainer profile {ref} (profiles: {', '.join(known) or 'none'})")
+    trainer = _read_yaml(path, f"--set trainer={name}").get("trainer") or {}
+    return {k: v for k, v in trainer.items() if k in HARDWARE_KEYS}
+
+
 def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str | None = None) -> Pipeline:
-    """Parse a pipeline YAML, apply ``--set key=value`` overrides, and merge every stage's config layers."""
+    """Parse a pipeline YAML, apply ``--set key=value`` overrides, and merge every stage's config layers.
+
+    Every ``--set`` changes the run or raises :class:`ConfigError` naming the key: a var
+    must be used as ``${var}`` somewhere; ``seed``, ``name``, ``wandb.*``, ... change the
+    pipeline's settings; ``trainer=cpu`` replaces every stage's hardware settings with
+    ``conf/trainer/cpu.yaml``; ``model.*``/``data.*``/``trainer.*`` apply on top of every
+    stage (except stages whose section is another class than the defaults'); and
+    ``stages.<name>.*`` to that stage.
+    """
     path = Path(path)
     raw = read_pipeline_file(path)
     unknown = set(raw) - PIPELINE_KEYS
@@ -186,19 +266,12 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
     variables = dict(raw.get("vars") or {})
     base_dir = path.resolve().parent
     defaults = _load_layers(raw.get("defaults") or [], base_dir, f"{path}: defaults")
-    stage_overrides: dict[str, list[tuple[str, Any]]] = {}
-    for item in sets or []:
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        value = yaml.safe_load(text) if text else None
-        if key in variables or "." not in key:
-            variables[key] = value
-        elif key.startswith("stages."):
-            name, _, rest = key[len("stages.") :].partition(".")
-            stage_overrides.setdefault(name, []).append((rest, value))
-        else:
-            set_by_path(defaults, key, value)
+    overrides = Overrides.parse(list(sets or []), variables)
+    variables.update(overrides.variables)
+    for key, value in overrides.settings:
+        set_by_path(raw, key, value)
+    hardware = hardware_profile(overrides.hardware, base_dir) if overrides.hardware else None
+    applied = dict.fromkeys((key for key, _ in overrides.sections), False)
 
     stages: list[StageSpec] = []
     names = set()
@@ -223,7 +296,15 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         if "config" in entry:
             config = deep_merge(config, _load_layers(entry["config"], base_dir, f"{where}.config"))
         config = deep_merge(config, {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
-        for key, value in stage_overrides.pop(entry["name"], []):
+        if hardware is not None:
+            trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in HARDWARE_KEYS}
+            config["trainer"] = deep_merge(trainer, hardware)
+        for key, value in overrides.sections:
+            section = key.split(".")[0]
+            if _class_path(defaults.get(section)) in (None, _class_path(config.get(section))):
+                set_by_path(config, key, value)
+                applied[key] = True
+        for key, value in overrides.stages.pop(entry["name"], []):
             set_by_path(config, key, value)
         stages.append(
             StageSpec(
@@ -234,10 +315,19 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
                 evaluate=entry.get("evaluate", stage_class(entry["stage"]).evaluation_split),
             )
         )
-    if stage_overrides:
-        raise ConfigError(f"--set names unknown stage(s) {sorted(stage_overrides)}; stages: {sorted(names)}")
+    for name in overrides.stages:
+        raise ConfigError(f"--set stages.{name}.*: no stage {name!r}; stages: {sorted(names)}"
+                          f"{_did_you_mean(name, sorted(names))}")
     if not stages:
         raise ConfigError(f"{path}: no stages")
+    for key, used in applied.items():
+        if not used:
+            raise ConfigError(f"--set {key}: changes no stage (each replaces {key.split('.')[0]} with another class); "
+                              f"use --set stages.<name>.{key} (stages: {sorted(names)})")
+    used_text = yaml.safe_dump([[s.config for s in stages], raw.get("report"), raw.get("out_dir")])
+    for var in overrides.variables:
+        if f"${{{var}}}" not in used_text:
+            raise ConfigError(f"--set {var}: the pipeline never uses ${{{var}}}, so it would change nothing")
     seed = int(raw.get("seed", 0))
     for s in stages:
         s.config = _substitute(s.config, variables, f"{path}: stage {s.name}")

@@ -240,25 +240,61 @@ def _smooth(values: np.ndarray) -> np.ndarray:
     return np.convolve(padded, np.ones(window) / window, mode="valid")
 
 
-def plot_mm_curves(series: Mapping[str, Path], columns: Mapping[str, str], out: Path) -> Path:
-    """One panel per curve ``key -> CSV column`` vs step, one line per ``label -> CSV log`` (raw faint, smoothed)."""
+#: line styles and markers cycled with the colours, so that identical curves stay distinguishable
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def plot_mm_curves(
+    series: Mapping[str, Path], columns: Mapping[str, str], out: Path, miou: Mapping[str, float | None] | None = None
+) -> Path:
+    """Save :func:`mm_figure` to ``out``."""
+    fig = mm_figure(series, columns, miou)
+    fig.savefig(out, dpi=110)
+    _pyplot().close(fig)
+    return out
+
+
+def mm_figure(
+    series: Mapping[str, Path], columns: Mapping[str, str], miou: Mapping[str, float | None] | None = None
+) -> Any:
+    """One panel per curve ``key -> CSV column`` vs step, one line per ``label -> CSV log`` (raw faint, smoothed),
+    and, given ``miou`` (``label -> mIoU`` in [0, 1]), a bar panel of the final mIoU per arm.
+
+    Each line gets its own colour, line style and marker (placed at staggered steps), so
+    curves that coincide, as the active fraction of every α = 2.1 run does, remain visible.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
-    axes = axes[0]
+    curves = len(columns) if series else 0
+    panels = max(curves + (1 if miou else 0), 1)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    axes = list(axes[0])
     for i, (label, path) in enumerate(series.items()):
         c = read_curves(Path(path), columns)
-        for ax, key in zip(axes, columns, strict=True):
+        style = {"color": f"C{i}", "linestyle": LINE_STYLES[i % len(LINE_STYLES)]}
+        for ax, key in zip(axes[:curves], columns, strict=True):
             ok = ~np.isnan(c[key])
-            ax.plot(c["step"][ok], c[key][ok], color=f"C{i}", alpha=0.25, linewidth=0.8)
-            ax.plot(c["step"][ok], _smooth(c[key][ok]), color=f"C{i}", label=label)
-    for ax, key in zip(axes, columns, strict=True):
+            every = max(1, int(ok.sum()) // 6)
+            ax.plot(c["step"][ok], c[key][ok], color=style["color"], alpha=0.25, linewidth=0.8)
+            ax.plot(c["step"][ok], _smooth(c[key][ok]), **style, marker=MARKERS[i % len(MARKERS)],
+                    markevery=(i % every, every), markersize=4, label=label)
+    for ax, key in zip(axes[:curves], columns, strict=True):
         ax.set(title=CURVE_TITLES.get(key, key), xlabel="step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if curves:
+        axes[0].legend(fontsize=8)
+    if miou:
+        ax = axes[-1]
+        values = [100 * (v or 0.0) for v in miou.values()]
+        ax.barh(range(len(miou)), values, color=[f"C{i}" for i in range(len(miou))])
+        for y, (v, raw) in enumerate(zip(values, miou.values(), strict=True)):
+            ax.text(v, y, f" {v:.2f}" if raw is not None else " –", va="center", fontsize=8)
+        ax.set_yticks(range(len(miou)), list(miou), fontsize=8)
+        ax.invert_yaxis()
+        ax.set(title="final mIoU (%)", xlim=(0, max([*values, 1.0]) * 1.2))
+        ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def _colourise(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:

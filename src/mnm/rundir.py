@@ -29,7 +29,7 @@ from mnm.config import ConfigError, StageSpec
 
 __all__ = [
     "MANIFEST", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
-    "set_aside_csv_log", "stage_hash", "stage_hashes", "write_json",
+    "set_aside_csv_log", "stage_hash", "status_table", "stage_hashes", "write_json",
 ]
 
 MANIFEST = "manifest.json"
@@ -108,6 +108,44 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err}); move it away to start this run over") from None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def _key_metric(run_dir: Path, stage: str, entry: dict[str, Any]) -> str:
+    """The evaluation's mIoU, or else the last logged training loss."""
+    if entry.get("miou") is not None:
+        return f"mIoU {100 * entry['miou']:.2f}%"
+    path = StageDir.of(run_dir, stage).metrics
+    loss = (json.loads(path.read_text()).get("fit") or {}).get("train/loss") if path.is_file() else None
+    return "–" if loss is None else f"loss {loss:.4g}"
+
+
+def status_table(run_dir: Path) -> str:
+    """The stages of a run as a text table: stage, kind, status, steps, wall time, key metric (and any error)."""
+    manifest = read_manifest(run_dir)
+    if not manifest:
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no {MANIFEST})")
+    entries = manifest.get("stages", {})
+    order = [name for name, _ in manifest.get("identity", {}).get("stages", [])] or list(entries)
+    rows = [("stage", "kind", "status", "steps", "time", "result")]
+    errors = []
+    for name in order:
+        entry = entries.get(name, {})
+        rows.append((name, entry.get("stage", "–"), entry.get("status", "not started"), str(entry.get("steps", "–")),
+                     _duration(entry.get("wall_time_s")), _key_metric(run_dir, name, entry) if entry else "–"))
+        if entry.get("error"):
+            errors.append(f"{name}: {entry['error']}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join([f"{manifest.get('pipeline', run_dir)} ({run_dir})", *lines, *errors]) + "\n"
 
 
 @rank_zero_only

@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable, read_checkpoint
 from mnm.config import ConfigError, Pipeline, StageSpec
+from mnm.datamodules.errors import error_message
 from mnm.rundir import (
     MANIFEST,
     StageDir,
@@ -33,7 +35,7 @@ from mnm.rundir import (
     stage_hashes,
     write_json,
 )
-from mnm.stage_cli import build_stage, stage_class
+from mnm.stage_cli import build_stage, instantiate_datamodule, parse_stage, stage_class
 
 __all__ = ["PipelineRunner", "evaluate", "wandb_offline"]
 
@@ -81,8 +83,57 @@ class PipelineRunner:
     def _save_manifest(self) -> None:
         write_json(self.out / MANIFEST, self.manifest)
 
+    def _finished(self, spec: StageSpec, h: str) -> bool:
+        """Whether the stage finished earlier with the same configuration hash (and kept its final weights)."""
+        entry = self.manifest["stages"].get(spec.name, {})
+        final = StageDir.of(self.out, spec.name).final_checkpoint
+        return entry.get("config_hash") == h and entry.get("status") == "finished" and final.exists()
+
+    def check(self, only: list[str] | None = None) -> None:
+        """Check every stage that is to run before the first one starts: its full config (parsed as the
+        stage CLI parses it), its data source, explicit weight files, and that its accelerator exists.
+
+        Raises one :class:`ConfigError` that lists every problem found, by stage.
+        """
+        hashes = stage_hashes(self.p.stages)
+        problems = []
+        for spec in self.p.stages:
+            if (only and spec.name not in only) or self._finished(spec, hashes[spec.name]):
+                continue
+            problems += [f"stage {spec.name!r} ({spec.kind}): {p}" for p in self._stage_problems(spec)]
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        if problems:
+            raise ConfigError(f"{len(problems)} problems, found before any stage started:\n  " + "\n  ".join(problems))
+
+    def _stage_problems(self, spec: StageSpec) -> list[str]:
+        upstream = StageDir.of(self.out, spec.init_from).final_checkpoint if spec.init_from else None
+        cfg = self._stage_config(spec, StageDir.of(self.out, spec.name), upstream and str(upstream), "check")
+        try:
+            parsed = parse_stage(spec.kind, cfg, label=spec.name)
+        except Exception as err:  # jsonargparse errors name the key
+            return [error_message(err)]
+        problems = []
+        if spec.evaluate not in (None, "val", "test"):
+            problems.append(f"evaluate must be 'val' or 'test', got {spec.evaluate!r}")
+        weights = (spec.config.get("model") or {}).get("pretrained_backbone")
+        if weights and not Path(weights).is_file():
+            problems.append(f"model.pretrained_backbone: file not found: {weights}")
+        try:
+            instantiate_datamodule(parsed.data.as_dict()).check_source()
+        except Exception as err:  # bad settings or a missing data root
+            problems.append(error_message(err))
+        accelerator = str(parsed.trainer.accelerator)
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            problems.append(
+                f"trainer.accelerator is {accelerator!r} but this machine has no CUDA GPU; add --set trainer=cpu "
+                "(the hardware settings of conf/trainer/cpu.yaml) to run on the CPU"
+            )
+        return problems
+
     def run(self, only: list[str] | None = None) -> dict[str, Any]:
-        """Run (or skip, or resume) every stage in order; returns the manifest."""
+        """Check every stage, then run (or skip, or resume) them in order; returns the manifest."""
+        self.check(only)
         hashes = stage_hashes(self.p.stages)
         ckpts: dict[str, str] = {}
         for spec in self.p.stages:
@@ -158,7 +209,7 @@ class PipelineRunner:
         stage = StageDir.of(self.out, spec.name)
         entry = self.manifest["stages"].get(spec.name, {})
         final = stage.final_checkpoint
-        if entry.get("config_hash") == h and entry.get("status") == "finished" and final.exists():
+        if self._finished(spec, h):
             log.info("stage %s: finished with the same config, skipped", spec.name)
             print(f"[mnm] stage {spec.name}: finished earlier with the same config — skipped")
             return str(final)
@@ -200,7 +251,7 @@ class PipelineRunner:
             self._save_manifest()
             raise
         except BaseException as err:
-            entry.update(status="failed", error=f"{type(err).__name__}: {err}", step=trainer.global_step)
+            entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}", step=trainer.global_step)
             self._save_manifest()
             raise
         finally:

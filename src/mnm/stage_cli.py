@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnm.callbacks import FiniteLossGuard, RNGStateCheckpoint, SigtermCheckpoint
 from mnm.checkpoints import atomic_torch_save, read_checkpoint
-
-#: the stage-kind registry: stage command -> LightningModule class path. A new kind adds one line here;
-#: everything else the runner and reports need to know about it is a class attribute of its stage.
-STAGES: dict[str, str] = {
-    "colorize": "mnm.stages.colorize.ColorizeStage",
-    "jigsaw": "mnm.stages.jigsaw.JigsawStage",
-    "mix-match": "mnm.stages.mix_match.MixMatchStage",
-    "segment": "mnm.stages.segment.SegmentStage",
-}
-
+from mnm.quiet import quiet_library_messages
+from mnm.stages import STAGES
 
 
 def stage_class(stage: str) -> type:
@@ -45,13 +37,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class StageCLI(LightningCLI):
     """LightningCLI with data→model links, atomic checkpoints and the safety callbacks."""
 
-    def __init__(self, stage: str, *args: Any, label: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, stage: str, *args: Any, label: str | None = None, parse_only: bool = False, **kwargs: Any
+    ) -> None:
         self.stage = stage
+        self.parse_only = parse_only
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
+            "max_steps": stage_class(stage).default_max_steps,
             **kwargs["trainer_defaults"],
         }
+        kwargs.setdefault("seed_everything_default", 0)  # seeded like the stages' own ``model.seed``
         kwargs["trainer_defaults"].setdefault(
             "callbacks", [FiniteLossGuard(label or stage), SigtermCheckpoint(), RNGStateCheckpoint()]
         )
@@ -60,6 +57,30 @@ class StageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in stage_class(self.stage).data_links:
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+
+    def _set_seed(self) -> None:  # LightningCLI seeds right after parsing; a parse-only check must not
+        if not self.parse_only:
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        """Build model, data and trainer (not with ``parse_only``: then only ``self.config`` is set)."""
+        if not self.parse_only:
+            super().instantiate_classes()
+
+    def before_instantiate_classes(self) -> None:
+        """Only ``fit`` writes into the stage folder: evaluating or predicting with a stage's ``config.yaml``
+        opens no logger (which would wipe or extend the training logs) and saves no ``config.yaml``."""
+        if self.subcommand not in (None, "fit"):
+            self.config[self.subcommand]["trainer"]["logger"] = False
+            self.save_config_callback = None
+
+    def before_predict(self) -> None:
+        """Refuse a prediction whose results nobody writes (no prediction-writer callback)."""
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            raise ValueError(
+                f"mnm {self.stage} predict writes nothing without a prediction writer callback; "
+                "use `mnm predict STAGE_DIR IMAGES --out DIR`, which writes one mask per image"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         config = self._get(self.config_init, "trainer", default={})
@@ -74,7 +95,7 @@ def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **
     ``label`` names the stage in error messages (default: the stage command).
     Configuration errors raise (they do not exit), so callers can name the stage.
     """
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    quiet_library_messages()
     return StageCLI(
         stage,
         label=label,
@@ -86,6 +107,21 @@ def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **
     )
 
 
+def parse_stage(stage: str, config: dict[str, Any], label: str | None = None) -> Any:
+    """Check a stage's config as :func:`build_stage` would, building nothing; returns the parsed config.
+
+    Raises on unknown keys, wrong types and unknown classes, naming the key.
+    """
+    return build_stage(stage, config, label=label, parse_only=True).config
+
+
+def instantiate_datamodule(data: dict[str, Any]) -> L.LightningDataModule:
+    """A data module from a config's ``data`` section (``class_path`` + ``init_args``)."""
+    importlib.import_module(data["class_path"].rpartition(".")[0])
+    return instantiate_class((), data)
+
+
 def main_stage(stage: str, argv: list[str]) -> None:
     """``mnm <stage> fit|validate|test|predict ...`` — the LightningCLI subcommands of one stage."""
+    quiet_library_messages()
     StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True})

@@ -1,0 +1,35 @@
+"""Makefile targets that need no training: ``make wandb-sync`` finds the offline runs the pipelines write."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_RUN = "import sys, wandb; wandb.init(mode='offline', dir=sys.argv[1], project='mnm', id=sys.argv[2]); wandb.finish()"
+
+
+def make(*args: str) -> subprocess.CompletedProcess:
+    """``make -s`` in the repository, never reinstalling (``-o`` the install stamp); ``wandb`` replaced by echo."""
+    return subprocess.run(["make", "-s", "-o", ".venv/.mnm-installed", *args, "WANDB=echo"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_wandb_sync_finds_the_offline_runs_of_every_stage(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    for stage_dir, run_id in ((runs / "a" / "mix_match", "amm"), (runs / "a" / "finetune", "aft"),
+                              (runs / "b" / "finetune", "bft"), (runs / ".superseded-a" / "finetune-old", "old")):
+        stage_dir.mkdir(parents=True)
+        subprocess.run([sys.executable, "-c", OFFLINE_RUN, str(stage_dir), run_id], env=env, check=True, timeout=60)
+    every = make("wandb-sync", f"RUN={runs}")
+    assert every.returncode == 0, every.stderr
+    synced = every.stdout.splitlines()[-1].split()
+    assert synced[0] == "sync" and sorted(Path(p).name.rsplit("-", 1)[1] for p in synced[1:]) == ["aft", "amm", "bft"]
+    assert all(Path(p).is_dir() and Path(p).parent.name == "wandb" for p in synced[1:])
+    one = make("wandb-sync", f"RUN={runs / 'b'}")
+    assert [Path(p).parent.parent for p in one.stdout.splitlines()[-1].split()[1:]] == [runs / "b" / "finetune"]
+    none = make("wandb-sync", f"RUN={tmp_path / 'empty'}")
+    assert none.returncode == 2 and "no offline W&B runs under" in none.stdout

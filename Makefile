@@ -9,7 +9,7 @@ MNM := $(BIN)/mnm
 SHARED ?= ../shared
 CAMVID_ROOT ?= $(SHARED)/data/camvid
 EVAL_SPLIT ?= val
-MARGIN ?= 0.5
+MARGIN ?= 2.1
 VOC_ROOT ?=
 PROXY_IMAGES ?=
 CITYSCAPES_ROOT ?=
@@ -66,7 +66,7 @@ camvid-cpu: $(STAMP) ## CPU-sized CamVid benchmark (5 arms) -> runs/camvid-cpu/r
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) benchmark conf/benchmarks/camvid_cpu.yaml --out runs/camvid-cpu --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT)
 
-camvid-cpu-margin: $(STAMP) ## margin ablation of camvid-cpu: its M&M graph arm at MARGIN=0.5 -> runs/camvid-cpu-margin<MARGIN>/
+camvid-cpu-margin: $(STAMP) ## margin ablation of camvid-cpu: its M&M graph arm at MARGIN=2.1 -> runs/camvid-cpu-margin<MARGIN>/
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) benchmark conf/benchmarks/camvid_cpu_margin.yaml --out runs/camvid-cpu-margin$(MARGIN) \
 		--set data.root=$(CAMVID_ROOT) --set margin=$(MARGIN) --eval-split $(EVAL_SPLIT)

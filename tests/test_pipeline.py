@@ -272,3 +272,15 @@ def test_status_table_and_the_final_table_of_a_run(finished: Path, data_root: Pa
         main(["pipeline", "status", str(finished.parent / "nope")])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith(f"mnm: error: {finished.parent / 'nope'}: not a run folder")
+
+
+def test_runners_of_one_run_folder_keep_each_others_manifest_entries(tmp_path: Path) -> None:
+    """Two runners opened on the same run folder (parallel lanes) each write only their own stage's entry."""
+    pipeline = tiny(tmp_path / "data", tmp_path / "run", "steps=2")
+    finetune_only = PipelineRunner(pipeline)  # opened before the other lane writes anything
+    PipelineRunner(pipeline).run(["mix_match"])
+    finetune_only.p.stages[1].init_from = None  # an independent chain: random init -> fine-tune
+    finetune_only.run(["finetune"])
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert {name: entry["status"] for name, entry in stages.items()} == {"mix_match": "finished",
+                                                                         "finetune": "finished"}

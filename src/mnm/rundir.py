@@ -14,6 +14,7 @@ Report, compare, ensemble and the runner read and write runs through this module
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -152,6 +153,22 @@ def status_table(run_dir: Path) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (rank 0 only)."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@rank_zero_only
+def update_manifest(run_dir: Path, fields: dict[str, Any], stage: str, entry: dict[str, Any]) -> None:
+    """Set top-level ``fields`` and one stage's ``entry`` in ``manifest.json``, under a file lock.
+
+    The file is re-read inside the lock, so the entries that other processes running other stages
+    of the same run folder wrote meanwhile are kept.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(run_dir) | fields
+        manifest.setdefault("stages", {})[stage] = entry
+        write_json(run_dir / MANIFEST, manifest)
 
 
 def read_stage_metrics(run_dir: Path, stage: str) -> dict[str, Any]:

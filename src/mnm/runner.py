@@ -27,12 +27,12 @@ from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable,
 from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.errors import error_message
 from mnm.rundir import (
-    MANIFEST,
     StageDir,
     merge_csv_logs,
     read_manifest,
     set_aside_csv_log,
     stage_hashes,
+    update_manifest,
     write_json,
 )
 from mnm.stage_cli import build_stage, instantiate_datamodule, parse_stage, stage_class
@@ -80,8 +80,10 @@ class PipelineRunner:
             shutil.move(str(folder), str(dest))
             log.info("moved %s to %s", folder, dest)
 
-    def _save_manifest(self) -> None:
-        write_json(self.out / MANIFEST, self.manifest)
+    def _save_manifest(self, stage: str) -> None:
+        """Write this run's identity and ``stage``'s entry (other stages' entries on disk are kept)."""
+        fields = {k: v for k, v in self.manifest.items() if k != "stages"}
+        update_manifest(self.out, fields, stage, self.manifest["stages"][stage])
 
     def _finished(self, spec: StageSpec, h: str) -> bool:
         """Whether the stage finished earlier with the same configuration hash (and kept its final weights)."""
@@ -234,7 +236,7 @@ class PipelineRunner:
             "resumed_from": resume, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "dir": str(stage.root),
         }
         self.manifest["stages"][spec.name] = entry
-        self._save_manifest()
+        self._save_manifest(spec.name)
         print(f"[mnm] stage {spec.name} ({spec.kind})" + (f": resuming from {resume}" if resume else ""))
         t0 = time.perf_counter()
         trainer, model = cli.trainer, cli.model
@@ -248,11 +250,11 @@ class PipelineRunner:
                 metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
         except (SIGTERMException, KeyboardInterrupt):
             entry.update(status="interrupted", step=trainer.global_step)
-            self._save_manifest()
+            self._save_manifest(spec.name)
             raise
         except BaseException as err:
             entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}", step=trainer.global_step)
-            self._save_manifest()
+            self._save_manifest(spec.name)
             raise
         finally:
             _finish_wandb()
@@ -264,7 +266,7 @@ class PipelineRunner:
                      wall_time_s=metrics["wall_time_s"], steps=trainer.global_step)
         if "eval" in metrics:
             entry["miou"] = metrics["eval"]["miou"]
-        self._save_manifest()
+        self._save_manifest(spec.name)
         return str(final)
 
 

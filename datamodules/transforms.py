@@ -12,6 +12,7 @@ import math
 import albumentations as A
 import cv2
 import numpy as np
+import torch
 
 from mnm.datamodules.readers import IGNORE_INDEX
 
@@ -124,3 +125,29 @@ def build_eval_transform(
     if center_crop is not None:
         ops.append(A.CenterCrop(height=center_crop[0], width=center_crop[1]))
     return JointTransform(ops, seed=seed, cover=center_crop)
+
+
+class ColorDistortion:
+    """Photometric distortion of a batch of images: colour jitter, grayscale, Gaussian blur (albumentations).
+
+    No pixel moves, so the masks of the batch stay aligned with the distorted view. ``strength``
+    scales SimCLR's jitter (brightness, contrast, saturation 0.8·s, hue 0.2·s, applied with
+    probability ``jitter_p``); grayscale with ``gray_p``; blur (sigma 0.1–2) with ``blur_p``.
+    """
+
+    def __init__(self, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float = 0.5) -> None:
+        s = strength
+        self.compose = A.Compose(
+            [
+                A.ColorJitter(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=min(0.2 * s, 0.5), p=jitter_p),
+                A.ToGray(p=gray_p),
+                A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=blur_p),
+            ]
+        )
+
+    def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
+        """The distorted view of ``B×3×H×W`` images in [0, 1]; the draws depend only on ``seed``."""
+        self.compose.set_random_seed(seed)
+        arrays = images.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+        out = np.stack([self.compose(image=np.ascontiguousarray(a))["image"] for a in arrays])
+        return torch.from_numpy(out).clip_(0.0, 1.0).permute(0, 3, 1, 2).to(images)

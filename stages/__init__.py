@@ -9,5 +9,6 @@ STAGES: dict[str, str] = {
     "colorize": "mnm.stages.colorize.ColorizeStage",
     "jigsaw": "mnm.stages.jigsaw.JigsawStage",
     "mix-match": "mnm.stages.mix_match.MixMatchStage",
+    "pixel-contrast": "mnm.stages.pixel_contrast.PixelContrastStage",
     "segment": "mnm.stages.segment.SegmentStage",
 }

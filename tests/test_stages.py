@@ -17,6 +17,7 @@ MODELS = {
     "colorize": {"backbone": "alexnet"},
     "jigsaw": {"backbone": "alexnet", "num_permutations": 10, "tile": 64},
     "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},
+    "pixel-contrast": {"backbone": "alexnet", "mode": "within", "feature_maps": [3], "projection_channels": 32},
     "segment": {"backbone": "alexnet"},
 }
 

@@ -148,6 +148,29 @@ class FCNHead(nn.Module):
         return _resize(scores, out_size)
 
 
+class ProjectionHead(nn.Module):
+    """Pixel-wise projection head of Zhao et al.'s contrastive pre-training (dropped after it).
+
+    The chosen maps are resized bilinearly (corners aligned, as in the authors' code) to a common
+    grid and concatenated; ``num_layers`` 1×1 convolutions of ``channels`` follow, the hidden ones
+    with batch norm + ReLU, the last linear; the output is L2-normalised per pixel. It maps feature
+    maps to embeddings, not to class logits, so it is not in :data:`HEADS`.
+    """
+
+    def __init__(self, in_channels: int, num_layers: int = 2, channels: int = 256) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        dims = [in_channels] + [channels] * (num_layers - 1)
+        self.hidden = nn.Sequential(*(_conv_bn_relu(a, b) for a, b in pairwise(dims)))
+        self.out = nn.Conv2d(dims[-1], channels, 1)
+
+    def forward(self, features: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        """``B×channels×size`` unit-length pixel embeddings of the concatenated, resized maps."""
+        x = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=True) for f in features], dim=1)
+        return F.normalize(self.out(self.hidden(x)), dim=1)
+
+
 HEADS: dict[str, Callable[..., nn.Module]] = {"hypercolumn": HypercolumnHead, "fcn": FCNHead}
 
 

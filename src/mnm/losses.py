@@ -1,14 +1,26 @@
-"""The M&M triplet loss on L2-normalised embeddings."""
+"""The M&M triplet loss on L2-normalised embeddings, and Zhao et al.'s pixel-wise supervised contrastive loss."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["REDUCTIONS", "TripletLoss", "TripletStats", "squared_distance"]
+__all__ = [
+    "PIXEL_CONTRAST_FORMULAS",
+    "REDUCTIONS",
+    "TripletLoss",
+    "TripletStats",
+    "cross_image_pixel_contrastive_loss",
+    "pixel_contrast_pairs",
+    "pixel_contrast_stats",
+    "pixel_contrastive_loss",
+    "squared_distance",
+    "within_image_pixel_contrastive_loss",
+]
 
 
 class TripletStats(NamedTuple):
@@ -71,3 +83,108 @@ class TripletLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"margin={self.margin}, reduction={self.reduction}"
+
+
+# -- pixel-wise supervised contrastive loss (Zhao et al., ICCV 2021) --------------------------------
+PixelContrastFormula = Literal["code", "paper"]
+PIXEL_CONTRAST_FORMULAS = ("code", "paper")
+
+
+def pixel_contrast_pairs(
+    labels1: Tensor, labels2: Tensor | None, ignore_labels: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Positive and negative pair masks (bool ``B×M×M``) of the pixels of one image or of an image pair.
+
+    With ``labels2`` the ``M = N1 + N2`` pixels of both images are compared: positives (equal labels,
+    the self-pair included) may lie in either image, negatives only in the anchor's own image. A pair
+    touching a label of ``ignore_labels`` is neither.
+    """
+    labels = labels1 if labels2 is None else torch.cat([labels1, labels2], dim=1)
+    valid = ~torch.isin(labels, torch.as_tensor(list(ignore_labels), dtype=labels.dtype, device=labels.device))
+    valid_pair = valid[:, :, None] & valid[:, None, :]
+    same = labels[:, :, None] == labels[:, None, :]
+    positive, negative = same & valid_pair, ~same & valid_pair
+    if labels2 is not None:
+        image = torch.cat([labels1.new_zeros(labels1.shape[1]), labels2.new_ones(labels2.shape[1])])
+        negative &= image[:, None] == image[None, :]
+    return positive, negative
+
+
+def pixel_contrastive_loss(
+    features: Tensor, positive: Tensor, negative: Tensor, temperature: float, formula: PixelContrastFormula = "code"
+) -> Tensor:
+    """The supervised pixel contrastive loss of features ``B×M×D`` over the pair masks of :func:`pixel_contrast_pairs`.
+
+    Logits are ``f_i·f_j / temperature``. For each anchor ``a`` and each positive ``p``:
+    ``formula="code"`` (the authors' released code) ``−log(e_ap / (e_ap + Σ_negatives e_an))``;
+    ``formula="paper"`` (the paper's equation) ``−log(e_ap / Σ_valid e_ak)``, every valid pair of the
+    anchor (positives and negatives) in the denominator. The terms are averaged over the anchor's
+    positives, then over the anchors with at least one positive, then over the batch. Computed in
+    log space, so no exponential overflows.
+    """
+    if formula not in PIXEL_CONTRAST_FORMULAS:
+        raise ValueError(f"formula must be one of {list(PIXEL_CONTRAST_FORMULAS)}, got {formula!r}")
+    logits = torch.bmm(features, features.transpose(1, 2)).float() / temperature
+    very_small = torch.finfo(logits.dtype).min  # exp(very_small − max) is 0, and it never makes NaN
+    if formula == "code":
+        log_negatives = torch.logsumexp(logits.masked_fill(~negative, very_small), dim=2, keepdim=True)
+        nll = torch.logaddexp(logits, log_negatives) - logits
+    else:
+        log_all = torch.logsumexp(logits.masked_fill(~(positive | negative), very_small), dim=2, keepdim=True)
+        nll = log_all - logits
+    num_positives = positive.sum(2)
+    per_anchor = torch.where(positive, nll, 0.0).sum(2) / num_positives.clamp_min(1)
+    anchors = num_positives > 0
+    per_image = (per_anchor * anchors).sum(1) / anchors.sum(1).clamp_min(1)
+    return per_image.mean()
+
+
+def within_image_pixel_contrastive_loss(
+    features: Tensor,
+    labels: Tensor,
+    ignore_labels: Sequence[int],
+    temperature: float,
+    formula: PixelContrastFormula = "code",
+) -> Tensor:
+    """Zhao et al.'s within-image loss: the pixels of each image contrasted with each other.
+
+    ``features`` ``B×N×D`` (projected, L2-normalised), ``labels`` ``B×N`` int; returns a scalar.
+    Memory: the logits and masks are ``B×N×N`` (float32 and bool, a few of each with their
+    gradients): at a 64×64 grid (``N = 4096``) that is 64 MiB per image and float tensor,
+    about 0.5 GiB per image in all, so a 1/8 grid of 512-pixel crops needs several GiB at batch 16.
+    """
+    positive, negative = pixel_contrast_pairs(labels, None, ignore_labels)
+    return pixel_contrastive_loss(features, positive, negative, temperature, formula)
+
+
+def cross_image_pixel_contrastive_loss(
+    features1: Tensor,
+    features2: Tensor,
+    labels1: Tensor,
+    labels2: Tensor,
+    ignore_labels: Sequence[int],
+    temperature: float,
+    formula: PixelContrastFormula = "code",
+) -> Tensor:
+    """Zhao et al.'s cross-image loss: image ``i`` of the first batch paired with image ``i`` of the second.
+
+    The pixels of both images are anchors; positives come from both images, negatives only from
+    the anchor's own image. Shapes as in :func:`within_image_pixel_contrastive_loss` for each
+    input; the pair has ``2N`` pixels, so the ``B×2N×2N`` tensors take 4 times the memory of the
+    within-image loss at the same grid.
+    """
+    positive, negative = pixel_contrast_pairs(labels1, labels2, ignore_labels)
+    return pixel_contrastive_loss(torch.cat([features1, features2], dim=1), positive, negative, temperature, formula)
+
+
+@torch.no_grad()
+def pixel_contrast_stats(labels1: Tensor, labels2: Tensor | None, ignore_labels: Sequence[int]) -> dict[str, Tensor]:
+    """``valid_fraction`` (share of pixels not ignored) and ``positives_per_anchor`` (mean over anchors with
+    a positive, the self-pair counted) of the pairs the loss sees, with ``labels2`` as in cross-image mode."""
+    positive, _ = pixel_contrast_pairs(labels1, labels2, ignore_labels)
+    num_positives = positive.sum(2)
+    anchors = num_positives > 0
+    return {
+        "valid_fraction": anchors.float().mean(),
+        "positives_per_anchor": num_positives[anchors].float().mean() if anchors.any() else num_positives.new_zeros((), dtype=torch.float),
+    }

@@ -119,21 +119,21 @@ def pixel_contrastive_loss(
     ``formula="code"`` (the authors' released code) ``−log(e_ap / (e_ap + Σ_negatives e_an))``;
     ``formula="paper"`` (the paper's equation) ``−log(e_ap / Σ_valid e_ak)``, every valid pair of the
     anchor (positives and negatives) in the denominator. The terms are averaged over the anchor's
-    positives, then over the anchors with at least one positive, then over the batch. Computed in
-    log space, so no exponential overflows.
+    positives, then over the anchors with at least one positive, then over the batch.
     """
     if formula not in PIXEL_CONTRAST_FORMULAS:
         raise ValueError(f"formula must be one of {list(PIXEL_CONTRAST_FORMULAS)}, got {formula!r}")
     logits = torch.bmm(features, features.transpose(1, 2)).float() / temperature
-    very_small = torch.finfo(logits.dtype).min  # exp(very_small − max) is 0, and it never makes NaN
-    if formula == "code":
-        log_negatives = torch.logsumexp(logits.masked_fill(~negative, very_small), dim=2, keepdim=True)
-        nll = torch.logaddexp(logits, log_negatives) - logits
-    else:
-        log_all = torch.logsumexp(logits.masked_fill(~(positive | negative), very_small), dim=2, keepdim=True)
-        nll = log_all - logits
+    # sums of exponentials shifted by the row maximum (a constant, no gradient needed), so none overflows;
+    # unit-length features keep a row within 2 / temperature of its maximum, so none underflows either
+    shift = logits.detach().amax(dim=2, keepdim=True)
+    exp_logits = (logits - shift).exp()
+    denominator_pairs = negative if formula == "code" else positive | negative
+    sums = (exp_logits * denominator_pairs).sum(2, keepdim=True)
+    log_sums = sums.clamp_min(torch.finfo(sums.dtype).tiny).log() + shift  # an empty sum is e^-87 ≈ 0
+    nll = F.softplus(log_sums - logits) if formula == "code" else log_sums - logits
     num_positives = positive.sum(2)
-    per_anchor = torch.where(positive, nll, 0.0).sum(2) / num_positives.clamp_min(1)
+    per_anchor = (nll * positive).sum(2) / num_positives.clamp_min(1)
     anchors = num_positives > 0
     per_image = (per_anchor * anchors).sum(1) / anchors.sum(1).clamp_min(1)
     return per_image.mean()
@@ -179,12 +179,13 @@ def cross_image_pixel_contrastive_loss(
 
 @torch.no_grad()
 def pixel_contrast_stats(labels1: Tensor, labels2: Tensor | None, ignore_labels: Sequence[int]) -> dict[str, Tensor]:
-    """``valid_fraction`` (share of pixels not ignored) and ``positives_per_anchor`` (mean over anchors with
-    a positive, the self-pair counted) of the pairs the loss sees, with ``labels2`` as in cross-image mode."""
-    positive, _ = pixel_contrast_pairs(labels1, labels2, ignore_labels)
-    num_positives = positive.sum(2)
-    anchors = num_positives > 0
-    return {
-        "valid_fraction": anchors.float().mean(),
-        "positives_per_anchor": num_positives[anchors].float().mean() if anchors.any() else num_positives.new_zeros((), dtype=torch.float),
-    }
+    """``valid_fraction`` (share of pixels not ignored) and ``positives_per_anchor`` (mean over the valid
+    anchors, the self-pair counted) of the pairs the loss sees, with ``labels2`` as in cross-image mode.
+
+    Counted per class (``Σ n_c² / Σ n_c`` over the images or image pairs), without the ``M×M`` masks.
+    """
+    labels = labels1 if labels2 is None else torch.cat([labels1, labels2], dim=1)
+    valid = ~torch.isin(labels, torch.as_tensor(list(ignore_labels), dtype=labels.dtype, device=labels.device))
+    _, classes = torch.unique(labels, return_inverse=True)
+    counts = valid.new_zeros((len(labels), int(classes.max()) + 1), dtype=torch.float).scatter_add_(1, classes, valid.float())
+    return {"valid_fraction": valid.float().mean(), "positives_per_anchor": counts.square().sum() / counts.sum().clamp_min(1)}

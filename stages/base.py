@@ -142,6 +142,29 @@ class BaseStage(ScalarLogging, L.LightningModule):
         checkpoint[ARCH_KEY] = {"name": hp.backbone, "in_chans": hp.in_chans, **(hp.backbone_kwargs or {})}
 
 
+class LabelledPretrainingStage(BaseStage):
+    """A stage that pre-trains the backbone on labelled batches (M&M, pixel contrast) before fine-tuning.
+
+    A subclass writes ``_step(batch, generator, prefix)``; its random draws come from
+    :meth:`BaseStage.step_generator`, keyed by the step in training and by the batch in validation,
+    so a resumed run draws the same. Each validation ends with the kNN probe of the backbone
+    (:meth:`BaseStage.probe_scores`) when the subclass's ``knn_probe`` argument is on.
+    """
+
+    def _step(self, batch: dict[str, Any], generator: torch.Generator, prefix: str) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        return self._step(batch, self.step_generator(self.global_step), "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._step(batch, self.step_generator(batch_idx, salt=1), "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.knn_probe and not self.trainer.sanity_checking:
+            self.log_scalars("val", self.probe_scores())
+
+
 def check_backbone_matches(
     path: str, contents: dict[str, Any], name: str, in_chans: int, backbone_kwargs: dict[str, Any] | None = None
 ) -> None:

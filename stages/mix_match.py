@@ -11,12 +11,12 @@ from mnm.backbones import EMBEDDINGS
 from mnm.losses import REDUCTIONS, TripletLoss, TripletStats
 from mnm.match import graph_triplets, random_triplets
 from mnm.mix import PatchBatch, PatchSampler
-from mnm.stages.base import BaseStage
+from mnm.stages.base import LabelledPretrainingStage
 
 TRIPLET_BUILDERS = {"graph": graph_triplets, "random": random_triplets}
 
 
-class MixMatchStage(BaseStage):
+class MixMatchStage(LabelledPretrainingStage):
     """Mix (patch sampling) + match (graph or random triplets) + triplet loss on pool5 embeddings.
 
     Logs the loss, the fraction of active triplets, mean D(a,p) and D(a,n), the number of
@@ -143,13 +143,3 @@ class MixMatchStage(BaseStage):
         labels = self.all_gather(labels).flatten(0, 1)
         keep = labels >= 0
         return embeddings[keep], labels[keep]
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._step(batch, self.step_generator(self.global_step), "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, self.step_generator(batch_idx, salt=1), "val")
-
-    def on_validation_epoch_end(self) -> None:
-        if self.hparams.knn_probe and not self.trainer.sanity_checking:
-            self.log_scalars("val", self.probe_scores())

@@ -16,12 +16,12 @@ from mnm.losses import (
     pixel_contrast_stats,
     within_image_pixel_contrastive_loss,
 )
-from mnm.stages.base import BaseStage
+from mnm.stages.base import LabelledPretrainingStage
 
 MODES = ("within", "cross")
 
 
-class PixelContrastStage(BaseStage):
+class PixelContrastStage(LabelledPretrainingStage):
     """Projection head on backbone maps + Zhao et al.'s label-based pixel contrastive loss.
 
     Each step makes a colour-distorted view of the batch (no pixel moves, so the masks stay
@@ -114,13 +114,3 @@ class PixelContrastStage(BaseStage):
                 stats = pixel_contrast_stats(labels, labels[other], ignore)
         self.log_scalars(prefix, {"loss": loss, **stats}, prog_bar=prefix == "train", batch_size=len(image))
         return loss
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.step_generator(self.global_step), "train")
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, self.step_generator(batch_idx, salt=1), "val")
-
-    def on_validation_epoch_end(self) -> None:
-        if self.hparams.knn_probe and not self.trainer.sanity_checking:
-            self.log_scalars("val", self.probe_scores())

@@ -71,7 +71,9 @@ def test_report_numbers_come_from_results(tiny_run: TinyRun) -> None:
     for row in _table_rows(md, "| stage |"):
         stage = r["stages"][row[0]]
         assert row[4] == f"{stage['wall_time_s']:.1f}" and row[5] == f"`{stage['config_hash']}`"
-    for row in _table_rows(md, "| triplets |"):
+    curve_rows = _table_rows(md, "| curve |")
+    assert [row[0] for row in curve_rows] == list(r["curves"])
+    for row in curve_rows:
         assert row[4] == f"{100 * r['curves'][row[0]]['final_active_fraction']:.2f}"
     assert re.search(r"\b[0-9a-f]{16}\b", md) and r["benchmark_hash"] in md
     with open(tiny_run.run_dir / "per_class_iou.csv", newline="") as fh:

@@ -1,11 +1,12 @@
-"""Pixel-wise supervised contrastive pre-training (Zhao et al. 2021): the loss, the head, the stage, the hand-off."""
+"""Pixel-wise supervised contrastive pre-training (Zhao et al. 2021): the loss, the head, the hand-off.
+
+The stage through its CLI (fast_dev_run per mode, settings, --print_config) is in test_stages.py."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-from argparse import ArgumentError
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,6 @@ import torch
 
 from mnm.backbones import build_backbone
 from mnm.checkpoints import read_checkpoint
-from mnm.cli import main
 from mnm.config import load_pipeline
 from mnm.heads import ProjectionHead
 from mnm.losses import (
@@ -24,7 +24,6 @@ from mnm.losses import (
 )
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import build_stage
-from mnm.stages.pixel_contrast import PixelContrastStage
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE = [-2, -1]
@@ -122,49 +121,6 @@ def test_projection_head_shape_and_unit_length() -> None:
     assert out.shape == (2, 8, 6, 8)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2, 6, 8))
     assert len(head.hidden) == 2 and isinstance(head.out, torch.nn.Conv2d)
-
-
-TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
-           "enable_progress_bar": False, "enable_model_summary": False}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    return {"class_path": "mnm.datamodules.SyntheticDataModule",
-            "init_args": {"root": str(root), "num_train": 8, "num_val": 4, "image_size": [96, 96],
-                          "crop_size": [80, 80], "batch_size": 4, "val_batch_size": 2}}
-
-
-@pytest.mark.parametrize("mode", ["within", "cross"])
-def test_fast_dev_run_each_mode(mode: str, data: dict) -> None:
-    model = {"backbone": "alexnet", "mode": mode, "feature_maps": [3, -1], "projection_channels": 32}
-    cli = build_stage("pixel-contrast", {"model": model, "data": data, "trainer": TRAINER})
-    before = {k: v.clone() for k, v in cli.model.backbone.state_dict().items()}
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    logged = cli.trainer.callback_metrics
-    assert torch.isfinite(logged["train/loss"]) and float(logged["train/loss"]) > 0
-    assert 0 < float(logged["train/valid_fraction"]) <= 1
-    assert float(logged["train/positives_per_anchor"]) >= 1
-    assert any(not torch.equal(v, before[k]) for k, v in cli.model.backbone.state_dict().items())
-
-
-def test_bad_settings_name_the_key(data: dict) -> None:
-    """Through the CLI (types checked by the parser) and building the stage directly."""
-    for model, key in (({"mode": "batch"}, "model.mode"), ({"formula": "both"}, "model.formula"),
-                       ({"feature_maps": [9]}, "model.feature_maps")):
-        with pytest.raises((ValueError, ArgumentError), match=key):
-            build_stage("pixel-contrast", {"model": model, "data": data, "trainer": TRAINER})
-        with pytest.raises(ValueError, match=key):
-            PixelContrastStage(**model)
-
-
-def test_print_config(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["pixel-contrast", "fit", "--print_config"])
-    assert exit_info.value.code == 0
-    printed = capsys.readouterr().out
-    assert "mode: cross" in printed and "temperature: 0.07" in printed and "formula: code" in printed
 
 
 def test_tiny_pipeline_hands_the_backbone_to_segment(tmp_path: Path) -> None:

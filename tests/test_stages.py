@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentError
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mnm.cli import main
 from mnm.stage_cli import STAGES, build_stage
+from mnm.stages.pixel_contrast import PixelContrastStage
 
 TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
            "enable_progress_bar": False, "enable_model_summary": False}
@@ -53,8 +56,6 @@ def test_segment_tta_averages_views(data: dict) -> None:
     cli = build_stage("segment", {"model": {**MODELS["segment"], "tta_flip": True, "tta_scales": [0.75, 1.0]},
                                   "data": data, "trainer": TRAINER})
     model = cli.model.eval()
-    import torch
-
     x = torch.rand(1, 3, 96, 96)
     probs = model.predict_probs(x)
     assert probs.shape == (1, 6, 96, 96)
@@ -93,8 +94,6 @@ def test_print_config_and_unknown_stage(capsys) -> None:
 
 
 def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: Path) -> None:
-    import torch
-
     release = {**MODELS["mix-match"], "backbone": "alexnet_caffe", "embedding": "pool5_prerelu",
                "loss_normalization": "release", "backbone_kwargs": {"bn_affine": False, "init": "gaussian"},
                "bias_lr_mult": 2, "bias_weight_decay": 0}  # fmt: skip
@@ -138,3 +137,34 @@ def test_mid_epoch_resume_is_known_to_be_resumable(data: dict, tmp_path: Path, c
             again.trainer.fit(again.model, datamodule=again.datamodule, ckpt_path=ckpt)
         assert not [w for w in caught if "not resumable" in str(w.message)]
         assert ("other data settings" in caplog.text) == moved
+
+
+@pytest.mark.parametrize("mode", ["within", "cross"])
+def test_pixel_contrast_fast_dev_run_each_mode(mode: str, data: dict) -> None:
+    model = {"backbone": "alexnet", "mode": mode, "feature_maps": [3, -1], "projection_channels": 32}
+    cli = build_stage("pixel-contrast", {"model": model, "data": data, "trainer": TRAINER})
+    before = {k: v.clone() for k, v in cli.model.backbone.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    logged = cli.trainer.callback_metrics
+    assert torch.isfinite(logged["train/loss"]) and float(logged["train/loss"]) > 0
+    assert 0 < float(logged["train/valid_fraction"]) <= 1
+    assert float(logged["train/positives_per_anchor"]) >= 1
+    assert any(not torch.equal(v, before[k]) for k, v in cli.model.backbone.state_dict().items())
+
+
+def test_pixel_contrast_bad_settings_name_the_key(data: dict) -> None:
+    """Through the CLI (types checked by the parser) and building the stage directly."""
+    for model, key in (({"mode": "batch"}, "model.mode"), ({"formula": "both"}, "model.formula"),
+                       ({"feature_maps": [9]}, "model.feature_maps")):
+        with pytest.raises((ValueError, ArgumentError), match=key):
+            build_stage("pixel-contrast", {"model": model, "data": data, "trainer": TRAINER})
+        with pytest.raises(ValueError, match=key):
+            PixelContrastStage(**model)
+
+
+def test_pixel_contrast_print_config(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pixel-contrast", "fit", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "mode: cross" in printed and "temperature: 0.07" in printed and "formula: code" in printed

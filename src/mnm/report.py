@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: figure titles of the curves stages log (:attr:`BaseStage.curve_metrics`); other curves show their key
-CURVE_TITLES = {"loss": "M&M triplet loss", "active_fraction": "active-triplet fraction"}
+CURVE_TITLES = {"loss": "training loss", "active_fraction": "active-triplet fraction"}
 MAX_VAL_PASSES = 10  # t-SNE: at most this many passes over the val split to collect the patches
 VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matplotlib", "mnm")
 
@@ -437,12 +437,15 @@ def _markdown(results: Mapping[str, Any]) -> str:
                      f"| {s['wall_time_s']:.1f} | `{s['config_hash']}` |")
     parts.append("")
     if results["curves"]:
-        parts += ["## M&M curves\n", "![M&M curves](curves.png)\n",
-                  "Mean over the last 10% of logged steps:\n",
-                  "| triplets | stage | steps | loss | active triplets (%) |", "|---|---|---:|---:|---:|"]
+        keys = list(dict.fromkeys(k.removeprefix("final_") for c in results["curves"].values() for k in c
+                                  if k.startswith("final_")))
+        titles = [CURVE_TITLES.get(k, k) + (" (%)" if k.endswith("fraction") else "") for k in keys]
+        parts += ["## Training curves\n", "![training curves](curves.png)\n",
+                  "Mean over the last 10% of logged steps (– = not logged by that stage):\n",
+                  f"| curve | stage | steps | {' | '.join(titles)} |", "|---|---|---:|" + "---:|" * len(keys)]
         for label, c in results["curves"].items():
-            parts.append(f"| {label} | {c['stage']} | {c['steps']} | {_num(c['final_loss'])} "
-                         f"| {_pct(c['final_active_fraction'])} |")
+            values = [(_pct if k.endswith("fraction") else _num)(c.get(f"final_{k}")) for k in keys]
+            parts.append(f"| {label} | {c['stage']} | {c['steps']} | {' | '.join(values)} |")
         parts.append("")
     if "tsne" in results:
         t = results["tsne"]
@@ -464,7 +467,9 @@ def build_report(run_dir: str | Path, pipeline: Pipeline) -> dict[str, Any]:
     spec, figures = pipeline.report, {}
     if results["curves"]:
         series = {label: StageDir.of(run_dir, c["stage"]).csv_log for label, c in results["curves"].items()}
-        columns = stage_class(results["stages"][next(iter(results["curves"].values()))["stage"]]["kind"]).curve_metrics
+        columns: dict[str, str] = {}  # the curves of every kind drawn, merged (a kind lacks some: NaN, not drawn)
+        for c in results["curves"].values():
+            columns |= stage_class(results["stages"][c["stage"]]["kind"]).curve_metrics
         figures["curves"] = plot_mm_curves(series, columns, run_dir / "curves.png").name
     if int(spec.get("samples", 0)) > 0:
         figures["samples"] = plot_samples(run_dir, spec["arms"], int(spec["samples"]), run_dir / "samples.png").name

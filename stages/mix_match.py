@@ -44,6 +44,11 @@ class MixMatchStage(LabelledPretrainingStage):
             (``val/knn_acc``, ``val/knn_acc_balanced``, ``val/effective_rank``; see :mod:`mnm.probe`).
         loss_normalization: ``mean`` (the summed hinge over N triplets / N) or ``release``
             (/ 2N, the Caffe release's TripletLoss layer).
+        patch_quota: ``fraction`` (each candidate on background with probability
+            ``background_fraction``) or ``release`` (the Caffe release's fixed background count,
+            coverage filter and refill; see :func:`mnm.mix.sample_patches`).
+        patch_fill: what fills a patch past the image border: ``zero`` (black) or ``mean`` (the
+            backbone's mean colour, which it normalises to 0: the release).
         embedding: ``pool5`` (flattened, after the ReLU), ``pool5_prerelu`` (without the last
             ReLU, so D can reach 4) or ``pool5_avg`` (global average); see :data:`mnm.backbones.EMBEDDINGS`.
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
@@ -71,6 +76,8 @@ class MixMatchStage(LabelledPretrainingStage):
         knn_probe: bool = True,
         loss_normalization: Literal["mean", "release"] = "mean",
         embedding: Literal["pool5", "pool5_prerelu", "pool5_avg"] = "pool5",
+        patch_quota: Literal["fraction", "release"] = "fraction",
+        patch_fill: Literal["zero", "mean"] = "zero",
         **kwargs: Any,
     ) -> None:
         if triplets not in TRIPLET_BUILDERS:
@@ -81,7 +88,10 @@ class MixMatchStage(LabelledPretrainingStage):
             raise ValueError(
                 f"model.loss_normalization must be one of {sorted(REDUCTIONS)}, got {loss_normalization!r}"
             )
+        if patch_fill not in ("zero", "mean"):
+            raise ValueError(f"model.patch_fill must be 'zero' or 'mean', got {patch_fill!r}")
         super().__init__(**kwargs)
+        mean = self.backbone.mean.flatten().tolist()
         self.loss_fn = TripletLoss(margin=margin, reduction=loss_normalization)
         self.sampler = PatchSampler(
             patches_per_image=patches_per_image,
@@ -93,6 +103,8 @@ class MixMatchStage(LabelledPretrainingStage):
             max_overlap=max_overlap,
             ignore_index=ignore_index,
             antialias=patch_antialias,
+            quota=patch_quota,
+            fill=tuple(mean * (3 // len(mean))) if patch_fill == "mean" else None,
         )
 
     def mix(self, batch: dict[str, Any], generator: torch.Generator) -> PatchBatch:

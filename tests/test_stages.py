@@ -96,10 +96,11 @@ def test_print_config_and_unknown_stage(capsys) -> None:
 def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: Path) -> None:
     release = {**MODELS["mix-match"], "backbone": "alexnet_caffe", "embedding": "pool5_prerelu",
                "loss_normalization": "release", "backbone_kwargs": {"bn_affine": False, "init": "gaussian"},
-               "bias_lr_mult": 2, "bias_weight_decay": 0}  # fmt: skip
+               "bias_lr_mult": 2, "bias_weight_decay": 0, "patch_quota": "release", "patch_fill": "mean"}  # fmt: skip
     cli = build_stage("mix-match", {"model": release, "data": data, "trainer": TRAINER})
     model = cli.model
     assert model.loss_fn.reduction == "release"
+    assert model.sampler.quota == "release" and model.sampler.fill == pytest.approx((0.485, 0.456, 0.406))
     assert not any(m.affine for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     groups = model.configure_optimizers()["optimizer"].param_groups
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in groups] == [(0.01, 5e-4, 5), (0.02, 0, 5)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,7 +20,14 @@ from torchvision.ops import roi_align
 
 from mnm.rng import uniform_below
 
-__all__ = ["PatchBatch", "PatchSampler", "crop_patches", "sample_patches"]
+__all__ = ["QUOTAS", "PatchBatch", "PatchSampler", "crop_patches", "sample_patches"]
+
+#: how the background share is drawn: ``fraction`` (each candidate on background with probability
+#: ``background_fraction``, pairwise overlap filter) or ``release`` (the Caffe release's fixed quota,
+#: coverage filter with refill; see :func:`_release_selection`)
+QUOTAS = ("fraction", "release")
+#: foreground candidates per foreground patch under ``quota="release"`` (the release's 5×)
+RELEASE_CANDIDATES = 5
 
 
 class PatchBatch(NamedTuple):
@@ -129,6 +136,58 @@ def _greedy_overlap_filter(boxes: Tensor, found: Tensor, k: int, max_overlap: fl
     return keep
 
 
+def _union_area(kept: Tensor, valid: Tensor, window: Tensor) -> Tensor:
+    """Area of the union of the ``kept`` boxes (B×K×4, ``valid`` B×K) inside ``window`` (B×4).
+
+    Exact, by coordinate compression: the window is cut along every box edge into cells, and a
+    cell counts when one valid box contains its centre.
+    """
+    lo, hi = window[:, None, :2], window[:, None, 2:]
+    clipped = torch.cat([kept[..., :2].clamp(lo, hi), kept[..., 2:].clamp(lo, hi)], dim=-1)
+    clipped = torch.where(valid[..., None], clipped, window[:, None, :2].repeat(1, 1, 2))  # empty box
+    xs = torch.cat([window[:, 0::2], clipped[..., 0::2].flatten(1)], 1).sort(1).values  # B×(2K+2)
+    ys = torch.cat([window[:, 1::2], clipped[..., 1::2].flatten(1)], 1).sort(1).values
+    mx, my = (xs[:, 1:] + xs[:, :-1]) / 2, (ys[:, 1:] + ys[:, :-1]) / 2
+    in_x = (clipped[:, :, None, 0] <= mx[:, None]) & (mx[:, None] < clipped[:, :, None, 2])  # B×K×X
+    in_y = (clipped[:, :, None, 1] <= my[:, None]) & (my[:, None] < clipped[:, :, None, 3])  # B×K×Y
+    covered = (in_y[:, :, :, None] & in_x[:, :, None, :]).any(1)  # B×Y×X
+    cell = (ys[:, 1:] - ys[:, :-1])[:, :, None] * (xs[:, 1:] - xs[:, :-1])[:, None, :]
+    return (cell * covered).sum((1, 2))
+
+
+def _release_selection(boxes: Tensor, found: Tensor, k: int, max_coverage: float, hw: tuple[int, int]) -> Tensor:
+    """The release's foreground de-duplication with refill; returns the selection B×M.
+
+    Candidates are visited in slot order; one is kept when the union of the boxes kept so far
+    covers at most ``max_coverage`` of its area (coverage counted inside the image). The first
+    ``k`` kept ones are taken, and if fewer than ``k`` were kept, rejected candidates refill the
+    quota in slot order, so an image with at least ``k`` found candidates gives exactly ``k``.
+    """
+    b, m, _ = boxes.shape
+    image = boxes.new_tensor([0.0, 0.0, hw[1], hw[0]]).expand(b, 4)
+    kept_boxes = boxes.new_zeros(b, k, 4)
+    n_kept = torch.zeros(b, dtype=torch.long, device=boxes.device)
+    keep = torch.zeros(b, m, dtype=torch.bool, device=boxes.device)
+    rows, slots = torch.arange(b, device=boxes.device), torch.arange(k, device=boxes.device)
+    for j in range(m):
+        cand = boxes[:, j]
+        window = torch.cat([torch.maximum(cand[:, :2], image[:, :2]), torch.minimum(cand[:, 2:], image[:, 2:])], 1)
+        window = torch.cat([window[:, :2], torch.maximum(window[:, 2:], window[:, :2])], 1)
+        covered = _union_area(kept_boxes, slots < n_kept[:, None], window)
+        area = (cand[:, 2:] - cand[:, :2]).prod(-1)
+        ok = found[:, j] & (covered <= max_coverage * area) & (n_kept < k)
+        slot = n_kept.clamp(max=k - 1)
+        kept_boxes[rows, slot] = torch.where(ok[:, None], cand, kept_boxes[rows, slot])
+        n_kept += ok
+        keep[:, j] = ok
+        if bool((n_kept == k).all()):
+            break
+    order = torch.arange(m, device=boxes.device).expand(b, m)
+    priority = torch.where(keep, order, order + m).masked_fill(~found, 2 * m)  # kept, then rejected
+    rank = priority.argsort(1).argsort(1)
+    return found & (rank < k)
+
+
 MIN_BOXES_PER_THREAD = 16
 """On CPU, :func:`crop_patches` splits the boxes over threads only if each gets at least this many."""
 
@@ -185,6 +244,8 @@ def sample_patches(
     ignore_index: int = 255,
     candidates_per_image: int | None = None,
     antialias: bool = False,
+    quota: Literal["fraction", "release"] = "fraction",
+    fill: tuple[float, ...] | None = None,
     generator: torch.Generator | None = None,
 ) -> PatchBatch:
     """Sample up to ``patches_per_image`` labelled square patches per image and pool them.
@@ -200,6 +261,14 @@ def sample_patches(
     averaging several samples per output pixel (see :func:`crop_patches`). Random numbers are
     drawn on CPU from ``generator`` (a CPU generator, or torch's default one), so results are
     reproducible on any device.
+
+    ``quota="release"`` follows the Caffe release (``create_patch.py``): each image gets exactly
+    ``max(1, floor(background_fraction * k))`` centres on ``background_class`` (no overlap filter)
+    and the rest on other valid pixels, chosen among ``5×`` as many candidates by
+    :func:`_release_selection` (``max_overlap`` is the coverage bound); sides are forced even, and
+    ``candidates_per_image`` is unused. Either group falls back to the other when empty, so an
+    image with any valid pixel gives ``k`` patches. ``fill`` (one value per channel) fills what lies
+    past the image border instead of zeros (the release: the mean colour).
     """
     if images.ndim != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
         raise ValueError(
@@ -209,11 +278,21 @@ def sample_patches(
     if not 0 < lo <= hi:
         raise ValueError(f"size_range must satisfy 0 < low <= high, got {size_range}")
     b, _, h, w = images.shape
+    if quota not in QUOTAS:
+        raise ValueError(f"quota must be one of {QUOTAS}, got {quota!r}")
     k = patches_per_image
-    m = candidates_per_image if candidates_per_image is not None else 4 * k
+    release = quota == "release"
+    n_bg = min(k, max(1, int(background_fraction * k))) if release and background_class is not None else 0
+    if release:
+        m_fg = RELEASE_CANDIDATES * (k - n_bg)
+        m = m_fg + n_bg
+    else:
+        m = candidates_per_image if candidates_per_image is not None else 4 * k
     device = images.device
 
     u = torch.rand(3, b, m, generator=generator, dtype=torch.float64).to(device)
+    if release:  # the first m_fg candidates on foreground, the rest on background
+        u[0] = (torch.arange(m, device=device) < m_fg).to(u.dtype)
     flat = labels.reshape(b, h * w).long()
     pixel, found = _draw_centres(
         flat,
@@ -221,22 +300,32 @@ def sample_patches(
         u[1],
         ignore_index=ignore_index,
         background_class=background_class,
-        background_fraction=background_fraction,
+        background_fraction=0.5 if release else background_fraction,
         class_balanced=class_balanced,
     )
-    side = (lo + (u[2] * (hi - lo + 1)).floor()).clamp(max=min(h, w)).to(images.dtype)
+    side = lo + (u[2] * (hi - lo + 1)).floor()
+    if release:
+        side = (side / 2).floor() * 2
+    side = side.clamp(max=min(h, w)).to(images.dtype)
     cy, cx = (pixel // w).to(images.dtype) + 0.5, (pixel % w).to(images.dtype) + 0.5
     half = side / 2
     boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # B×M×4
-    keep = (
-        _greedy_overlap_filter(boxes, found, k, max_overlap)
-        if k > 0 and m > 0
-        else torch.zeros(b, m, dtype=torch.bool, device=device)
-    )
+    if k == 0 or m == 0:
+        keep = torch.zeros(b, m, dtype=torch.bool, device=device)
+    elif release:
+        fg = _release_selection(boxes[:, :m_fg], found[:, :m_fg], k - n_bg, max_overlap, (h, w))
+        keep = torch.cat([fg, found[:, m_fg:]], dim=1)
+    else:
+        keep = _greedy_overlap_filter(boxes, found, k, max_overlap)
 
     image_index, slot = keep.nonzero(as_tuple=True)
     rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1)
-    patches = crop_patches(images, rois, out_size, sampling_ratio=-1 if antialias else 1)
+    sampling_ratio = -1 if antialias else 1
+    if fill is None:
+        patches = crop_patches(images, rois, out_size, sampling_ratio=sampling_ratio)
+    else:  # roi_align reads zeros past the border: crop the image minus fill, add fill back
+        shift = torch.as_tensor(fill, dtype=images.dtype, device=device).view(1, -1, 1, 1)
+        patches = crop_patches(images - shift, rois, out_size, sampling_ratio=sampling_ratio) + shift
     return PatchBatch(patches, flat[image_index, pixel[image_index, slot]], rois, image_index)
 
 
@@ -257,6 +346,12 @@ class PatchSampler:
     ignore_index: int = 255
     candidates_per_image: int | None = None
     antialias: bool = False
+    quota: Literal["fraction", "release"] = "fraction"
+    fill: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.quota not in QUOTAS:
+            raise ValueError(f"quota must be one of {QUOTAS}, got {self.quota!r}")
 
     def sample(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> PatchBatch:
         """Sample, crop and resize the patches of one image batch (see :func:`sample_patches`)."""

@@ -48,15 +48,21 @@ def run_benchmark(pipeline: Pipeline, overwrite: bool = False) -> dict[str, Any]
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``mnm benchmark``."""
-    parser = argparse.ArgumentParser(prog="mnm benchmark", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("file", help="benchmark YAML (e.g. conf/benchmarks/camvid_cpu.yaml)")
+def add_benchmark_arguments(parser: argparse.ArgumentParser, file_help: str) -> None:
+    """The arguments ``mnm benchmark`` and ``mnm protocol`` share: the file, ``--out``, ``--set``,
+    ``--eval-split`` and ``--debug``."""
+    parser.add_argument("file", help=file_help)
     parser.add_argument("--out", help="run directory (default runs/<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as for `mnm pipeline run` (a var, data.root=..., stages.<name>.model.lr=...)")
     parser.add_argument("--eval-split", choices=("val", "test"), help="split every segment stage is evaluated on")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run directory of another pipeline")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mnm benchmark``."""
+    parser = argparse.ArgumentParser(prog="mnm benchmark", description=__doc__.split("\n", 1)[0])
+    add_benchmark_arguments(parser, "benchmark YAML (e.g. conf/benchmarks/camvid_cpu.yaml)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run directory of another pipeline")
     args = parser.parse_args(argv)
     run_benchmark(load_benchmark(args.file, args.out, args.set, args.eval_split), overwrite=args.overwrite)

@@ -107,6 +107,16 @@ def _draw_centres_class_balanced(
     return sorted_pixels.gather(1, position), n > 0
 
 
+def _selection_state(boxes: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Empty state of a greedy box selection over B×M×4 ``boxes`` keeping up to ``k`` per image:
+    kept boxes B×k×4, count kept B, keep mask B×M, row indices B, slot indices k."""
+    b, m, _ = boxes.shape
+    device = boxes.device
+    return (boxes.new_zeros(b, k, 4), torch.zeros(b, dtype=torch.long, device=device),
+            torch.zeros(b, m, dtype=torch.bool, device=device), torch.arange(b, device=device),
+            torch.arange(k, device=device))
+
+
 def _greedy_overlap_filter(boxes: Tensor, found: Tensor, k: int, max_overlap: float) -> Tensor:
     """Keep up to ``k`` candidates per image, greedily in slot order.
 
@@ -114,10 +124,7 @@ def _greedy_overlap_filter(boxes: Tensor, found: Tensor, k: int, max_overlap: fl
     exceeds ``max_overlap`` times the smaller box's area. ``boxes`` is B×M×4; returns keep B×M.
     """
     b, m, _ = boxes.shape
-    kept_boxes = boxes.new_zeros(b, k, 4)
-    n_kept = torch.zeros(b, dtype=torch.long, device=boxes.device)
-    keep = torch.zeros(b, m, dtype=torch.bool, device=boxes.device)
-    rows, slots = torch.arange(b, device=boxes.device), torch.arange(k, device=boxes.device)
+    kept_boxes, n_kept, keep, rows, slots = _selection_state(boxes, k)
     for j in range(m):
         cand = boxes[:, j]
         lo = torch.maximum(kept_boxes[..., :2], cand[:, None, :2])
@@ -165,10 +172,7 @@ def _release_selection(boxes: Tensor, found: Tensor, k: int, max_coverage: float
     """
     b, m, _ = boxes.shape
     image = boxes.new_tensor([0.0, 0.0, hw[1], hw[0]]).expand(b, 4)
-    kept_boxes = boxes.new_zeros(b, k, 4)
-    n_kept = torch.zeros(b, dtype=torch.long, device=boxes.device)
-    keep = torch.zeros(b, m, dtype=torch.bool, device=boxes.device)
-    rows, slots = torch.arange(b, device=boxes.device), torch.arange(k, device=boxes.device)
+    kept_boxes, n_kept, keep, rows, slots = _selection_state(boxes, k)
     for j in range(m):
         cand = boxes[:, j]
         window = torch.cat([torch.maximum(cand[:, :2], image[:, :2]), torch.minimum(cand[:, 2:], image[:, 2:])], 1)

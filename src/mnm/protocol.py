@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mnm.backbones import build_backbone
-from mnm.benchmark import load_benchmark, run_benchmark
+from mnm.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
 from mnm.checkpoints import atomic_write_text
 from mnm.config import ConfigError, Pipeline
 from mnm.probe import RepresentationProbe, score_backbone
@@ -256,15 +256,11 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``mnm protocol``."""
     parser = argparse.ArgumentParser(prog="mnm protocol", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("file", help="benchmark YAML with a protocol: section")
-    parser.add_argument("--out", help="protocol directory (default runs/<name>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, as for benchmark")
-    parser.add_argument("--eval-split", choices=("val", "test"), help="split every evaluated stage is evaluated on")
+    add_benchmark_arguments(parser, "benchmark YAML with a protocol: section")
     parser.add_argument("--fractions", type=float, nargs="+", help="run only these fractions now")
     parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds now")
     parser.add_argument("--arms", nargs="+", help="run only these arms now (stage names or labels)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     run_protocol(args.file, args.out, args.set, args.eval_split, args.fractions, args.seeds, args.arms,
                  args.report_only)

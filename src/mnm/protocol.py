@@ -181,12 +181,14 @@ def protocol_markdown(report: dict[str, Any]) -> str:
              "mean ± sample std over seeds (n = seeds finished). Probe: kNN accuracy of the backbone each arm "
              "starts from, on patches of the cell's labelled train images vs val patches (`mnm.probe`).\n"]
     for fraction in (f"{f:g}" for f in report["fractions"]):
+        rows = {label: by_fraction[fraction] for label, by_fraction in report["summary"].items()
+                if fraction in by_fraction}
+        if not rows:
+            parts.append(f"## Label fraction {fraction}\n\nNo arm has finished yet.\n")
+            continue
         parts += [f"## Label fraction {fraction}\n", "| arm | mIoU (%) | probe kNN acc. (%) | probe eff. rank |",
                   "|---|---:|---:|---:|"]
-        for label, by_fraction in report["summary"].items():
-            s = by_fraction.get(fraction)
-            if not s:
-                continue
+        for label, s in rows.items():
             rank = s.get("probe_effective_rank")
             rank_text = f"{rank['mean']:.1f}" if rank else "–"
             parts.append(f"| {label} | {_pm(s['miou'])} | {_pm(s.get('probe_knn_acc'))} | {rank_text} |")

@@ -18,13 +18,14 @@ from typing import Any
 import yaml
 
 from mnm.checkpoints import read_checkpoint
+from mnm.rundir import StageDir
 
 
 def stage_checkpoint(stage_dir: Path, ckpt: Path | None) -> Path:
     """The checkpoint to predict with: ``ckpt`` if given, else the stage's ``final.ckpt``."""
     if ckpt is not None:
         return ckpt
-    final = stage_dir / "checkpoints" / "final.ckpt"
+    final = StageDir(stage_dir).final_checkpoint
     if not final.is_file():
         raise FileNotFoundError(f"{final}: no final checkpoint (is the stage finished?); pass --ckpt FILE")
     return final
@@ -32,7 +33,7 @@ def stage_checkpoint(stage_dir: Path, ckpt: Path | None) -> Path:
 
 def read_stage_config(stage_dir: Path) -> dict[str, Any]:
     """``STAGE_DIR/config.yaml``, checked to name a data module."""
-    path = stage_dir / "config.yaml"
+    path = StageDir(stage_dir).config
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; STAGE_DIR must be a stage folder of a run (runs/<pipeline>/<stage>)")
     config = yaml.safe_load(path.read_text()) or {}
@@ -44,7 +45,7 @@ def read_stage_config(stage_dir: Path) -> dict[str, Any]:
 
 def load_model(path: Path) -> Any:
     """The segment stage of a checkpoint, rebuilt from its hyperparameters with its weights loaded."""
-    from mnm.stage_cli import stage_class
+    from mnm.stages.segment import SegmentStage
 
     contents = read_checkpoint(path)
     hparams = contents.get("hyper_parameters")
@@ -53,7 +54,7 @@ def load_model(path: Path) -> Any:
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
     kwargs["pretrained_backbone"] = None  # the weights come from this checkpoint's state_dict
     try:
-        model = stage_class("segment")(**kwargs)
+        model = SegmentStage(**kwargs)
         model.load_state_dict(contents["state_dict"])
     except (TypeError, RuntimeError) as err:
         raise ValueError(

@@ -7,7 +7,6 @@ starts, averaged at test time.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 from mnm.config import set_by_path
 from mnm.metrics import SegmentationMetrics, per_class_table
 from mnm.rundir import write_json
+from mnm.stage_cli import instantiate_datamodule
 from mnm.stages.base import ScalarLogging
 from mnm.stages.segment import SegmentationEvaluation, SegmentStage
 
@@ -53,6 +53,8 @@ def load_member(path: str) -> SegmentStage:
 
 def build_datamodule(config_path: str, sets: list[str]) -> L.LightningDataModule:
     """The ``data`` section of a LightningCLI config file, with ``--set data.x=y`` overrides."""
+    if not Path(config_path).is_file():
+        raise FileNotFoundError(f"data config file not found: {config_path}")
     cfg = yaml.safe_load(Path(config_path).read_text()) or {}
     for item in sets:
         key, _, value = item.partition("=")
@@ -60,8 +62,7 @@ def build_datamodule(config_path: str, sets: list[str]) -> L.LightningDataModule
     data = cfg.get("data")
     if not isinstance(data, dict) or "class_path" not in data:
         raise ValueError(f"{config_path}: needs a data section with class_path/init_args")
-    module, _, name = data["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**data.get("init_args", {}))
+    return instantiate_datamodule(data)
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ data config; ``--root`` overrides its ``root``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from dataclasses import asdict
@@ -19,28 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mnm.backbones import Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import read_checkpoint
+from mnm.ensemble import build_datamodule
 from mnm.probe import ProbeSettings, RepresentationProbe, score_backbone
 
 DEFAULT_DATA = "conf/data/camvid_cpu.yaml"
-
-
-def build_datamodule(config_file: str | Path, root: str | None = None) -> Any:
-    """Instantiate the ``data`` section (``class_path`` + ``init_args``) of a LightningCLI config file."""
-    path = Path(config_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"--data: config file not found: {path}")
-    section = (yaml.safe_load(path.read_text()) or {}).get("data")
-    if not isinstance(section, dict) or "class_path" not in section:
-        raise ValueError(f"--data {path}: expected a 'data:' section with 'class_path' and 'init_args'")
-    module, _, name = section["class_path"].rpartition(".")
-    init_args = dict(section.get("init_args") or {})
-    if root is not None:
-        init_args["root"] = root
-    return getattr(importlib.import_module(module), name)(**init_args)
 
 
 def backbone_from_checkpoint(path: str, name: str | None, in_chans: int | None) -> Backbone:
@@ -81,7 +65,8 @@ def main(argv: list[str]) -> None:
 
     settings = ProbeSettings(seed=args.seed, out_size=args.patch_out_size, size_range=tuple(args.patch_size_range))
     start = time.perf_counter()
-    probe = RepresentationProbe.from_datamodule(build_datamodule(args.data, args.root), settings)
+    datamodule = build_datamodule(args.data, [f"data.root={args.root}"] if args.root else [])
+    probe = RepresentationProbe.from_datamodule(datamodule, settings)
     print(f"probe: {len(probe.bank.labels)} train patches, {len(probe.queries.labels)} val patches "
           f"(cut in {time.perf_counter() - start:.1f} s)")
     targets: list[tuple[str, Any]] = [(p, lambda p=p: backbone_from_checkpoint(p, args.backbone, args.in_chans))

@@ -44,7 +44,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
     Args:
         backbone: registry name (``alexnet``, ``alexnet_caffe``, ``vgg16_bn``, ``resnet18``, ``resnet50``).
         in_chans: 1 for a grayscale network (colorization-pretrained), 3 for RGB.
-        backbone_kwargs: backbone options (``bn_affine``, ``init``; see :mod:`mnm.backbones`),
+        backbone_kwargs: backbone options (``bn_affine``, ``init``, ``input_norm``; see :mod:`mnm.backbones`),
             stored in the checkpoint so the next stage builds the same parameter set.
         pretrained_backbone: a checkpoint or weights file to initialise the backbone from.
         lr: base learning rate of SGD.
@@ -170,16 +170,19 @@ def check_backbone_matches(
 ) -> None:
     """Refuse a checkpoint written for another backbone architecture, naming both.
 
-    Compares the name, ``in_chans`` and ``bn_affine`` (the options that change the parameter
-    set; a checkpoint without it had affine batch norm). Only mnm checkpoints carry the
-    architecture; other weight files are checked key by key when they are loaded.
+    Compares the name, ``in_chans``, ``bn_affine`` (the options that change the parameter set; a
+    checkpoint without it had affine batch norm) and ``input_norm`` (weights expect the input
+    scaling they were trained on; a checkpoint without it had ``imagenet``). Only mnm checkpoints
+    carry the architecture; other weight files are checked key by key when they are loaded.
     """
     meta = contents.get(ARCH_KEY)
     if not meta:
         return
-    ours = {"backbone": name, "in_chans": in_chans, "bn_affine": (backbone_kwargs or {}).get("bn_affine", True)}
+    kw = backbone_kwargs or {}
+    ours = {"backbone": name, "in_chans": in_chans, "bn_affine": kw.get("bn_affine", True),
+            "input_norm": kw.get("input_norm", "imagenet")}  # fmt: skip
     theirs = {"backbone": meta.get("name"), "in_chans": int(meta.get("in_chans", 3)),
-              "bn_affine": meta.get("bn_affine", True)}  # fmt: skip
+              "bn_affine": meta.get("bn_affine", True), "input_norm": meta.get("input_norm", "imagenet")}  # fmt: skip
     if ours != theirs:
         raise ValueError(
             f"pretrained_backbone {path} was trained with {_settings(theirs)}, "

@@ -74,6 +74,20 @@ def test_prepare_normalises_and_converts_gray() -> None:
         cached("resnet18", 3).prepare(torch.rand(2, 2, 8, 8))
 
 
+def test_caffe_input_norm_is_bgr_minus_the_release_mean() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    rgb = build_backbone("alexnet_caffe", input_norm="caffe_bgr").prepare(x)
+    bgr_mean = torch.tensor([104.00699, 116.66877, 122.67892])[:, None, None]
+    torch.testing.assert_close(rgb, x.flip(1) * 255 - bgr_mean, rtol=1e-5, atol=1e-4)
+    gray = build_backbone("alexnet_caffe", in_chans=1, input_norm="caffe_bgr").prepare(x)
+    torch.testing.assert_close(gray, x.mean(1, keepdim=True) - 0.4488)
+    # the mean colour (the patch fill) maps to zero, in the input's RGB order
+    net = build_backbone("vgg16_bn", input_norm="caffe_bgr")
+    assert net.prepare(net.mean.expand(1, 3, 4, 4)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="unknown input_norm 'bgr'"):
+        build_backbone("alexnet", input_norm="bgr")
+
+
 def test_alexnet_has_batch_norm_after_every_conv_and_kaiming_init() -> None:
     torch.manual_seed(0)
     net = build_backbone("alexnet")

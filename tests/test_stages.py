@@ -95,12 +95,13 @@ def test_print_config_and_unknown_stage(capsys) -> None:
 
 def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: Path) -> None:
     release = {**MODELS["mix-match"], "backbone": "alexnet_caffe", "embedding": "pool5_prerelu",
-               "loss_normalization": "release", "backbone_kwargs": {"bn_affine": False, "init": "gaussian"},
+               "loss_normalization": "release",
+               "backbone_kwargs": {"bn_affine": False, "init": "gaussian", "input_norm": "caffe_bgr"},
                "bias_lr_mult": 2, "bias_weight_decay": 0, "patch_quota": "release", "patch_fill": "mean"}  # fmt: skip
     cli = build_stage("mix-match", {"model": release, "data": data, "trainer": TRAINER})
     model = cli.model
     assert model.loss_fn.reduction == "release"
-    assert model.sampler.quota == "release" and model.sampler.fill == pytest.approx((0.485, 0.456, 0.406))
+    assert model.sampler.quota == "release" and model.sampler.fill == pytest.approx((122.67892 / 255, 116.66877 / 255, 104.00699 / 255))
     assert not any(m.affine for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     groups = model.configure_optimizers()["optimizer"].param_groups
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in groups] == [(0.01, 5e-4, 5), (0.02, 0, 5)]
@@ -109,15 +110,17 @@ def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: 
     ckpt = tmp_path / "mm.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     meta = torch.load(ckpt, weights_only=True)["mnm_backbone"]
-    assert meta == {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False, "init": "gaussian"}
+    assert meta == {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False, "init": "gaussian", "input_norm": "caffe_bgr"}
 
     segment = {"backbone": "alexnet_caffe", "pretrained_backbone": str(ckpt), "head_kwargs": {"num_skips": 0}}
-    seg = build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False}},
+    seg = build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False, "input_norm": "caffe_bgr"}},
                                   "data": data, "trainer": TRAINER}).model  # fmt: skip
     assert torch.equal(seg.backbone.body[0].weight, model.backbone.body[0].weight)
     assert len(seg.head.skip_scores) == 0
-    with pytest.raises(ValueError, match=r"mm\.ckpt was trained with .*bn_affine=False, .*configured with .*bn_affine=True"):
+    with pytest.raises(ValueError, match=r"mm\.ckpt was trained with .*bn_affine=False .*configured with .*bn_affine=True"):
         build_stage("segment", {"model": segment, "data": data, "trainer": TRAINER})
+    with pytest.raises(ValueError, match=r"input_norm=caffe_bgr, but .* input_norm=imagenet"):
+        build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False}}, "data": data, "trainer": TRAINER})
 
 
 def test_mid_epoch_resume_is_known_to_be_resumable(data: dict, tmp_path: Path, caplog) -> None:

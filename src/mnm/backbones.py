@@ -25,6 +25,7 @@ __all__ = [
     "BACKBONE_OPTIONS",
     "EMBEDDINGS",
     "INITS",
+    "INPUT_NORMS",
     "AlexNetBackbone",
     "AlexNetCaffeBackbone",
     "Backbone",
@@ -37,9 +38,17 @@ __all__ = [
     "load_backbone_weights",
 ]
 
-_RGB_MEAN = (0.485, 0.456, 0.406)
-_RGB_STD = (0.229, 0.224, 0.225)
-_GRAY_MEAN, _GRAY_STD = 0.449, 0.226
+#: input normalisations :meth:`Backbone.prepare` applies: ``imagenet`` (RGB, ImageNet mean and std) and
+#: ``caffe_bgr`` (the Caffe release: BGR in 0..255 minus its mean, no std; a grayscale network takes
+#: gray - 0.4488 with gray in [0, 1], the release's colorization input). Values: (mean, std) of the
+#: RGB [0, 1] input per ``in_chans``, and whether the channels are then reversed to BGR.
+INPUT_NORMS: dict[str, tuple[dict[int, tuple[tuple[float, ...], tuple[float, ...]]], bool]] = {
+    "imagenet": ({3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}, False),
+    "caffe_bgr": (
+        {3: (tuple(v / 255 for v in (122.67892, 116.66877, 104.00699)), (1 / 255,) * 3), 1: ((0.4488,), (1.0,))},
+        True,
+    ),
+}
 
 #: embeddings :meth:`Backbone.embed` can return: flattened pool5 (after its ReLU), flattened pool5
 #: without the last ReLU (max-pool and ReLU commute, so this is the pre-activation pool5), and
@@ -60,25 +69,31 @@ class Backbone(nn.Module):
     out_channels: list[int]
     out_strides: list[int]
 
-    def __init__(self, name: str, in_chans: int) -> None:
+    def __init__(self, name: str, in_chans: int, input_norm: str = "imagenet") -> None:
         super().__init__()
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-        self.name, self.in_chans = name, in_chans
-        mean, std = ((_GRAY_MEAN,), (_GRAY_STD,)) if in_chans == 1 else (_RGB_MEAN, _RGB_STD)
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; expected one of {list(INPUT_NORMS)}")
+        self.name, self.in_chans, self.input_norm = name, in_chans, input_norm
+        stats, self.bgr = INPUT_NORMS[input_norm]
+        mean, std = stats[in_chans]
+        # ``mean``/``std`` live in the RGB [0, 1] input space (patch fill and jigsaw read them there)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def prepare(self, x: Tensor) -> Tensor:
         """Map ``B×3×H×W`` (or ``B×in_chans×H×W``) input in [0, 1] to normalised network input.
 
-        A grayscale backbone (``in_chans=1``) takes the mean of the three channels.
+        A grayscale backbone (``in_chans=1``) takes the mean of the three channels. ``input_norm``
+        (one of :data:`INPUT_NORMS`) sets the mean, the std and the channel order.
         """
         if x.ndim != 4 or x.shape[1] not in (3, self.in_chans):
             raise ValueError(f"{self.name}: expected B×3×H×W or B×{self.in_chans}×H×W, got {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             x = x.mean(dim=1, keepdim=True)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.flip(1) if self.bgr and self.in_chans == 3 else x
 
     def _maps(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -186,8 +201,9 @@ class PlainBackbone(Backbone):
         tap_before_pool: bool,
         bn_affine: bool = True,
         init: str = "kaiming",
+        input_norm: str = "imagenet",
     ) -> None:
-        super().__init__(name, in_chans)
+        super().__init__(name, in_chans, input_norm)
         layers: list[nn.Module] = []
         taps: list[int] = []
         channels, stride, self.out_channels, self.out_strides = in_chans, 1, [], []
@@ -257,8 +273,8 @@ class AlexNetBackbone(PlainBackbone):
     Maps: conv1..conv5 activations and pool5 (strides 4, 8, 16, 16, 16, 32).
     """
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
-        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, bn_affine, init)
+    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", input_norm: str = "imagenet") -> None:
+        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, bn_affine, init, input_norm)
 
 
 class AlexNetCaffeBackbone(PlainBackbone):
@@ -271,15 +287,15 @@ class AlexNetCaffeBackbone(PlainBackbone):
 
     release_biases = _ALEXNET_RELEASE_BIASES
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
-        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, bn_affine, init)
+    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", input_norm: str = "imagenet") -> None:
+        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, bn_affine, init, input_norm)
 
 
 class VGG16BNBackbone(PlainBackbone):
     """VGG-16 with batch norm. Maps: each conv block before pooling, then pool5 (strides 1..32)."""
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
-        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, bn_affine, init)
+    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", input_norm: str = "imagenet") -> None:
+        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, bn_affine, init, input_norm)
 
 
 class ResNetBackbone(Backbone):
@@ -290,10 +306,13 @@ class ResNetBackbone(Backbone):
     default ``bn_affine`` and ``init`` are supported.
     """
 
-    def __init__(self, name: str, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", **kw) -> None:
+    def __init__(
+        self, name: str, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming",
+        input_norm: str = "imagenet", **kw,
+    ) -> None:  # fmt: skip
         if not bn_affine or init != "kaiming":
             raise ValueError(f"{name}: only bn_affine=True and init='kaiming' are supported for ResNets")
-        super().__init__(name, in_chans)
+        super().__init__(name, in_chans, input_norm)
         net = getattr(tvm, name)(weights=None, **kw)
         if in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -330,13 +349,13 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet50": lambda in_chans=3, **kw: ResNetBackbone("resnet50", in_chans, **kw),
 }
 #: keyword options every registered backbone takes (``BaseStage(backbone_kwargs=...)``)
-BACKBONE_OPTIONS = ("bn_affine", "init")
+BACKBONE_OPTIONS = ("bn_affine", "init", "input_norm")
 
 
 def build_backbone(name: str, in_chans: int = 3, **kw) -> Backbone:
     """Build a randomly initialised backbone (seeded by the caller's torch seed; no downloads).
 
-    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``); other keys raise ``ValueError``.
+    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``, ``input_norm``); other keys raise ``ValueError``.
     """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")

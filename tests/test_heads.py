@@ -24,6 +24,7 @@ def _features(channels, strides, size, batch=2, requires_grad=True):
         ("hypercolumn", {"width": 8, "hidden": (16,), "fuse": "concat", "fuse_stride": 4}),
         ("fcn", {"hidden": (32, 32)}),
         ("fcn", {"hidden": (), "num_skips": 1}),
+        ("fcn", {"hidden": (16, 16), "num_skips": 0, "fc6_kernel": 6}),
     ],
 )
 def test_output_size_and_gradients(backbone, kind, kw):
@@ -78,3 +79,15 @@ def test_fcn_without_skips_is_the_release_plain_fcn():
         top = head.score(head.top(feats[-1]))
         expected = torch.nn.functional.interpolate(top, size=(64, 96), mode="bilinear", align_corners=False)
         torch.testing.assert_close(head(feats, (64, 96)), expected)
+
+
+def test_fcn_fc6_kernel_is_the_release_fc6_conv():
+    """``fc6_kernel=6``: fc6 is a 6×6 convolution with padding 3 (the release), so its map grows by one."""
+    head = FCNHead(*ALEXNET_LIKE, num_classes=3, num_skips=0, hidden=(16, 8), fc6_kernel=6).eval()
+    fc6, fc7 = head.top[0][0], head.top[1][0]
+    assert fc6.kernel_size == (6, 6) and fc6.padding == (3, 3) and fc7.kernel_size == (1, 1)
+    assert FCNHead(*ALEXNET_LIKE, num_classes=3).top[0][0].kernel_size == (3, 3)  # the default
+    pool5 = torch.randn(1, 24, 16, 16)
+    assert head.top[0](pool5).shape == (1, 16, 17, 17)
+    with pytest.raises(ValueError, match="fc6_kernel"):
+        FCNHead(*ALEXNET_LIKE, num_classes=3, fc6_kernel=0)

@@ -105,11 +105,13 @@ def _fcn_skips(in_strides: Sequence[int], num_skips: int) -> list[int]:
 class FCNHead(nn.Module):
     """FCN-style head (Long et al. 2015, "FCN-8s" spirit; Noroozi & Favaro's AlexNet set-up).
 
-    The deepest map goes through ``hidden`` conv layers (3×3 then 1×1, BN,
-    ReLU, dropout: the fc6/fc7 role) and a 1×1 classifier; its scores are
+    The deepest map goes through ``hidden`` conv layers (``fc6_kernel``×``fc6_kernel`` then 1×1,
+    BN, ReLU, dropout: the fc6/fc7 role) and a 1×1 classifier; its scores are
     upsampled (bilinear) and summed with 1×1 scores of ``num_skips`` shallower
     maps (by default the last map at each successively finer stride, e.g.
-    strides 16 and 8 under a stride-32 map), then upsampled to ``out_size``.
+    strides 16 and 8 under a stride-32 map), then upsampled to ``out_size``. The Caffe release's
+    AlexNet head is ``num_skips=0, hidden=(4096, 4096), fc6_kernel=6`` (fc6 as a 6×6 convolution with
+    padding 3, its fully connected layer made convolutional; VGG's fc6 would be 7×7).
     """
 
     def __init__(
@@ -121,10 +123,13 @@ class FCNHead(nn.Module):
         skip_indices: Sequence[int] | None = None,
         hidden: Sequence[int] = (512, 512),
         dropout: float = 0.5,
+        fc6_kernel: int = 3,
     ) -> None:
         super().__init__()
         if len(in_channels) != len(in_strides) or not in_channels:
             raise ValueError("in_channels and in_strides must be non-empty and of equal length")
+        if fc6_kernel < 1:
+            raise ValueError(f"fc6_kernel must be a positive int, got {fc6_kernel}")
         self.in_channels, self.in_strides = list(in_channels), list(in_strides)
         deepest = len(in_channels) - 1
         skips = _fcn_skips(in_strides, num_skips) if skip_indices is None else list(skip_indices)
@@ -134,7 +139,7 @@ class FCNHead(nn.Module):
         self.used_indices = sorted({*self.skip_indices, deepest})
         dims = [in_channels[-1], *hidden]
         self.top = nn.Sequential(
-            *(_conv_bn_relu(a, b, 3 if j == 0 else 1, dropout) for j, (a, b) in enumerate(pairwise(dims)))
+            *(_conv_bn_relu(a, b, fc6_kernel if j == 0 else 1, dropout) for j, (a, b) in enumerate(pairwise(dims)))
         )
         self.score = nn.Conv2d(dims[-1], num_classes, 1)
         self.skip_scores = nn.ModuleList(nn.Conv2d(in_channels[i], num_classes, 1) for i in self.skip_indices)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mnm.eval_views import EVAL_MODES, padded_probs, sliding_window_probs
 from mnm.heads import build_head
 from mnm.metrics import SegmentationMetrics
 from mnm.stages.base import BaseStage
@@ -77,6 +78,13 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         head_kwargs: extra arguments of the head.
         tta_flip: average the class probabilities of the image and its mirror at evaluation.
         tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
+        eval_mode: how an evaluation image is fed (:data:`mnm.eval_views.EVAL_MODES`): ``whole`` at its own
+            size; ``pad``, the release's VOC evaluation (resized into an ``eval_size`` square padded with
+            the backbone's mean colour, scores cut and resized back); ``sliding``, its Cityscapes one
+            (``eval_window`` crops every ``eval_stride`` pixels, scores summed).
+        eval_size: side of the ``pad`` square (release: 512).
+        eval_window: side of the ``sliding`` crops (release: 512).
+        eval_stride: step of the ``sliding`` crops (release: 256).
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
@@ -93,8 +101,17 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         head_kwargs: dict[str, Any] | None = None,
         tta_flip: bool = False,
         tta_scales: list[float] | None = None,
+        eval_mode: str = "whole",
+        eval_size: int = 512,
+        eval_window: int = 512,
+        eval_stride: int = 256,
         **kwargs: Any,
     ) -> None:
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"model.eval_mode must be one of {list(EVAL_MODES)}, got {eval_mode!r}")
+        for key, value in (("eval_size", eval_size), ("eval_window", eval_window), ("eval_stride", eval_stride)):
+            if value < 1:
+                raise ValueError(f"model.{key} must be a positive int, got {value}")
         super().__init__(**kwargs)
         kind = head or DEFAULT_HEADS.get(self.hparams.backbone, "hypercolumn")
         self.head = build_head(
@@ -110,7 +127,19 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         return self.head(self.backbone.features(image), image.shape[-2:])
 
     def predict_probs(self, image: torch.Tensor) -> torch.Tensor:
-        """Class probabilities with the configured test-time flip / multi-scale averaging."""
+        """Class probabilities at the image's size, fed as ``eval_mode`` says, with the configured test-time
+        flip / multi-scale averaging of each fed view."""
+        hp = self.hparams
+        mean = self.backbone.mean.flatten().tolist()
+        fill = mean * (3 // len(mean))  # the mean colour, RGB in [0, 1]
+        if hp.eval_mode == "pad":
+            return padded_probs(self._tta_probs, image, hp.eval_size, fill)
+        if hp.eval_mode == "sliding":
+            return sliding_window_probs(self._tta_probs, image, hp.eval_window, hp.eval_stride, fill)
+        return self._tta_probs(image)
+
+    def _tta_probs(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities averaged over the test-time flips and scales."""
         size = image.shape[-2:]
         probs = torch.zeros((), device=image.device)
         views = 0

@@ -62,6 +62,24 @@ def test_segment_tta_averages_views(data: dict) -> None:
     assert torch.allclose(probs.sum(1), torch.ones(1, 96, 96), atol=1e-5)
 
 
+def test_segment_eval_modes_agree_where_the_view_is_the_image() -> None:
+    """``sliding`` with one window covering the image and ``pad`` into a square of its own size are a plain forward."""
+    from mnm.stages.segment import SegmentStage
+
+    torch.manual_seed(0)
+    model = SegmentStage(backbone="alexnet", num_classes=3, eval_window=96, eval_stride=48, eval_size=96).eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        whole = model.predict_probs(x)
+        for mode in ("sliding", "pad"):
+            model.hparams.eval_mode = mode
+            torch.testing.assert_close(model.predict_probs(x), whole)
+        model.hparams.eval_mode = "sliding"
+        assert model.predict_probs(torch.rand(1, 3, 80, 150)).shape == (1, 3, 80, 150)
+    with pytest.raises(ValueError, match="model.eval_mode must be one of"):
+        SegmentStage(backbone="alexnet", eval_mode="tiles")
+
+
 def test_predict_writes_palette_masks(data: dict, tmp_path: Path) -> None:
     folder = tmp_path / "images"
     folder.mkdir()

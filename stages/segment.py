@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mnm.eval_views import EVAL_MODES, padded_probs, sliding_window_probs
-from mnm.heads import build_head
+from mnm.heads import SparseHypercolumnHead, build_head
 from mnm.metrics import SegmentationMetrics
 from mnm.stages.base import BaseStage
 
@@ -74,7 +74,9 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         num_classes: number of classes (linked from the data module).
         ignore_index: label value excluded from loss and metrics (linked from data).
         class_names: names for per-class logging and tables (linked from data).
-        head: ``fcn`` or ``hypercolumn``; default by backbone (:data:`DEFAULT_HEADS`).
+        head: ``fcn``, ``hypercolumn`` or ``sparse_hypercolumn`` (the release's VGG-16 head: trains on
+            random points per image, needs ``backbone_kwargs.feature_taps: hypercolumn`` for the release's
+            taps); default by backbone (:data:`DEFAULT_HEADS`).
         head_kwargs: extra arguments of the head.
         tta_flip: average the class probabilities of the image and its mirror at evaluation.
         tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
@@ -157,11 +159,18 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         return probs / views
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
         with self.phase_timer("forward"):
-            logits = self(batch["image"])
+            if isinstance(self.head, SparseHypercolumnHead):  # scores and labels at random points only
+                points = self.head.training_points(len(image), image.shape[-2:], self.step_generator(self.global_step))
+                logits = self.head(self.backbone.features(image), image.shape[-2:], points)
+                index = points.long().to(mask.device)
+                mask = mask[torch.arange(len(mask), device=mask.device)[:, None], index[..., 0], index[..., 1]]
+            else:
+                logits = self(image)
         with self.phase_timer("loss"):
-            loss = masked_cross_entropy(logits, batch["mask"], self.hparams.ignore_index)
-        self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(batch["image"]))
+            loss = masked_cross_entropy(logits, mask, self.hparams.ignore_index)
+        self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(image))
         return loss
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -245,3 +245,21 @@ def test_initialisations() -> None:
         assert float(conv.bias.abs().max()) == 0.0
     with pytest.raises(ValueError, match="unknown init 'orthogonal'"):
         build_backbone("alexnet", init="orthogonal")
+
+
+def test_hypercolumn_taps_are_the_input_and_every_conv() -> None:
+    """``feature_taps="hypercolumn"``: the prepared input, the 13 conv activations of VGG-16, pool5 last."""
+    net = build_backbone("vgg16_bn", feature_taps="hypercolumn")
+    widths = [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    assert net.out_channels == [3, *widths, 512]
+    assert net.out_strides == [1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32]
+    x = torch.rand(1, 3, 64, 64)
+    maps = net.features(x)
+    assert [m.shape[1] for m in maps] == net.out_channels
+    assert [64 // m.shape[-1] for m in maps] == net.out_strides
+    torch.testing.assert_close(maps[0], net.prepare(x))
+    default = build_backbone("vgg16_bn")
+    default.load_state_dict(net.state_dict())  # the same parameters: only the taps differ
+    torch.testing.assert_close(default.features(x)[-1], maps[-1])
+    with pytest.raises(ValueError, match="feature_taps='default'"):
+        build_backbone("resnet18", feature_taps="hypercolumn")

@@ -80,6 +80,18 @@ def test_segment_eval_modes_agree_where_the_view_is_the_image() -> None:
         SegmentStage(backbone="alexnet", eval_mode="tiles")
 
 
+def test_segment_trains_the_sparse_hypercolumn_head_on_points(data: dict) -> None:
+    """The release's VGG head on any backbone's hypercolumn taps: a training step on points, dense validation."""
+    head_kwargs = {"fc_channels": 32, "extra_channels": 16, "hidden": 16, "num_points": 16, "point_margin": 8}
+    model = {"backbone": "alexnet", "backbone_kwargs": {"feature_taps": "hypercolumn"},
+             "head": "sparse_hypercolumn", "head_kwargs": head_kwargs}  # fmt: skip
+    cli = build_stage("segment", {"model": model, "data": data, "trainer": TRAINER})
+    assert cli.model.head.in_channels[0] == 3  # the image is a tap
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    logged = cli.trainer.callback_metrics
+    assert np.isfinite(float(logged["train/loss"])) and 0 <= float(logged["val/miou"]) <= 1
+
+
 def test_predict_writes_palette_masks(data: dict, tmp_path: Path) -> None:
     folder = tmp_path / "images"
     folder.mkdir()

@@ -25,6 +25,7 @@ __all__ = [
     "BACKBONE_OPTIONS",
     "EMBEDDINGS",
     "INITS",
+    "FEATURE_TAPS",
     "INPUT_NORMS",
     "AlexNetBackbone",
     "AlexNetCaffeBackbone",
@@ -56,6 +57,9 @@ INPUT_NORMS: dict[str, tuple[dict[int, tuple[tuple[float, ...], tuple[float, ...
 EMBEDDINGS = ("pool5", "pool5_prerelu", "pool5_avg")
 #: weight initialisations of the plain backbones (:func:`init_weights`)
 INITS = ("kaiming", "gaussian", "xavier")
+#: which maps :meth:`Backbone.features` returns: ``default`` (listed per backbone) or ``hypercolumn``
+#: (plain backbones only: the prepared input, every conv's activation, then pool5; Larsson et al.'s taps)
+FEATURE_TAPS = ("default", "hypercolumn")
 
 
 class Backbone(nn.Module):
@@ -187,7 +191,8 @@ class PlainBackbone(Backbone):
     every convolution (for VGG-16-BN that is exactly torchvision's layout).
     Maps are tapped after the modules listed in ``taps``; the last tap is pool5.
     ``bn_affine=False`` gives Caffe's BatchNorm (statistics only, no scale or shift);
-    ``init`` is one of :data:`INITS` (:func:`init_weights`).
+    ``init`` is one of :data:`INITS` (:func:`init_weights`); ``feature_taps="hypercolumn"`` taps the
+    prepared input (stride 1) and every conv's activation instead, pool5 still last.
     """
 
     #: biases of the ``gaussian`` init, one per conv (the release's AlexNet prototxt)
@@ -202,11 +207,17 @@ class PlainBackbone(Backbone):
         bn_affine: bool = True,
         init: str = "kaiming",
         input_norm: str = "imagenet",
+        feature_taps: str = "default",
     ) -> None:
         super().__init__(name, in_chans, input_norm)
+        if feature_taps not in FEATURE_TAPS:
+            raise ValueError(f"unknown feature_taps {feature_taps!r}; expected one of {list(FEATURE_TAPS)}")
+        self.tap_input = feature_taps == "hypercolumn"
+        tap_before_pool = tap_before_pool and not self.tap_input
         layers: list[nn.Module] = []
         taps: list[int] = []
-        channels, stride, self.out_channels, self.out_strides = in_chans, 1, [], []
+        channels, stride = in_chans, 1
+        self.out_channels, self.out_strides = ([in_chans], [1]) if self.tap_input else ([], [])
 
         def tap() -> None:
             taps.append(len(layers) - 1)
@@ -236,7 +247,7 @@ class PlainBackbone(Backbone):
         init_weights(self.body, init, self.release_biases)
 
     def _maps(self, x: Tensor) -> list[Tensor]:
-        maps = []
+        maps = [x] if self.tap_input else []
         for i, layer in enumerate(self.body):
             x = layer(x)
             if i in self.taps:
@@ -273,8 +284,8 @@ class AlexNetBackbone(PlainBackbone):
     Maps: conv1..conv5 activations and pool5 (strides 4, 8, 16, 16, 16, 32).
     """
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", input_norm: str = "imagenet") -> None:
-        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, bn_affine, init, input_norm)
+    def __init__(self, in_chans: int = 3, **options: str | bool) -> None:
+        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, **options)
 
 
 class AlexNetCaffeBackbone(PlainBackbone):
@@ -287,15 +298,15 @@ class AlexNetCaffeBackbone(PlainBackbone):
 
     release_biases = _ALEXNET_RELEASE_BIASES
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", input_norm: str = "imagenet") -> None:
-        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, bn_affine, init, input_norm)
+    def __init__(self, in_chans: int = 3, **options: str | bool) -> None:
+        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, **options)
 
 
 class VGG16BNBackbone(PlainBackbone):
     """VGG-16 with batch norm. Maps: each conv block before pooling, then pool5 (strides 1..32)."""
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", input_norm: str = "imagenet") -> None:
-        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, bn_affine, init, input_norm)
+    def __init__(self, in_chans: int = 3, **options: str | bool) -> None:
+        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, **options)
 
 
 class ResNetBackbone(Backbone):
@@ -303,15 +314,17 @@ class ResNetBackbone(Backbone):
 
     The last map (layer4) plays the role of pool5; :meth:`embed` is its global average
     (``pool5`` and ``pool5_avg`` alike; ``pool5_prerelu`` is not available). Only the
-    default ``bn_affine`` and ``init`` are supported.
+    default ``bn_affine``, ``init`` and ``feature_taps`` are supported.
     """
 
     def __init__(
         self, name: str, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming",
-        input_norm: str = "imagenet", **kw,
+        input_norm: str = "imagenet", feature_taps: str = "default", **kw,
     ) -> None:  # fmt: skip
-        if not bn_affine or init != "kaiming":
-            raise ValueError(f"{name}: only bn_affine=True and init='kaiming' are supported for ResNets")
+        if not bn_affine or init != "kaiming" or feature_taps != "default":
+            raise ValueError(
+                f"{name}: only bn_affine=True, init='kaiming' and feature_taps='default' are supported for ResNets"
+            )
         super().__init__(name, in_chans, input_norm)
         net = getattr(tvm, name)(weights=None, **kw)
         if in_chans != 3:
@@ -349,13 +362,14 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet50": lambda in_chans=3, **kw: ResNetBackbone("resnet50", in_chans, **kw),
 }
 #: keyword options every registered backbone takes (``BaseStage(backbone_kwargs=...)``)
-BACKBONE_OPTIONS = ("bn_affine", "init", "input_norm")
+BACKBONE_OPTIONS = ("bn_affine", "init", "input_norm", "feature_taps")
 
 
 def build_backbone(name: str, in_chans: int = 3, **kw) -> Backbone:
     """Build a randomly initialised backbone (seeded by the caller's torch seed; no downloads).
 
-    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``, ``input_norm``); other keys raise ``ValueError``.
+    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``, ``input_norm``, ``feature_taps``); other
+    keys raise ``ValueError``.
     """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")

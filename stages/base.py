@@ -121,6 +121,12 @@ class BaseStage(ScalarLogging, L.LightningModule):
         seed = self.hparams.seed * 1_000_003 + step * 7_919 + self.global_rank * 104_729 + salt * 15_485_863
         return torch.Generator().manual_seed(seed % (2**63))
 
+    def training_generator(self, batch_idx: int) -> torch.Generator:
+        """:meth:`step_generator` of a training batch, keyed by the optimiser step and, under gradient
+        accumulation, the batch's place in it (so the batches of one step draw differently)."""
+        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return self.step_generator(self.global_step * accumulate + batch_idx % accumulate)
+
     def probe_scores(self) -> dict[str, float]:
         """kNN probe of the backbone (:mod:`mnm.probe`) on fixed patch sets of the data module.
 
@@ -155,7 +161,7 @@ class LabelledPretrainingStage(BaseStage):
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._step(batch, self.step_generator(self.global_step), "train")
+        return self._step(batch, self.training_generator(batch_idx), "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, self.step_generator(batch_idx, salt=1), "val")

@@ -162,7 +162,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         image, mask = batch["image"], batch["mask"]
         with self.phase_timer("forward"):
             if isinstance(self.head, SparseHypercolumnHead):  # scores and labels at random points only
-                points = self.head.training_points(len(image), image.shape[-2:], self.step_generator(self.global_step))
+                points = self.head.training_points(len(image), image.shape[-2:], self.training_generator(batch_idx))
                 logits = self.head(self.backbone.features(image), image.shape[-2:], points)
                 index = points.long().to(mask.device)
                 mask = mask[torch.arange(len(mask), device=mask.device)[:, None], index[..., 0], index[..., 1]]

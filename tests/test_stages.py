@@ -92,6 +92,21 @@ def test_segment_trains_the_sparse_hypercolumn_head_on_points(data: dict) -> Non
     assert np.isfinite(float(logged["train/loss"])) and 0 <= float(logged["val/miou"]) <= 1
 
 
+def test_accumulated_batches_of_one_step_draw_differently(data: dict) -> None:
+    """Under ``accumulate_grad_batches`` the batches of one optimiser step get their own draws; without, the step's."""
+    cli = build_stage("mix-match", {"model": MODELS["mix-match"], "data": data,
+                                    "trainer": {**TRAINER, "accumulate_grad_batches": 2}})  # fmt: skip
+    model = cli.model
+
+    def draw(batch_idx: int) -> float:
+        return float(torch.rand(1, generator=model.training_generator(batch_idx)))
+
+    alone = draw(1)
+    assert alone == float(torch.rand(1, generator=model.step_generator(0)))  # no trainer: the step's draw
+    model.trainer = cli.trainer
+    assert draw(0) != draw(1) and draw(0) == draw(2) == alone
+
+
 def test_predict_writes_palette_masks(data: dict, tmp_path: Path) -> None:
     folder = tmp_path / "images"
     folder.mkdir()

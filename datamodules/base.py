@@ -77,6 +77,10 @@ class SegmentationDataModule(L.LightningDataModule):
     with ``train_on: unlabeled``). On ``setup("fit")`` under a trainer, the two id
     lists are written to ``labeled.txt`` and ``unlabeled.txt`` in the trainer's
     ``default_root_dir`` (the stage folder of a pipeline run).
+
+    A training crop larger than its (scaled) image pads the image with ``pad_fill`` (RGB 0–255;
+    default black, the Caffe release: its mean colour) placed at ``pad_position`` (``center``, or
+    ``random`` as the release), and the mask with 255.
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -105,6 +109,8 @@ class SegmentationDataModule(L.LightningDataModule):
         labeled_list: str | None = None,
         split_seed: int | None = None,
         train_on: Literal["labeled", "unlabeled"] = "labeled",
+        pad_fill: tuple[int, int, int] = (0, 0, 0),
+        pad_position: Literal["center", "random"] = "center",
     ) -> None:
         super().__init__()
         for setting, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -118,6 +124,10 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
         if labeled_list is not None and labeled_fraction != 1.0:
             raise DataError("give labeled_fraction or labeled_list, not both")
+        if len(pad_fill) != 3 or not all(0 <= int(v) <= 255 for v in pad_fill):
+            raise DataError(f"pad_fill must be three ints in 0..255 (RGB), got {pad_fill}")
+        if pad_position not in ("center", "random"):
+            raise DataError(f"pad_position must be 'center' or 'random', got {pad_position!r}")
         if train_on not in ("labeled", "unlabeled"):
             raise DataError(f"train_on must be 'labeled' or 'unlabeled', got {train_on!r}")
         for setting, size in (("crop_size", crop_size), ("val_size", val_size)):
@@ -135,6 +145,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.color_jitter = color_jitter
+        self.pad_fill = tuple(int(v) for v in pad_fill)
+        self.pad_position = pad_position
         self.val_size = tuple(val_size) if val_size is not None else None
         self.skip_bad = skip_bad
         self.seed = seed
@@ -174,6 +186,8 @@ class SegmentationDataModule(L.LightningDataModule):
             hflip=self.hflip,
             color_jitter=self.color_jitter,
             seed=self.seed,
+            pad_fill=self.pad_fill,
+            pad_position=self.pad_position,
         )
 
     def eval_transform(self) -> JointTransform:

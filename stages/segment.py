@@ -82,8 +82,10 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
         eval_mode: how an evaluation image is fed (:data:`mnm.eval_views.EVAL_MODES`): ``whole`` at its own
             size; ``pad``, the release's VOC evaluation (resized into an ``eval_size`` square padded with
-            the backbone's mean colour, scores cut and resized back); ``sliding``, its Cityscapes one
+            ``eval_fill``, scores cut and resized back); ``sliding``, its Cityscapes one
             (``eval_window`` crops every ``eval_stride`` pixels, scores summed).
+        eval_fill: the padding of ``pad`` and ``sliding``: ``mean`` (the backbone's mean colour) or ``zero``
+            (black; the release's colorization networks).
         eval_size: side of the ``pad`` square (release: 512).
         eval_window: side of the ``sliding`` crops (release: 512).
         eval_stride: step of the ``sliding`` crops (release: 256).
@@ -104,6 +106,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         tta_flip: bool = False,
         tta_scales: list[float] | None = None,
         eval_mode: str = "whole",
+        eval_fill: str = "mean",
         eval_size: int = 512,
         eval_window: int = 512,
         eval_stride: int = 256,
@@ -111,6 +114,8 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
     ) -> None:
         if eval_mode not in EVAL_MODES:
             raise ValueError(f"model.eval_mode must be one of {list(EVAL_MODES)}, got {eval_mode!r}")
+        if eval_fill not in ("mean", "zero"):
+            raise ValueError(f"model.eval_fill must be 'mean' or 'zero', got {eval_fill!r}")
         for key, value in (("eval_size", eval_size), ("eval_window", eval_window), ("eval_stride", eval_stride)):
             if value < 1:
                 raise ValueError(f"model.{key} must be a positive int, got {value}")
@@ -133,7 +138,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         flip / multi-scale averaging of each fed view."""
         hp = self.hparams
         mean = self.backbone.mean.flatten().tolist()
-        fill = mean * (3 // len(mean))  # the mean colour, RGB in [0, 1]
+        fill = mean * (3 // len(mean)) if hp.eval_fill == "mean" else [0.0] * 3  # RGB in [0, 1]
         if hp.eval_mode == "pad":
             return padded_probs(self._tta_probs, image, hp.eval_size, fill)
         if hp.eval_mode == "sliding":

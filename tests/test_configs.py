@@ -53,9 +53,13 @@ def test_paper_pipelines_use_the_release_settings(path: Path) -> None:
     for config in stages.values():
         assert config["trainer"]["precision"] == "32-true"
         assert config["model"]["backbone_kwargs"]["input_norm"] == "caffe_bgr"
+    colorization = "colorize" in path.stem  # gray networks: the release pads them black
     for name in ("mix_match", "finetune"):
-        assert stages[name]["data"]["init_args"]["scale_range"] == [1.0, 1.0]
-        assert stages[name]["data"]["init_args"]["crop_size"] == [512, 512]
+        data = stages[name]["data"]["init_args"]
+        assert data["scale_range"] == [1.0, 1.0] and data["crop_size"] == [512, 512] and data["pad_position"] == "random"
+        assert data.get("pad_fill", [0, 0, 0]) == ([0, 0, 0] if colorization else [123, 117, 104])
+    assert stages["mix_match"]["model"]["patch_fill"] == ("zero" if colorization else "mean")
+    assert stages["finetune"]["model"].get("eval_fill", "mean") == ("zero" if colorization else "mean")
     finetune = stages["finetune"]
     model, trainer = finetune["model"], finetune["trainer"]
     assert trainer["max_steps"] == 42_000 and model["milestones"] == [24_000, 36_000, 40_000]

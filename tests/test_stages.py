@@ -76,8 +76,17 @@ def test_segment_eval_modes_agree_where_the_view_is_the_image() -> None:
             torch.testing.assert_close(model.predict_probs(x), whole)
         model.hparams.eval_mode = "sliding"
         assert model.predict_probs(torch.rand(1, 3, 80, 150)).shape == (1, 3, 80, 150)
+        seen: list[torch.Tensor] = []  # what the first conv sees: the normalised canvas
+        model.backbone.body[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        zero = -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])
+        for fill, corner in (("mean", torch.zeros(3)), ("zero", zero)):
+            model.hparams.eval_mode, model.hparams.eval_fill = "pad", fill
+            model.predict_probs(torch.rand(1, 3, 48, 96))  # centred in rows 24..72 of the 96 square
+            torch.testing.assert_close(seen[-1][0, :, 0, 0], corner)
     with pytest.raises(ValueError, match="model.eval_mode must be one of"):
         SegmentStage(backbone="alexnet", eval_mode="tiles")
+    with pytest.raises(ValueError, match="model.eval_fill must be"):
+        SegmentStage(backbone="alexnet", eval_fill="black")
 
 
 def test_segment_trains_the_sparse_hypercolumn_head_on_points(data: dict) -> None:

@@ -66,7 +66,9 @@ def test_paper_pipelines_use_the_release_settings(path: Path) -> None:
     images = finetune["data"]["init_args"]["batch_size"] * trainer["accumulate_grad_batches"]
     assert model["eval_mode"] == ("sliding" if path.stem.startswith("cityscapes") else "pad")
     if "alexnet" in path.stem:
-        assert images == 64 and model["head_kwargs"]["fc6_kernel"] == 6 and model["head_kwargs"]["num_skips"] == 0
+        head = model["head_kwargs"]
+        assert images == 64 and head["fc6_kernel"] == 6 and head["num_skips"] == 0 and head["hidden"] == [4096, 4096]
+        assert head["bn_affine"] is False and head["channel_dropout"] is False
     else:
         assert images == 48 and model["head"] == "sparse_hypercolumn"
         assert model["backbone_kwargs"]["feature_taps"] == "hypercolumn"

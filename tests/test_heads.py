@@ -32,6 +32,8 @@ def _features(channels, strides, size, batch=2, requires_grad=True):
 def test_output_size_and_gradients(backbone, kind, kw):
     channels, strides = CONFIGS[backbone]
     head = build_head(kind, channels, strides, num_classes=5, **kw)
+    if kind == "sparse_hypercolumn":  # its release init (a zero classifier) passes no gradient below it at first
+        torch.nn.init.normal_(head.score[2].weight)
     for size in [(64, 64), (70, 45)]:
         feats = _features(channels, strides, size)
         out = head(feats, size)
@@ -93,6 +95,9 @@ def test_fcn_fc6_kernel_is_the_release_fc6_conv():
     assert head.top[0](pool5).shape == (1, 16, 17, 17)
     with pytest.raises(ValueError, match="fc6_kernel"):
         FCNHead(*ALEXNET_LIKE, num_classes=3, fc6_kernel=0)
+    caffe = FCNHead(*ALEXNET_LIKE, num_classes=3, num_skips=0, hidden=(16, 8), bn_affine=False, channel_dropout=False)
+    assert not caffe.top[0][1].affine and type(caffe.top[0][3]) is torch.nn.Dropout
+    assert head.top[0][1].affine and type(head.top[0][3]) is torch.nn.Dropout2d  # the defaults
 
 
 def test_columns_read_each_map_bilinearly_at_the_point_over_its_stride():
@@ -109,6 +114,7 @@ def test_sparse_hypercolumn_scores_points_in_training_and_a_grid_otherwise():
     torch.manual_seed(0)
     head = SparseHypercolumnHead(*VGG_LIKE, num_classes=3, **SPARSE).eval()
     assert head.column_strides == [1, 2, 4, 8, 16, 32, 32, 64, 128]
+    assert not head.score[2].weight.any() and float(head.score[0].weight.std()) < 2e-4  # the release's fillers
     assert head.score[0].in_channels == sum(VGG_LIKE[0][:-1]) + 2 * 16 + 2 * 8
     points = head.training_points(2, (64, 40), torch.Generator().manual_seed(0))
     assert points.shape == (2, 8, 2)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mnm.backbones import init_weights
+
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear upsampling; area (average) pooling where the map is larger."""
@@ -32,14 +34,16 @@ def _check(features: Sequence[Tensor], in_channels: Sequence[int]) -> None:
         raise ValueError(f"feature channels {got} do not match the head's in_channels {list(in_channels)}")
 
 
-def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dropout: float = 0.0) -> nn.Sequential:
+def _conv_bn_relu(
+    cin: int, cout: int, kernel: int = 1, dropout: float = 0.0, bn_affine: bool = True, channel_dropout: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
+        nn.BatchNorm2d(cout, affine=bn_affine),
         nn.ReLU(inplace=True),
     ]
     if dropout > 0:
-        layers.append(nn.Dropout2d(dropout))
+        layers.append(nn.Dropout2d(dropout) if channel_dropout else nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -111,7 +115,9 @@ class FCNHead(nn.Module):
     maps (by default the last map at each successively finer stride, e.g.
     strides 16 and 8 under a stride-32 map), then upsampled to ``out_size``. The Caffe release's
     AlexNet head is ``num_skips=0, hidden=(4096, 4096), fc6_kernel=6`` (fc6 as a 6×6 convolution with
-    padding 3, its fully connected layer made convolutional; VGG's fc6 would be 7×7).
+    padding 3, its fully connected layer made convolutional; VGG's fc6 would be 7×7), ``bn_affine=False``
+    (Caffe's statistics-only BatchNorm after fc6/fc7) and ``channel_dropout=False`` (Caffe's element-wise
+    dropout instead of whole channels).
     """
 
     def __init__(
@@ -124,6 +130,8 @@ class FCNHead(nn.Module):
         hidden: Sequence[int] = (512, 512),
         dropout: float = 0.5,
         fc6_kernel: int = 3,
+        bn_affine: bool = True,
+        channel_dropout: bool = True,
     ) -> None:
         super().__init__()
         if len(in_channels) != len(in_strides) or not in_channels:
@@ -139,7 +147,10 @@ class FCNHead(nn.Module):
         self.used_indices = sorted({*self.skip_indices, deepest})
         dims = [in_channels[-1], *hidden]
         self.top = nn.Sequential(
-            *(_conv_bn_relu(a, b, fc6_kernel if j == 0 else 1, dropout) for j, (a, b) in enumerate(pairwise(dims)))
+            *(
+                _conv_bn_relu(a, b, fc6_kernel if j == 0 else 1, dropout, bn_affine, channel_dropout)
+                for j, (a, b) in enumerate(pairwise(dims))
+            )
         )
         self.score = nn.Conv2d(dims[-1], num_classes, 1)
         self.skip_scores = nn.ModuleList(nn.Conv2d(in_channels[i], num_classes, 1) for i in self.skip_indices)
@@ -224,8 +235,11 @@ class SparseHypercolumnHead(nn.Module):
         self.column_strides = [*in_strides[:-1], top, top, *(top * 2**i for i in range(1, extra_blocks + 1))]
         width = sum(in_channels[:-1]) + 2 * fc_channels + extra_blocks * extra_channels
         self.score = nn.Sequential(nn.Conv1d(width, hidden, 1), nn.ReLU(inplace=True), nn.Conv1d(hidden, num_classes, 1))
-        nn.init.normal_(self.score[0].weight, std=1e-4)  # the release's ip_column filler
-        nn.init.zeros_(self.score[0].bias)
+        # the release's fillers: Xavier convs, ip_column Gaussian std 1e-4, score_column Caffe's default 0
+        init_weights(nn.ModuleList([self.fc6, self.fc7, self.extra]), "xavier")
+        nn.init.normal_(self.score[0].weight, std=1e-4)
+        for p in (self.score[0].bias, self.score[2].weight, self.score[2].bias):
+            nn.init.zeros_(p)
 
     def column_maps(self, features: Sequence[Tensor]) -> list[Tensor]:
         """The maps a column reads: the inputs but pool5, then fc6, fc7 and each extra block."""

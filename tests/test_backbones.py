@@ -169,6 +169,51 @@ def test_missing_and_mismatched_keys(tmp_path) -> None:
         load_backbone_weights(build_backbone("resnet18"), tmp_path / "nobackbone.ckpt")
 
 
+def _moco_v2_checkpoint(encoder: dict[str, torch.Tensor]) -> dict:
+    """A MoCo v2 training checkpoint around a ResNet state dict: query and key encoders with the
+    projection MLP in ``fc``, the queue, optimiser state."""
+    state = {}
+    for name in ("encoder_q", "encoder_k"):
+        state |= {f"module.{name}.{k}": v.clone() for k, v in encoder.items() if not k.startswith("fc.")}
+        state |= {f"module.{name}.fc.0.weight": torch.zeros(512, 512), f"module.{name}.fc.2.weight": torch.zeros(128, 512)}
+    state |= {"module.queue": torch.zeros(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}
+
+
+def test_load_moco_and_simclr_checkpoints(tmp_path) -> None:
+    torch.manual_seed(5)
+    encoder = tvm.resnet18(weights=None).state_dict()
+    torch.save(_moco_v2_checkpoint(encoder), tmp_path / "moco_v2.pth.tar")
+    net = build_backbone("resnet18")
+    report = load_backbone_weights(net, tmp_path / "moco_v2.pth.tar")
+    assert report.source == "module.encoder_q." and report.loaded == len(net.state_dict())
+    assert all(torch.equal(v, encoder[k]) for k, v in net.state_dict().items())
+    assert "module.encoder_q.fc.0.weight" in report.ignored and "module.queue" in report.ignored
+    # SimCLR-style: the encoder under ``encoder.``, a projection head beside it, no ``state_dict`` wrapper
+    torch.manual_seed(6)
+    encoder = tvm.resnet18(weights=None).state_dict()
+    simclr = {f"encoder.{k}": v for k, v in encoder.items()} | {"projector.0.weight": torch.zeros(64, 512)}
+    torch.save(simclr, tmp_path / "simclr.pt")
+    report = load_backbone_weights(net, tmp_path / "simclr.pt")
+    assert report.source == "encoder." and set(report.ignored) == {"encoder.fc.weight", "encoder.fc.bias",
+                                                                   "projector.0.weight"}
+    assert all(torch.equal(v, encoder[k]) for k, v in net.state_dict().items())
+
+
+def test_moco_checkpoint_of_another_architecture_names_the_unmatched_keys(tmp_path) -> None:
+    encoder = tvm.resnet18(weights=None).state_dict()
+    encoder["layer5.0.conv1.weight"] = encoder.pop("layer4.0.conv1.weight")  # renamed: matches nothing
+    torch.save(_moco_v2_checkpoint(encoder), tmp_path / "moco.pth.tar")
+    with pytest.raises(ValueError, match=r"moco\.pth\.tar") as err:
+        load_backbone_weights(build_backbone("resnet18"), tmp_path / "moco.pth.tar")
+    message = str(err.value)
+    assert "missing keys ['layer4.0.conv1.weight']" in message
+    assert "match none ['module.encoder_q.layer5.0.conv1.weight']" in message
+    assert "module.encoder_q." in message
+    with pytest.raises(ValueError, match=r"missing keys \[.*layer1\.0\.conv3\.weight"):  # ResNet-18 file, ResNet-50 net
+        load_backbone_weights(build_backbone("resnet50"), tmp_path / "moco.pth.tar")
+
+
 class NotAllowed:
     """A custom class: loading an instance needs arbitrary unpickling."""
 

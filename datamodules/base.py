@@ -8,17 +8,13 @@ batches of ``docs/CONTRACTS.md``.
 """
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import lightning as L
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, pad_collate
 from mnm.datamodules.errors import DataError
@@ -31,7 +27,7 @@ from mnm.datamodules.readers import (
     read_list,
     resolve_listed,
 )
-from mnm.datamodules.sampling import ResumableLoader, ResumableSampler
+from mnm.datamodules.sampling import resumable_loader, seed_worker
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
@@ -45,21 +41,6 @@ _STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 _ROLE_STAGE = {"train": "fit", "unlabeled": "fit", "val": "validate", "test": "test", "predict": "predict"}
 #: files (in the trainer's ``default_root_dir``) that record a label fraction's subset
 LABELED_FILE, UNLABELED_FILE = "labeled.txt", "unlabeled.txt"
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed python, numpy and the dataset's augmentation per worker.
-
-    ``torch.initial_seed()`` in a worker is the loader generator's base seed +
-    worker id, so runs with the same ``seed`` (and rank) are reproducible.
-    """
-    cv2.setNumThreads(0)  # no OpenCV thread pool inside worker processes (oversubscription, fork issues)
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "set_seed"):
-        info.dataset.set_seed(seed)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -361,32 +342,9 @@ class SegmentationDataModule(L.LightningDataModule):
             self.setup(_ROLE_STAGE[role])
         if role not in self.datasets:  # the unlabelled remainder is built on first use
             self.datasets[role] = self._build_dataset(role)
-        dataset = self.datasets[role]
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        seed = self.seed + 7919 * rank
-        dataset.set_seed(seed)  # used as is when num_workers == 0
-        drop_last = shuffle and len(dataset) > batch_size * world
-        # a resumed fit starts at the batch after the last one it trained on
-        resumes = trainer is not None and shuffle
-        start_batch = trainer.global_step * trainer.accumulate_grad_batches if resumes else 0
-        if shuffle:
-            dataset.key_seed = self.seed  # augmentation keyed by sample and epoch: exact resume
-        sampler = ResumableSampler(
-            len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world,
-            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
-        )
-        return ResumableLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=pad_collate,
+        return resumable_loader(
+            self.datasets[role], batch_size, shuffle=shuffle, seed=self.seed, trainer=self.trainer,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=pad_collate,
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -15,6 +15,8 @@ from mnm.probe import RepresentationProbe, score_backbone
 
 #: keys this package adds to every checkpoint it writes
 ARCH_KEY = "mnm_backbone"
+#: learning-rate schedules of :class:`BaseStage` (``lr_schedule``)
+LR_SCHEDULES = ("multistep", "cosine")
 
 
 class ScalarLogging:
@@ -52,6 +54,8 @@ class BaseStage(ScalarLogging, L.LightningModule):
         weight_decay: L2 weight decay.
         milestones: optimiser steps at which the learning rate is multiplied by ``gamma``.
         gamma: the factor applied at each milestone.
+        lr_schedule: ``multistep`` (``milestones`` and ``gamma``) or ``cosine`` (from ``lr`` to 0 over the
+            trainer's steps, per step; ``milestones`` must then be empty).
         head_lr_mult: learning-rate multiplier for everything that is not the backbone.
         bias_lr_mult: learning-rate multiplier for biases (the Caffe release: 2).
         bias_weight_decay: weight decay of biases (release: 0); ``None`` keeps ``weight_decay``.
@@ -66,6 +70,8 @@ class BaseStage(ScalarLogging, L.LightningModule):
     data_links: tuple[str, ...] = ()
     #: the split a pipeline evaluates the stage on after fitting (``None``: not evaluated)
     evaluation_split: str | None = None
+    #: scalars of ``read_evaluation`` that reports show, key -> label; the first is the kind's main metric
+    evaluation_metrics: dict[str, str] = {}
     #: training curves reports plot: label -> logged metric (its CSV column)
     curve_metrics: dict[str, str] = {}
     #: the model argument that names a run's variant (a W&B tag, a label in comparisons)
@@ -91,7 +97,12 @@ class BaseStage(ScalarLogging, L.LightningModule):
         bias_lr_mult: float = 1.0,
         bias_weight_decay: float | None = None,
         norm_weight_decay: float | None = None,
+        lr_schedule: Literal["multistep", "cosine"] = "multistep",
     ) -> None:
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"model.lr_schedule must be one of {list(LR_SCHEDULES)}, got {lr_schedule!r}")
+        if lr_schedule == "cosine" and milestones:
+            raise ValueError("model.milestones must be empty with lr_schedule: cosine")
         super().__init__()
         self.save_hyperparameters()
         self.backbone: Backbone = build_backbone(backbone, in_chans=in_chans, **(backbone_kwargs or {}))
@@ -109,7 +120,11 @@ class BaseStage(ScalarLogging, L.LightningModule):
             hp.bias_lr_mult, hp.bias_weight_decay, hp.norm_weight_decay,
         )  # fmt: skip
         opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
+        if hp.get("lr_schedule", "multistep") == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def step_generator(self, step: int, salt: int = 0) -> torch.Generator:

@@ -94,6 +94,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
 
     data_links = ("num_classes", "ignore_index", "class_names")
     evaluation_split = "val"
+    evaluation_metrics = {"miou": "mIoU", "pixel_acc": "pixel acc."}
     default_max_steps = 40_000
 
     def __init__(

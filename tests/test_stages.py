@@ -17,6 +17,7 @@ from mnm.stages.pixel_contrast import PixelContrastStage
 TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
            "enable_progress_bar": False, "enable_model_summary": False}
 MODELS = {
+    "classify": {"backbone": "resnet18", "triplets": "graph"},
     "colorize": {"backbone": "alexnet"},
     "jigsaw": {"backbone": "alexnet", "num_permutations": 10, "tile": 64},
     "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},
@@ -33,9 +34,15 @@ def data(tmp_path_factory) -> dict:
                           "crop_size": [80, 80], "batch_size": 4, "val_batch_size": 2}}
 
 
+#: the data of the stage kinds that do not train on segmentation batches
+OTHER_DATA = {"classify": {"class_path": "mnm.datamodules.SyntheticClassificationDataModule",
+                           "init_args": {"num_train": 18, "num_val": 9, "image_size": 48, "crop_size": 32,
+                                         "resize_size": 36, "batch_size": 6, "val_batch_size": 9}}}
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_fast_dev_run(stage: str, data: dict) -> None:
-    cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": TRAINER})
+    cli = build_stage(stage, {"model": MODELS[stage], "data": OTHER_DATA.get(stage, data), "trainer": TRAINER})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     logged = cli.trainer.callback_metrics
     assert "train/loss" in logged or "train/loss_step" in logged, sorted(logged)

@@ -178,7 +178,8 @@ def _pm(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
 
 
 def _main_metric(report: dict[str, Any]) -> tuple[str, str]:
-    return next(iter(report.get("metrics") or {"miou": "mIoU"}.items()))
+    """``(key, label)`` of the arms' main metric (mIoU for reports written before ``metrics``)."""
+    return next(iter((report.get("metrics") or {"miou": "mIoU"}).items()))
 
 
 def protocol_markdown(report: dict[str, Any]) -> str:

@@ -13,8 +13,8 @@ from PIL import Image
 from mnm.cli import main
 from mnm.datamodules import (
     Caltech101DataModule,
-    DTDDataModule,
     DataError,
+    DTDDataModule,
     Flowers102DataModule,
     ImageFolderClassificationDataModule,
     OxfordIIITPetDataModule,

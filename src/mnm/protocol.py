@@ -189,8 +189,10 @@ def protocol_markdown(report: dict[str, Any]) -> str:
              f"File `{report['file']}`; fractions {report['fractions']}, seeds {report['seeds']}, evaluated on "
              f"**{report['eval_split']}**. Budget: {report.get('budget') or 'not stated'}. Wall time of the "
              f"finished cells: {report['wall_time_s'] / 3600:.2f} h (sum of stage times).\n",
-             "mean ± sample std over seeds (n = seeds finished). Probe: kNN accuracy of the backbone each arm "
-             "starts from, on patches of the cell's labelled train images vs val patches (`mnm.probe`).\n"]
+             "mean ± sample std over seeds (n = seeds finished)."
+             + (" Probe: kNN accuracy of the backbone each arm starts from, on patches of the cell's labelled train "
+                "images vs val patches (`mnm.probe`)." if report.get("probe", True) else "") + "\n"]
+    probe_head, probe_rule = (" probe kNN acc. (%) | probe eff. rank |", "---:|---:|") if report.get("probe", True) else ("", "")
     others = {k: label for k, label in (report.get("metrics") or {}).items() if k != key}
     for fraction in (f"{f:g}" for f in report["fractions"]):
         rows = {label: by_fraction[fraction] for label, by_fraction in report["summary"].items()
@@ -199,13 +201,14 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             parts.append(f"## Label fraction {fraction}\n\nNo arm has finished yet.\n")
             continue
         extra = "".join(f" {label} (%) |" for label in others.values())
-        parts += [f"## Label fraction {fraction}\n", f"| arm | {name} (%) |{extra} probe kNN acc. (%) | probe eff. rank |",
-                  "|---|---:|" + "---:|" * len(others) + "---:|---:|"]
+        parts += [f"## Label fraction {fraction}\n", f"| arm | {name} (%) |{extra}{probe_head}",
+                  "|---|---:|" + "---:|" * len(others) + probe_rule]
         for label, s in rows.items():
             rank = s.get("probe_effective_rank")
             rank_text = f"{rank['mean']:.1f}" if rank else "–"
             values = "".join(f" {_pm(s.get(k))} |" for k in others)
-            parts.append(f"| {label} | {_pm(s[key])} |{values} {_pm(s.get('probe_knn_acc'))} | {rank_text} |")
+            probe = f" {_pm(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
+            parts.append(f"| {label} | {_pm(s[key])} |{values}{probe}")
         parts.append("")
     parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
@@ -259,7 +262,8 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
         if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
             run_benchmark(pipeline)
     report = {"benchmark": first.name, "file": str(first.path), "fractions": spec["fractions"],
-              "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val"}
+              "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
+              "probe": spec.get("probe", True)}
     report |= aggregate(cells, spec)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "protocol.json", json.dumps(report, indent=2) + "\n")

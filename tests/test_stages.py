@@ -18,6 +18,7 @@ TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_che
            "enable_progress_bar": False, "enable_model_summary": False}
 MODELS = {
     "classify": {"backbone": "resnet18", "triplets": "graph"},
+    "cluster": {"backbone": "alexnet", "num_clusters": 6, "channels": 16, "kmeans_pixels_per_image": 32},
     "colorize": {"backbone": "alexnet"},
     "jigsaw": {"backbone": "alexnet", "num_permutations": 10, "tile": 64},
     "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},

@@ -25,7 +25,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-mm-sweep classify-cpu voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-mm-sweep camvid-unsupervised classify-cpu voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -79,6 +79,11 @@ camvid-label-efficient: $(STAMP) ## CamVid, 1/8 and all labels x 3 seeds, 5 arms
 classify-cpu: $(STAMP) ## classification fine-tuning on synthetic shapes: CE vs CE + M&M graph vs CE + random triplets, 3 seeds (OMP_NUM_THREADS=1) -> runs/classify-synthetic/protocol.md
 	OMP_NUM_THREADS=1 $(MNM) protocol conf/benchmarks/classify_synthetic.yaml --out runs/classify-synthetic \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
+
+camvid-unsupervised: $(STAMP) ## CamVid without labels: random / PiCIE-style / FS^4-style clustering x 3 seeds, matched mIoU + linear probe (one core, ~40 min) -> runs/camvid-unsupervised/unsupervised.md
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	OMP_NUM_THREADS=1 $(MNM) unsupervised conf/benchmarks/camvid_unsupervised.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
+		--out runs/camvid-unsupervised $(if $(SEEDS),--seeds $(SEEDS))
 
 camvid-mm-sweep: $(STAMP) ## M&M candidates on CamVid scored by the kNN probe (STAGES= picks some) -> runs/mm-sweep/
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }

@@ -47,8 +47,8 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
     - ``pyramid_levels`` (e.g. ``[1, 2, 4]``): pseudo labels at grid levels. At level ``g`` the
       mean feature of each cell of a ``g×g`` grid of the image is clustered too (its own k-means
       each epoch), the cell's cluster is broadcast to its pixels, and every pixel's distance logits
-      to that level's centroids are trained towards it, within and across views, weighted by
-      ``pyramid_weight``. The pixel level (the baseline) is always kept.
+      to that level's centroids are trained towards it, within and across views; the mean over
+      the levels is weighted by ``pyramid_weight``. The pixel level (the baseline) is always kept.
     - ``context_kernel`` (odd, e.g. 3): the context-aware embedding, each pixel's feature averaged
       over its ``k×k`` neighbourhood weighted by a Gaussian of the distance (``context_sigma``) times
       the clipped cosine similarity (:func:`~mnm.clustering.context_aware_embedding`), before
@@ -81,7 +81,7 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
         within_weight: weight of the within-view terms.
         cross_weight: weight of the cross-view terms.
         pyramid_levels: grid sizes of the pyramid pseudo labels (``[]``: off).
-        pyramid_weight: weight of each pyramid level's terms.
+        pyramid_weight: weight of the pyramid levels' terms (their mean).
         context_kernel: neighbourhood of the context-aware embedding (``0``: off).
         context_sigma: its spatial Gaussian's sigma, in feature-map pixels.
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
@@ -122,6 +122,8 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
             raise ValueError(f"model.context_kernel must be 0 (off) or odd, got {context_kernel}")
         if not 0.0 < crop_min_scale <= 1.0:
             raise ValueError(f"model.crop_min_scale must be in (0, 1], got {crop_min_scale}")
+        if num_clusters is not None and num_clusters < num_classes:
+            raise ValueError(f"model.num_clusters ({num_clusters}) must be at least model.num_classes ({num_classes})")
         super().__init__(**kwargs)
         self.num_clusters = num_clusters or num_classes
         strides = self.backbone.out_strides
@@ -157,10 +159,13 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
 
     # -- clustering -------------------------------------------------------------------------------
     @torch.no_grad()
-    def cluster_samples(self, seed: int) -> list[torch.Tensor]:
-        """Pixel samples (level 0) and cell features (each pyramid level) of the train images, eval mode."""
+    def cluster_samples(self, seed: int, datamodule: Any = None) -> list[torch.Tensor]:
+        """Pixel samples (level 0) and cell features (each pyramid level) of the train images, eval mode.
+
+        The images come from ``datamodule`` (default: the trainer's), eval transform, a seeded subset.
+        """
         hp = self.hparams
-        dataset = self.trainer.datamodule.eval_dataset("train")
+        dataset = (datamodule or self.trainer.datamodule).eval_dataset("train")
         generator = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(dataset), generator=generator)[: hp.kmeans_images or len(dataset)]
         loader = DataLoader(Subset(dataset, sorted(order.tolist())), batch_size=hp.kmeans_batch_size,
@@ -224,7 +229,7 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
                 cross = F.cross_entropy(l1, t2[level]) + F.cross_entropy(l2, t1[level])
                 level_losses.append((within, cross))
             within, cross = level_losses[0]
-            pyramid = sum(hp.within_weight * w + hp.cross_weight * c for w, c in level_losses[1:])
+            pyramid = sum(hp.within_weight * w + hp.cross_weight * c for w, c in level_losses[1:]) / max(len(self.levels), 1)
             loss = hp.within_weight * within + hp.cross_weight * cross + hp.pyramid_weight * pyramid
         logged = {"loss": loss, "loss_within": within, "loss_cross": cross,
                   "clusters_used": float(t1[0].unique().numel())}  # fmt: skip
@@ -236,17 +241,17 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
         return loss
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluation_centroids(self) -> torch.Tensor:
+    def evaluation_centroids(self, datamodule: Any = None) -> torch.Tensor:
         """Pixel-level centroids of the current model (clustered once per optimiser step count)."""
         if self._eval_centroids is None or self._eval_centroids[0] != self.global_step:
             seed = self.hparams.seed * 1_000_003 + 104_729
-            samples = self.cluster_samples(seed)[0]
+            samples = self.cluster_samples(seed, datamodule)[0]
             self._eval_centroids = (self.global_step, fit_spherical_kmeans(samples, self.num_clusters, seed))
         return self._eval_centroids[1].to(self.device)
 
-    def cluster_map(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def cluster_map(self, image: torch.Tensor, size: tuple[int, int], datamodule: Any = None) -> torch.Tensor:
         """Cluster ids ``B×H×W`` of images at ``size`` (distance logits resized bilinearly, then argmax)."""
-        logits = distance_logits(self(image), self.evaluation_centroids())
+        logits = distance_logits(self(image), self.evaluation_centroids(datamodule))
         return F.interpolate(logits, size=size, mode="bilinear").argmax(1)
 
     def _eval_step(self, batch: dict[str, Any], metrics: HungarianJaccardIndex, prefix: str) -> None:

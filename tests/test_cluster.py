@@ -204,9 +204,10 @@ def test_validation_scores_hungarian_miou(data: dict) -> None:
 
 def test_bad_settings_name_the_key() -> None:
     for model, key in (({"pyramid_levels": [0]}, "model.pyramid_levels"), ({"context_kernel": 4}, "model.context_kernel"),
-                       ({"feature_maps": [9]}, "model.feature_maps"), ({"crop_min_scale": 0}, "model.crop_min_scale")):
+                       ({"feature_maps": [9]}, "model.feature_maps"), ({"crop_min_scale": 0}, "model.crop_min_scale"),
+                       ({"num_classes": 8}, "model.num_clusters")):
         with pytest.raises(ValueError, match=key):
-            ClusterStage(**{**MODEL, **model})
+            ClusterStage(**{**MODEL, "num_classes": 5, **model})
 
 
 def test_cluster_mix_match_finetune_pipeline_hands_the_backbone_on(tmp_path: Path) -> None:

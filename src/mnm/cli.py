@@ -80,6 +80,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "ensemble": _lazy("mnm.ensemble"),
     "probe": _lazy("mnm.probe_cli"),
     "protocol": _lazy("mnm.protocol"),
+    "unsupervised": _lazy("mnm.unsupervised"),
     "predict": _lazy("mnm.predict"),
 }
 
@@ -97,6 +98,7 @@ def usage() -> str:
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
         "  mnm protocol FILE [--fractions F] [--seeds S]     a benchmark over label fractions x seeds\n"
+        "  mnm unsupervised FILE [--seeds S]                 clustering arms: matched mIoU, linear probe, cluster maps\n"
         "  mnm speed [--only mnm graph finetune data]        speed and cost of the training steps (make speed)\n"
         "  mnm benchmark FILE --out DIR                      run experiment arms and report them (make camvid-cpu)\n"
         "  mnm demo                                          the synthetic benchmark behind make demo\n"

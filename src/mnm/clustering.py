@@ -18,6 +18,7 @@ Plain torch (and scikit-learn for k-means); the ``cluster`` stage composes them.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -107,22 +108,24 @@ def context_aware_embedding(features: Tensor, kernel_size: int = 3, sigma: float
 
     The weight of neighbour ``q`` of pixel ``p`` is ``exp(-‖p - q‖² / 2σ²) · max(cos(f_p, f_q), 0)``
     (the pixel itself weighs 1; zero padding at the border adds nothing), normalised to sum to 1.
+    Computed offset by offset on shifted views of the map (as ``unfold`` would, without its k²-fold copy).
     A pixel whose neighbours are all dissimilar (cosine ≤ 0) keeps its own feature.
     """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"context kernel_size must be odd and positive, got {kernel_size}")
-    b, d, h, w = features.shape
+    h, w = features.shape[-2:]
     pad = kernel_size // 2
-    offsets = torch.arange(kernel_size, device=features.device, dtype=features.dtype) - pad
-    dist2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
-    spatial = torch.exp(-dist2 / (2 * sigma**2)).flatten()  # k²
-    neighbours = F.unfold(features, kernel_size, padding=pad).view(b, d, kernel_size**2, h * w)
-    unit = F.normalize(neighbours, dim=1)
-    centre = F.normalize(features, dim=1).flatten(2)[:, :, None]  # B×D×1×HW
-    cosine = (unit * centre).sum(1).clamp_min(0)  # B×k²×HW (padding: 0)
-    weights = spatial[None, :, None] * cosine
-    weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-8)
-    return (neighbours * weights[:, None]).sum(2).view(b, d, h, w)
+    unit = F.normalize(features, dim=1)
+    padded, padded_unit = F.pad(features, (pad,) * 4), F.pad(unit, (pad,) * 4)
+    total, norm = torch.zeros_like(features), features.new_zeros(features.shape[0], 1, h, w)
+    for dy in range(kernel_size):  # one shifted copy of the map per offset: no k²-times larger tensor
+        for dx in range(kernel_size):
+            spatial = math.exp(-((dy - pad) ** 2 + (dx - pad) ** 2) / (2 * sigma**2))
+            cosine = (unit * padded_unit[:, :, dy : dy + h, dx : dx + w]).sum(1, keepdim=True).clamp_min(0)
+            weight = spatial * cosine
+            total = total + weight * padded[:, :, dy : dy + h, dx : dx + w]
+            norm = norm + weight
+    return total / norm.clamp_min(1e-8)
 
 
 def crop_boxes(batch: int, generator: torch.Generator, min_scale: float = 0.5) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 from mnm.datamodules.base import DataError, SegmentationDataModule, loader_throughput
 from mnm.datamodules.camvid import CamVidDataModule
-from mnm.datamodules.cityscapes import CityscapesDataModule
+from mnm.datamodules.cityscapes import Cityscapes27DataModule, CityscapesDataModule
 from mnm.datamodules.classification import (
     Caltech101DataModule,
     ClassificationDataModule,
@@ -13,6 +13,7 @@ from mnm.datamodules.classification import (
     OxfordIIITPetDataModule,
     SyntheticClassificationDataModule,
 )
+from mnm.datamodules.cocostuff import CocoStuff27DataModule
 from mnm.datamodules.folder import ImageFolderDataModule
 from mnm.datamodules.synthetic import SyntheticDataModule
 from mnm.datamodules.voc import VOCDataModule
@@ -20,7 +21,9 @@ from mnm.datamodules.voc import VOCDataModule
 __all__ = [
     "Caltech101DataModule",
     "CamVidDataModule",
+    "Cityscapes27DataModule",
     "ClassificationDataModule",
+    "CocoStuff27DataModule",
     "DTDDataModule",
     "FGVCAircraftDataModule",
     "Flowers102DataModule",

@@ -223,3 +223,21 @@ def test_cluster_mix_match_finetune_pipeline_hands_the_backbone_on(tmp_path: Pat
     cluster_state = read_checkpoint(stages["cluster"]["checkpoint"])["state_dict"]
     mm_state = read_checkpoint(stages["mix_match"]["checkpoint"])["state_dict"]
     assert "centroids" in cluster_state and "centroids" not in mm_state
+
+
+@pytest.mark.slow
+def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, camvid_root: Path, monkeypatch) -> None:
+    """The cluster -> M&M graph -> fine-tune arm of the CamVid protocol, shrunk to a few steps on 8 images."""
+    from mnm.protocol import cell_name, run_protocol
+
+    monkeypatch.chdir(REPO)
+    sets = [f"data.root={camvid_root}", "data.max_samples=8", "data.num_workers=0", "cl_steps=2", "mm_steps=2",
+            "mm_drop=1", "ft_steps=2", "ft_drop=1"]  # fmt: skip
+    report = run_protocol("conf/benchmarks/camvid_label_efficient_cluster.yaml", tmp_path, sets, fractions=[1.0],
+                          seeds=[0], arms=["ft_cluster_mm_graph"])  # fmt: skip
+    manifest = json.loads((tmp_path / cell_name(1.0, 0) / "manifest.json").read_text())["stages"]
+    assert manifest["cluster_mm_graph"]["pretrained_backbone"] == manifest["cluster"]["checkpoint"]
+    assert manifest["ft_cluster_mm_graph"]["pretrained_backbone"] == manifest["cluster_mm_graph"]["checkpoint"]
+    assert 0 < manifest["cluster"]["miou"] <= 1  # the proxy stage itself is evaluated, Hungarian-matched
+    row = report["summary"]["cluster → M&M graph → fine-tune"]["1"]
+    assert row["miou"]["n"] == 1 and 0 <= row["miou"]["mean"] <= 1

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from data_fixtures import random_image, save_gray_png, save_image, write_cityscapes_pair
+
 from mnm.datamodules import Cityscapes27DataModule, CocoStuff27DataModule, DataError
 
 NO_AUGMENT = {"crop_size": None, "scale_range": (1.0, 1.0), "hflip": False, "batch_size": 1}

@@ -27,7 +27,7 @@ from mnm.checkpoints import atomic_write_text
 from mnm.datamodules.datasets import pad_collate
 from mnm.hungarian import HungarianJaccardIndex
 from mnm.linear_probe import linear_probe
-from mnm.protocol import _pm, _stats, cell_name, finished_stages, load_cell, run_protocol
+from mnm.protocol import _pm, _stats, cell_name, finished_stages, load_cell, protocol_spec, run_protocol
 from mnm.rundir import load_stage
 
 LINEAR_PROBE_FILE = "linear_probe.json"
@@ -123,26 +123,32 @@ def unsupervised_markdown(report: dict[str, Any]) -> str:
 def run_unsupervised(file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (),
                      eval_split: str | None = None, seeds: Sequence[int] | None = None, samples: int = 4,
                      report_only: bool = False) -> dict[str, Any]:
-    """Run the protocol cells, then the linear probes and the cluster-map figure; returns the report."""
-    protocol = run_protocol(file, out, sets, eval_split, seeds=seeds, report_only=report_only)
-    first = f"fraction={protocol['fractions'][0]}"
-    root = Path(out) if out is not None else load_benchmark(file, None, [*sets, first], eval_split).out_dir
+    """Run the protocol cells seed by seed, each followed by its linear probes, then the figure; returns the report.
+
+    A cell's probes run as soon as the cell has finished, so an interrupted benchmark keeps them;
+    the report covers every finished arm of every cell.
+    """
+    first = load_benchmark(file, out, [*sets, "fraction=1.0"], eval_split)
+    spec = protocol_spec(first)
+    root = Path(out) if out is not None else first.out_dir
+    cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
+    for (fraction, seed), pipeline in cells.items():
+        if not report_only and (not seeds or seed in seeds):
+            run_protocol(file, out, sets, eval_split, fractions=[fraction], seeds=[seed])
+        if arms := finished_arms(pipeline):
+            probe_cell(pipeline.out_dir, arms, seed)
+    protocol = run_protocol(file, out, sets, eval_split, report_only=True)
     rows: dict[str, list[dict[str, float]]] = {}
     figure = None
-    for fraction in protocol["fractions"]:
-        for seed in protocol["seeds"]:
-            pipeline = load_cell(file, root, sets, fraction, seed, eval_split)
-            done = finished_stages(pipeline)
-            arms = {label: stage for label, stage in pipeline.report["arms"].items() if stage in done}
-            if not arms:
-                continue
-            probes = probe_cell(pipeline.out_dir, arms, seed)
-            cell = protocol["cells"][cell_name(fraction, seed)]["arms"]
-            for label, stage in arms.items():
-                row = dict(cell[label]) | {f"probe_{k}": v for k, v in probes[stage].items()}
-                rows.setdefault(label, []).append(row)
-            if figure is None and samples > 0:
-                figure = plot_cluster_maps(pipeline.out_dir, arms, samples, root / "cluster_maps.png").name
+    for (fraction, seed), pipeline in cells.items():
+        if not (arms := finished_arms(pipeline)):
+            continue
+        probes = probe_cell(pipeline.out_dir, arms, seed)
+        cell = protocol["cells"][cell_name(fraction, seed)]["arms"]
+        for label, stage in arms.items():
+            rows.setdefault(label, []).append(dict(cell[label]) | {f"probe_{k}": v for k, v in probes[stage].items()})
+        if figure is None and samples > 0:
+            figure = plot_cluster_maps(pipeline.out_dir, arms, samples, root / "cluster_maps.png").name
     report = {k: protocol[k] for k in ("benchmark", "file", "seeds", "eval_split", "wall_time_s")}
     report["arms"] = {label: {key: _stats([r[key] for r in rs]) for key in rs[0]} for label, rs in rows.items()}
     report["figure"] = figure
@@ -151,6 +157,12 @@ def run_unsupervised(file: str | Path, out: str | Path | None = None, sets: Sequ
     print(unsupervised_markdown(report))
     print(f"[mnm] unsupervised report: {root / 'unsupervised.md'}")
     return report
+
+
+def finished_arms(pipeline: Any) -> dict[str, str]:
+    """The arms (label -> stage) of a cell whose stage has finished."""
+    done = finished_stages(pipeline)
+    return {label: stage for label, stage in pipeline.report["arms"].items() if stage in done}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -77,3 +77,10 @@ def write_cityscapes_pair(
     save_gray_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", label_ids)
     if train_ids is not None:
         save_gray_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png", train_ids)
+
+
+def synthetic_data(root: Path, side: int, crop: int) -> dict:
+    """The ``data`` section of a stage config: 8 train and 4 val synthetic images of ``side`` px, ``crop``-px crops."""
+    return {"class_path": "mnm.datamodules.SyntheticDataModule",
+            "init_args": {"root": str(root), "num_train": 8, "num_val": 4, "image_size": [side, side],
+                          "crop_size": [crop, crop], "batch_size": 4, "val_batch_size": 2}}  # fmt: skip

@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from data_fixtures import synthetic_data
 
 from mnm.checkpoints import read_checkpoint
 from mnm.clustering import (
@@ -38,10 +39,7 @@ MODEL = {"backbone": "alexnet", "num_clusters": 6, "channels": 16, "kmeans_pixel
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    return {"class_path": "mnm.datamodules.SyntheticDataModule",
-            "init_args": {"root": str(root), "num_train": 8, "num_val": 4, "image_size": [64, 64],
-                          "crop_size": [64, 64], "batch_size": 4, "val_batch_size": 2}}
+    return synthetic_data(tmp_path_factory.mktemp("synthetic") / "data", side=64, crop=64)
 
 
 # -- core parts ------------------------------------------------------------------------------------
@@ -241,3 +239,21 @@ def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, c
     assert 0 < manifest["cluster"]["miou"] <= 1  # the proxy stage itself is evaluated, Hungarian-matched
     row = report["summary"]["cluster → M&M graph → fine-tune"]["1"]
     assert row["miou"]["n"] == 1 and 0 <= row["miou"]["mean"] <= 1
+
+
+def test_unsupervised_benchmark_reports_matched_miou_probe_and_figure(tmp_path: Path, monkeypatch) -> None:
+    from mnm.unsupervised import LINEAR_PROBE_FILE, run_unsupervised
+
+    monkeypatch.chdir(REPO)
+    sets = [f"data_root={tmp_path / 'data'}"]
+    report = run_unsupervised("conf/benchmarks/tiny_unsupervised.yaml", tmp_path / "run", sets, seeds=[0], samples=2)
+    assert list(report["arms"]) == ["random init", "PiCIE-style", "FS^4-style"]
+    for row in report["arms"].values():  # seed 0 only: n = 1
+        assert row["miou"]["n"] == 1 and 0 < row["miou"]["mean"] <= 1
+        assert 0 <= row["probe_miou"]["mean"] <= 1 and 0 < row["pixel_acc"]["mean"] <= 1
+    probes = json.loads((tmp_path / "run" / "f1-s0" / LINEAR_PROBE_FILE).read_text())
+    assert sorted(probes) == ["fs4", "picie", "random"]
+    assert (tmp_path / "run" / "cluster_maps.png").stat().st_size > 0
+    text = (tmp_path / "run" / "unsupervised.md").read_text()
+    assert "| PiCIE-style |" in text and "(n=1)" in text and "cluster_maps.png" in text
+    assert not (tmp_path / "run" / "f1-s1").exists()  # --seeds 0 ran one cell

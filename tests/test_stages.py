@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import synthetic_data
 from PIL import Image
 
 from mnm.cli import main
@@ -29,10 +30,7 @@ MODELS = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("synthetic") / "data"
-    return {"class_path": "mnm.datamodules.SyntheticDataModule",
-            "init_args": {"root": str(root), "num_train": 8, "num_val": 4, "image_size": [96, 96],
-                          "crop_size": [80, 80], "batch_size": 4, "val_batch_size": 2}}
+    return synthetic_data(tmp_path_factory.mktemp("synthetic") / "data", side=96, crop=80)
 
 
 #: the data of the stage kinds that do not train on segmentation batches

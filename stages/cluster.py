@@ -89,6 +89,7 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
 
     data_links = ("num_classes", "ignore_index", "class_names")
     evaluation_split = "val"
+    evaluation_metrics = {"miou": "mIoU", "pixel_acc": "pixel acc."}  # Hungarian-matched
     curve_metrics = {"loss": "train/loss", "clusters_used": "train/clusters_used"}
 
     def __init__(

@@ -217,7 +217,7 @@ def test_cluster_mix_match_finetune_pipeline_hands_the_backbone_on(tmp_path: Pat
     stages = manifest["stages"]
     assert stages["mix_match"]["pretrained_backbone"] == stages["cluster"]["checkpoint"]
     assert stages["finetune"]["pretrained_backbone"] == stages["mix_match"]["checkpoint"]
-    assert 0 < stages["cluster"]["miou"] <= 1  # the cluster stage is evaluated (Hungarian mIoU) after fitting
+    assert 0 < stages["cluster"]["score"]["value"] <= 1  # the cluster stage is evaluated (Hungarian mIoU) after fitting
     cluster_state = read_checkpoint(stages["cluster"]["checkpoint"])["state_dict"]
     mm_state = read_checkpoint(stages["mix_match"]["checkpoint"])["state_dict"]
     assert "centroids" in cluster_state and "centroids" not in mm_state
@@ -236,7 +236,7 @@ def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, c
     manifest = json.loads((tmp_path / cell_name(1.0, 0) / "manifest.json").read_text())["stages"]
     assert manifest["cluster_mm_graph"]["pretrained_backbone"] == manifest["cluster"]["checkpoint"]
     assert manifest["ft_cluster_mm_graph"]["pretrained_backbone"] == manifest["cluster_mm_graph"]["checkpoint"]
-    assert 0 < manifest["cluster"]["miou"] <= 1  # the proxy stage itself is evaluated, Hungarian-matched
+    assert 0 < manifest["cluster"]["score"]["value"] <= 1  # the proxy stage itself is evaluated, Hungarian-matched
     row = report["summary"]["cluster → M&M graph → fine-tune"]["1"]
     assert row["miou"]["n"] == 1 and 0 <= row["miou"]["mean"] <= 1
 

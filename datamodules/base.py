@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import lightning as L
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, get_worker_info
 
-from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, pad_collate
+from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, SemiDataset, pad_collate, semi_collate
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.label_subset import LabelSplit, split_labeled, write_id_list
 from mnm.datamodules.readers import (
@@ -31,7 +31,7 @@ from mnm.datamodules.readers import (
     read_list,
     resolve_listed,
 )
-from mnm.datamodules.sampling import ResumableLoader, ResumableSampler
+from mnm.datamodules.sampling import PairedSampler, ResumableLoader, ResumableSampler
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
@@ -74,7 +74,10 @@ class SegmentationDataModule(L.LightningDataModule):
     (:mod:`mnm.datamodules.label_subset`: seeded by ``split_seed``, default ``seed``;
     every class of the full split present). The remainder is the ``unlabeled`` role
     (images without masks: :meth:`unlabeled_dataloader`, or the train loader itself
-    with ``train_on: unlabeled``). On ``setup("fit")`` under a trainer, the two id
+    with ``train_on: unlabeled``). ``train_on: semi`` makes the train loader yield both at once for
+    semi-supervised training: ``{"labeled": batch, "unlabeled": batch}`` per step, the unlabelled batch
+    with two strong views and CutMix boxes (probability ``cutmix_p``; :class:`SemiDataset`,
+    :class:`PairedSampler`). On ``setup("fit")`` under a trainer, the two id
     lists are written to ``labeled.txt`` and ``unlabeled.txt`` in the trainer's
     ``default_root_dir`` (the stage folder of a pipeline run).
     """
@@ -104,7 +107,8 @@ class SegmentationDataModule(L.LightningDataModule):
         labeled_fraction: float = 1.0,
         labeled_list: str | None = None,
         split_seed: int | None = None,
-        train_on: Literal["labeled", "unlabeled"] = "labeled",
+        train_on: Literal["labeled", "unlabeled", "semi"] = "labeled",
+        cutmix_p: float = 0.5,
     ) -> None:
         super().__init__()
         for setting, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -118,8 +122,10 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
         if labeled_list is not None and labeled_fraction != 1.0:
             raise DataError("give labeled_fraction or labeled_list, not both")
-        if train_on not in ("labeled", "unlabeled"):
-            raise DataError(f"train_on must be 'labeled' or 'unlabeled', got {train_on!r}")
+        if train_on not in ("labeled", "unlabeled", "semi"):
+            raise DataError(f"train_on must be 'labeled', 'unlabeled' or 'semi', got {train_on!r}")
+        if not 0.0 <= cutmix_p <= 1.0:
+            raise DataError(f"cutmix_p must be in [0, 1], got {cutmix_p}")
         for setting, size in (("crop_size", crop_size), ("val_size", val_size)):
             if size is not None and (len(size) != 2 or min(size) < 1):
                 raise DataError(f"{setting} must be two positive ints (height, width), got {size}")
@@ -144,6 +150,7 @@ class SegmentationDataModule(L.LightningDataModule):
         self.labeled_list = Path(labeled_list).expanduser() if labeled_list is not None else None
         self.split_seed = seed if split_seed is None else split_seed
         self.train_on = train_on
+        self.cutmix_p = cutmix_p
         self.label_split: LabelSplit | None = None
 
         self.num_classes = len(self.CLASS_NAMES)
@@ -232,7 +239,7 @@ class SegmentationDataModule(L.LightningDataModule):
         roles = _STAGE_ROLES.get(stage or "fit")
         if roles is None:
             raise DataError(f"unknown stage {stage!r}; expected one of {sorted(_STAGE_ROLES)}")
-        if "train" in roles and self.train_on == "unlabeled":
+        if "train" in roles and self.train_on in ("unlabeled", "semi"):
             roles = (*roles, "unlabeled")
         for role in roles:
             if role not in self.datasets:
@@ -242,12 +249,30 @@ class SegmentationDataModule(L.LightningDataModule):
             self.write_label_split(trainer.default_root_dir)
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_on == "semi":
+            return self.semi_dataloader()
         role = "unlabeled" if self.train_on == "unlabeled" else "train"
         return self._loader(role, self.batch_size, shuffle=True)
 
     def unlabeled_dataloader(self) -> DataLoader:
         """Images of the train split outside the labelled subset, without masks, augmented as train."""
         return self._loader("unlabeled", self.batch_size, shuffle=True)
+
+    def semi_dataloader(self) -> DataLoader:
+        """Per step a labelled batch and an unlabelled one (weak view, two strong views, CutMix boxes)."""
+        for role in ("train", "unlabeled"):
+            if role not in self.datasets:
+                self.datasets[role] = self._build_dataset(role)
+        dataset = SemiDataset(self.datasets["train"], self.datasets["unlabeled"], cutmix_p=self.cutmix_p)
+        rank, world, start_batch = self._position()
+        dataset.set_seed(self.seed + 7919 * rank)  # used as is when num_workers == 0
+        for keyed in (dataset, dataset.labeled, dataset.unlabeled):
+            keyed.key_seed = self.seed
+        sampler = PairedSampler(
+            len(dataset.labeled), len(dataset.unlabeled), seed=self.seed, rank=rank, world=world,
+            batch_size=self.batch_size, start_batch=start_batch,
+        )  # fmt: skip
+        return self._make_loader(dataset, sampler, self.batch_size, rank, True, semi_collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size, shuffle=False)
@@ -322,7 +347,8 @@ class SegmentationDataModule(L.LightningDataModule):
             transform = {"train": self.train_transform, "unlabeled": self.train_transform,
                          "predict": self.predict_transform}.get(role, self.eval_transform)()  # fmt: skip
         dataset = SegmentationDataset(
-            good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict"
+            good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict",
+            mark_padding=role == "unlabeled",
         )
         dataset.num_skipped_at_setup = skipped
         return dataset
@@ -348,20 +374,28 @@ class SegmentationDataModule(L.LightningDataModule):
         if role not in self.datasets:  # the unlabelled remainder is built on first use
             self.datasets[role] = self._build_dataset(role)
         dataset = self.datasets[role]
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        seed = self.seed + 7919 * rank
-        dataset.set_seed(seed)  # used as is when num_workers == 0
+        rank, world, start_batch = self._position()
+        dataset.set_seed(self.seed + 7919 * rank)  # used as is when num_workers == 0
         drop_last = shuffle and len(dataset) > batch_size * world
-        # a resumed fit starts at the batch after the last one it trained on
-        resumes = trainer is not None and shuffle
-        start_batch = trainer.global_step * trainer.accumulate_grad_batches if resumes else 0
         if shuffle:
             dataset.key_seed = self.seed  # augmentation keyed by sample and epoch: exact resume
         sampler = ResumableSampler(
             len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world,
-            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
+            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch if shuffle else 0,
         )
+        return self._make_loader(dataset, sampler, batch_size, rank, drop_last, pad_collate)
+
+    def _position(self) -> tuple[int, int, int]:
+        """This process's rank, the world size, and the batch a (resumed) fit starts at."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1, 0
+        # a resumed fit starts at the batch after the last one it trained on
+        return trainer.global_rank, trainer.world_size, trainer.global_step * trainer.accumulate_grad_batches
+
+    def _make_loader(
+        self, dataset: Any, sampler: Any, batch_size: int, rank: int, drop_last: bool, collate: Callable
+    ) -> DataLoader:
         return ResumableLoader(
             dataset,
             batch_size=batch_size,
@@ -371,8 +405,8 @@ class SegmentationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(seed),
-            collate_fn=pad_collate,
+            generator=torch.Generator().manual_seed(self.seed + 7919 * rank),
+            collate_fn=collate,
         )
 
 

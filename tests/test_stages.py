@@ -22,7 +22,10 @@ MODELS = {
     "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},
     "pixel-contrast": {"backbone": "alexnet", "mode": "within", "feature_maps": [3], "projection_channels": 32},
     "segment": {"backbone": "alexnet"},
+    "semi": {"backbone": "alexnet", "threshold": 0.0},
 }
+#: data settings a stage kind needs beyond the shared ones
+DATA = {"semi": {"train_on": "semi", "labeled_fraction": 0.5}}
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,7 @@ def data(tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_fast_dev_run(stage: str, data: dict) -> None:
+    data = {**data, "init_args": {**data["init_args"], **DATA.get(stage, {})}}
     cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": TRAINER})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     logged = cli.trainer.callback_metrics

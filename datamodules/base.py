@@ -72,7 +72,9 @@ class SegmentationDataModule(L.LightningDataModule):
     Label fractions: ``labeled_fraction`` (0 < f <= 1) or ``labeled_list`` (a file of
     sample ids, one per line) keeps the masks of a subset of the train split only
     (:mod:`mnm.datamodules.label_subset`: seeded by ``split_seed``, default ``seed``;
-    every class of the full split present). The remainder is the ``unlabeled`` role
+    every class of the full split present). ``labeled_count`` asks for a number of labelled samples
+    instead of a fraction, and ``labeled_from`` (a split name) draws them from that split's samples
+    only (VOC's semi-supervised splits: 92 ... 1,464 of ``train`` within ``train_aug``). The remainder is the ``unlabeled`` role
     (images without masks: :meth:`unlabeled_dataloader`, or the train loader itself
     with ``train_on: unlabeled``). ``train_on: semi`` makes the train loader yield both at once for
     semi-supervised training: ``{"labeled": batch, "unlabeled": batch}`` per step, the unlabelled batch
@@ -109,6 +111,8 @@ class SegmentationDataModule(L.LightningDataModule):
         split_seed: int | None = None,
         train_on: Literal["labeled", "unlabeled", "semi"] = "labeled",
         cutmix_p: float = 0.5,
+        labeled_count: int | None = None,
+        labeled_from: str | None = None,
     ) -> None:
         super().__init__()
         for setting, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -122,6 +126,10 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
         if labeled_list is not None and labeled_fraction != 1.0:
             raise DataError("give labeled_fraction or labeled_list, not both")
+        if labeled_count is not None and (labeled_list is not None or labeled_fraction != 1.0):
+            raise DataError("give labeled_count or labeled_fraction/labeled_list, not both")
+        if labeled_from is not None and labeled_list is not None:
+            raise DataError("labeled_from bounds a seeded subset; a labeled_list names its samples itself")
         if train_on not in ("labeled", "unlabeled", "semi"):
             raise DataError(f"train_on must be 'labeled', 'unlabeled' or 'semi', got {train_on!r}")
         if not 0.0 <= cutmix_p <= 1.0:
@@ -151,6 +159,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.split_seed = seed if split_seed is None else split_seed
         self.train_on = train_on
         self.cutmix_p = cutmix_p
+        self.labeled_count = labeled_count
+        self.labeled_from = labeled_from
         self.label_split: LabelSplit | None = None
 
         self.num_classes = len(self.CLASS_NAMES)
@@ -221,7 +231,12 @@ class SegmentationDataModule(L.LightningDataModule):
     @property
     def uses_label_subset(self) -> bool:
         """Whether only a subset of the train split keeps its masks."""
-        return self.labeled_list is not None or self.labeled_fraction < 1.0
+        return (
+            self.labeled_list is not None
+            or self.labeled_fraction < 1.0
+            or self.labeled_count is not None
+            or self.labeled_from is not None
+        )
 
     def write_label_split(self, folder: str | Path) -> None:
         """Write the labelled and unlabelled ids to ``folder``/``labeled.txt``, ``unlabeled.txt``."""
@@ -337,9 +352,15 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         if role in ("train", "unlabeled") and self.uses_label_subset:
             if self.label_split is None:
-                self.label_split = split_labeled(
-                    good, fraction=self.labeled_fraction, list_file=self.labeled_list, seed=self.split_seed
+                pool = (
+                    frozenset(r.name for r in self.list_samples(self.labeled_from))
+                    if self.labeled_from is not None
+                    else None
                 )
+                self.label_split = split_labeled(
+                    good, fraction=self.labeled_fraction, list_file=self.labeled_list, seed=self.split_seed,
+                    count=self.labeled_count, pool=pool,
+                )  # fmt: skip
             good = self.label_split.labeled if role == "train" else self.label_split.unlabeled
             if not good:
                 raise DataError(f"{source}: the labelled subset leaves no unlabelled sample in '{split}'")

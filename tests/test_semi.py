@@ -275,3 +275,29 @@ def test_written_split_lists_in_semi_mode(data: dict, tmp_path: Path) -> None:
     unlabeled = (out / "unlabeled.txt").read_text().split()
     assert len(labeled) == 4 and len(unlabeled) == 6 and not set(labeled) & set(unlabeled)
     assert np.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_semi_pipeline_on_two_ddp_cpu_processes(tmp_path: Path) -> None:
+    """tiny_semi.yaml (baseline and MIM) on 2 CPU processes (gloo): both stages finish and are evaluated."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "mnm", "pipeline", "run", str(repo / "conf" / "pipelines" / "tiny_semi.yaml"),
+           "--out", str(out), "--set", f"data_root={tmp_path / 'data'}", "--set", "steps=3",
+           "--set", "trainer.devices=2", "--set", "trainer.strategy=ddp_spawn"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    for name in ("semi", "semi_mim"):
+        assert stages[name]["status"] == "finished"
+        result = json.loads((out / name / "metrics.json").read_text())["eval"]
+        assert 0.0 <= result["miou"] <= 1.0 and len(result["per_class_iou"]) == 6
+        assert len((out / name / "labeled.txt").read_text().split()) == 8
+    assert "devices: 2" in (out / "semi" / "config.yaml").read_text()

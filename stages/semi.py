@@ -14,6 +14,7 @@ from mnm.mim import (
     class_views,
     largest_classes,
     reconstruction_loss,
+    running_stats_frozen,
 )
 from mnm.semi import PseudoLabels, mix_boxes, pseudo_labels, unlabelled_loss
 from mnm.stages.segment import SegmentStage, masked_cross_entropy
@@ -41,7 +42,8 @@ class SemiStage(SegmentStage):
     labelled images, confident pseudo labels on the unlabelled ones), *feature aggregation* (1 - cos of
     the class's mean map feature over masked and over visible pixels, same passes), and *MIM in semantic
     space* (the unlabelled loss of the masked weak view against the full weak view's pseudo labels).
-    Each term is logged; the defaults of the three weights are ours (the paper's are not public).
+    The MIM passes leave the batch-norm running statistics alone (ours: their inputs are mostly fill
+    colour). Each term is logged; the defaults of the three weights are ours (the paper's are not public).
 
     Args:
         threshold: confidence a pseudo label needs to count (UniMatch: 0.95 VOC, 0 Cityscapes).
@@ -139,7 +141,7 @@ class SemiStage(SegmentStage):
         generator = self.step_generator(self.global_step, salt=_MASK_SALT)
         mask = block_mask(len(image), h, w, hp.mim_block, hp.mim_mask_ratio, generator).to(image.device)
         fill = self.backbone.mean.expand(1, 3, 1, 1)  # the dataset mean: zero after the backbone's normalisation
-        with self.phase_timer("mim"):
+        with self.phase_timer("mim"), running_stats_frozen(self):
             views = class_views(image, labels, mask, largest_classes(labels, hp.ignore_index, hp.mim_max_classes), fill)
             if len(views):
                 features = self.backbone.features(views.inputs)[hp.mim_feature_map]

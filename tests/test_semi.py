@@ -301,3 +301,16 @@ def test_semi_pipeline_on_two_ddp_cpu_processes(tmp_path: Path) -> None:
         assert 0.0 <= result["miou"] <= 1.0 and len(result["per_class_iou"]) == 6
         assert len((out / name / "labeled.txt").read_text().split()) == 8
     assert "devices: 2" in (out / "semi" / "config.yaml").read_text()
+
+
+def test_running_stats_frozen_keeps_batch_norm_statistics() -> None:
+    from mnm.mim import running_stats_frozen
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
+    before = net[1].running_mean.clone()
+    with running_stats_frozen(net):
+        out = net(torch.rand(2, 3, 5, 5) + 3)
+    assert torch.equal(net[1].running_mean, before) and net[1].momentum == 0.1
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-5  # still normalised with the batch statistics
+    net(torch.rand(2, 3, 5, 5) + 3)
+    assert not torch.equal(net[1].running_mean, before)

@@ -11,6 +11,8 @@ SimMIM's linear decoder (Xie et al., CVPR 2022: a 1×1 convolution and a pixel s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,7 @@ __all__ = [
     "class_views",
     "largest_classes",
     "reconstruction_loss",
+    "running_stats_frozen",
 ]
 
 
@@ -123,3 +126,19 @@ class ReconstructionDecoder(nn.Module):
         if tuple(pixels.shape[-2:]) != tuple(out_size):
             pixels = F.interpolate(pixels, size=out_size, mode="bilinear", align_corners=False)
         return pixels
+
+
+@contextmanager
+def running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Batch norm inside the block normalises with batch statistics as usual but leaves the running
+    statistics as they were, so passes over masked and class-split images (mostly fill colour) do not
+    shift the statistics the model is evaluated with."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum

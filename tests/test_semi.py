@@ -28,6 +28,12 @@ TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_che
 MIM = {"mim": True, "mim_block": 16, "mim_max_classes": 2}
 
 
+@pytest.fixture
+def trainer(tmp_path: Path) -> dict:
+    """Trainer settings writing into a temporary folder (a fit writes labeled.txt / unlabeled.txt there)."""
+    return {**TRAINER, "default_root_dir": str(tmp_path)}
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("synthetic") / "data"
@@ -206,9 +212,9 @@ def test_semi_mode_needs_a_label_subset(data: dict) -> None:
 
 
 @pytest.mark.parametrize("model", [{}, MIM], ids=["baseline", "mim"])
-def test_semi_stage_fast_dev_run_logs_every_term(model: dict, data: dict) -> None:
+def test_semi_stage_fast_dev_run_logs_every_term(model: dict, data: dict, trainer: dict) -> None:
     cli = build_stage("semi", {"model": {"backbone": "alexnet", "threshold": 0.0, **model}, "data": data,
-                               "trainer": TRAINER})  # fmt: skip
+                               "trainer": trainer})  # fmt: skip
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     logged = cli.trainer.callback_metrics
     terms = ["loss", "loss_x", "loss_s1", "loss_s2", "loss_fp", "confident"]
@@ -220,9 +226,9 @@ def test_semi_stage_fast_dev_run_logs_every_term(model: dict, data: dict) -> Non
         assert float(logged["train/mim_recon"]) > 0 and float(logged["train/mim_views"]) > 0
 
 
-def test_semi_stage_terms_have_gradient(data: dict) -> None:
+def test_semi_stage_terms_have_gradient(data: dict, trainer: dict) -> None:
     cli = build_stage("semi", {"model": {"backbone": "alexnet", "threshold": 0.0, **MIM}, "data": data,
-                               "trainer": TRAINER})  # fmt: skip
+                               "trainer": trainer})  # fmt: skip
     dm, model = cli.datamodule, cli.model
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -236,26 +242,26 @@ def test_semi_stage_terms_have_gradient(data: dict) -> None:
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
-def test_semi_stage_refuses_labelled_only_data(data: dict) -> None:
+def test_semi_stage_refuses_labelled_only_data(data: dict, trainer: dict) -> None:
     plain = {**data, "init_args": {**data["init_args"], "train_on": "labeled"}}
-    cli = build_stage("semi", {"model": {"backbone": "alexnet"}, "data": plain, "trainer": TRAINER})
+    cli = build_stage("semi", {"model": {"backbone": "alexnet"}, "data": plain, "trainer": trainer})
     with pytest.raises(ValueError, match="train_on: semi"):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
 
 
-def test_semi_stage_evaluates_like_segment(data: dict) -> None:
-    cli = build_stage("semi", {"model": {"backbone": "alexnet"}, "data": data, "trainer": TRAINER})
+def test_semi_stage_evaluates_like_segment(data: dict, trainer: dict) -> None:
+    cli = build_stage("semi", {"model": {"backbone": "alexnet"}, "data": data, "trainer": trainer})
     assert cli.model.evaluation_split == "val"
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
     result = cli.model.read_evaluation(cli.trainer.callback_metrics, "val")
     assert 0.0 <= result["miou"] <= 1.0 and len(result["per_class_iou"]) == 6
 
 
-def test_semi_settings_are_checked(data: dict) -> None:
+def test_semi_settings_are_checked(data: dict, trainer: dict) -> None:
     for bad, message in (({"threshold": 1.5}, "threshold"), ({"mim": True, "mim_feature_map": 9}, "mim_feature_map"),
                          ({"mim_max_classes": 0}, "mim_max_classes")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
-            build_stage("semi", {"model": {"backbone": "alexnet", **bad}, "data": data, "trainer": TRAINER})
+            build_stage("semi", {"model": {"backbone": "alexnet", **bad}, "data": data, "trainer": trainer})
 
 
 def test_block_sizes_mask_the_whole_image_with_ratio_one() -> None:

@@ -37,9 +37,10 @@ def data(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_stage_fast_dev_run(stage: str, data: dict) -> None:
+def test_stage_fast_dev_run(stage: str, data: dict, tmp_path: Path) -> None:
     data = {**data, "init_args": {**data["init_args"], **DATA.get(stage, {})}}
-    cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": TRAINER})
+    trainer = {**TRAINER, "default_root_dir": str(tmp_path)}  # a label subset writes its lists there
+    cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": trainer})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     logged = cli.trainer.callback_metrics
     assert "train/loss" in logged or "train/loss_step" in logged, sorted(logged)

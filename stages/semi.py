@@ -61,8 +61,6 @@ class SemiStage(SegmentStage):
         **kwargs: head, data links and optimiser settings of :class:`SegmentStage`.
     """
 
-    curve_metrics = {"loss": "train/loss", "loss_x": "train/loss_x", "loss_s": "train/loss_s1"}
-
     def __init__(
         self,
         threshold: float = 0.95,
@@ -153,4 +151,4 @@ class SemiStage(SegmentStage):
             masked_weak = torch.where(mask[len(labeled["image"]) :, None], fill, unlabeled["image"])
             semantic = unlabelled_loss(self(masked_weak), target, hp.threshold)
         return {"mim_recon": recon, "mim_aggregate": aggregate, "mim_semantic": semantic,
-                "mim_views": torch.tensor(float(len(views)))}  # fmt: skip
+                "mim_views": torch.tensor(float(len(views)), device=image.device)}  # fmt: skip

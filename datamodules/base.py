@@ -8,17 +8,13 @@ batches of ``docs/CONTRACTS.md``.
 """
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import cv2
 import lightning as L
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
 from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, SemiDataset, pad_collate, semi_collate
 from mnm.datamodules.errors import DataError
@@ -31,7 +27,7 @@ from mnm.datamodules.readers import (
     read_list,
     resolve_listed,
 )
-from mnm.datamodules.sampling import PairedSampler, ResumableLoader, ResumableSampler
+from mnm.datamodules.sampling import resumable_loader, seed_worker
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
@@ -45,21 +41,6 @@ _STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 _ROLE_STAGE = {"train": "fit", "unlabeled": "fit", "val": "validate", "test": "test", "predict": "predict"}
 #: files (in the trainer's ``default_root_dir``) that record a label fraction's subset
 LABELED_FILE, UNLABELED_FILE = "labeled.txt", "unlabeled.txt"
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed python, numpy and the dataset's augmentation per worker.
-
-    ``torch.initial_seed()`` in a worker is the loader generator's base seed +
-    worker id, so runs with the same ``seed`` (and rank) are reproducible.
-    """
-    cv2.setNumThreads(0)  # no OpenCV thread pool inside worker processes (oversubscription, fork issues)
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "set_seed"):
-        info.dataset.set_seed(seed)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -82,6 +63,10 @@ class SegmentationDataModule(L.LightningDataModule):
     :class:`PairedSampler`). On ``setup("fit")`` under a trainer, the two id
     lists are written to ``labeled.txt`` and ``unlabeled.txt`` in the trainer's
     ``default_root_dir`` (the stage folder of a pipeline run).
+
+    A training crop larger than its (scaled) image pads the image with ``pad_fill`` (RGB 0–255;
+    default black, the Caffe release: its mean colour) placed at ``pad_position`` (``center``, or
+    ``random`` as the release), and the mask with 255.
     """
 
     CLASS_NAMES: tuple[str, ...] = ()
@@ -113,6 +98,8 @@ class SegmentationDataModule(L.LightningDataModule):
         cutmix_p: float = 0.5,
         labeled_count: int | None = None,
         labeled_from: str | None = None,
+        pad_fill: tuple[int, int, int] = (0, 0, 0),
+        pad_position: Literal["center", "random"] = "center",
     ) -> None:
         super().__init__()
         for setting, value in (("batch_size", batch_size), ("val_batch_size", val_batch_size)):
@@ -126,6 +113,10 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
         if labeled_list is not None and labeled_fraction != 1.0:
             raise DataError("give labeled_fraction or labeled_list, not both")
+        if len(pad_fill) != 3 or not all(0 <= int(v) <= 255 for v in pad_fill):
+            raise DataError(f"pad_fill must be three ints in 0..255 (RGB), got {pad_fill}")
+        if pad_position not in ("center", "random"):
+            raise DataError(f"pad_position must be 'center' or 'random', got {pad_position!r}")
         if labeled_count is not None and (labeled_list is not None or labeled_fraction != 1.0):
             raise DataError("give labeled_count or labeled_fraction/labeled_list, not both")
         if labeled_from is not None and labeled_list is not None:
@@ -149,6 +140,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.scale_range = tuple(scale_range)
         self.hflip = hflip
         self.color_jitter = color_jitter
+        self.pad_fill = tuple(int(v) for v in pad_fill)
+        self.pad_position = pad_position
         self.val_size = tuple(val_size) if val_size is not None else None
         self.skip_bad = skip_bad
         self.seed = seed
@@ -191,6 +184,8 @@ class SegmentationDataModule(L.LightningDataModule):
             hflip=self.hflip,
             color_jitter=self.color_jitter,
             seed=self.seed,
+            pad_fill=self.pad_fill,
+            pad_position=self.pad_position,
         )
 
     def eval_transform(self) -> JointTransform:
@@ -279,15 +274,13 @@ class SegmentationDataModule(L.LightningDataModule):
             if role not in self.datasets:
                 self.datasets[role] = self._build_dataset(role)
         dataset = SemiDataset(self.datasets["train"], self.datasets["unlabeled"], cutmix_p=self.cutmix_p)
-        rank, world, start_batch = self._position()
-        dataset.set_seed(self.seed + 7919 * rank)  # used as is when num_workers == 0
-        for keyed in (dataset, dataset.labeled, dataset.unlabeled):
-            keyed.key_seed = self.seed
-        sampler = PairedSampler(
-            len(dataset.labeled), len(dataset.unlabeled), seed=self.seed, rank=rank, world=world,
-            batch_size=self.batch_size, start_batch=start_batch,
+        for keyed in (dataset.labeled, dataset.unlabeled):
+            keyed.key_seed = self.seed  # the SemiDataset's own key_seed is set by resumable_loader
+        return resumable_loader(
+            dataset, self.batch_size, shuffle=True, seed=self.seed, trainer=self.trainer,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=semi_collate,
+            paired_sizes=(len(dataset.labeled), len(dataset.unlabeled)),
         )  # fmt: skip
-        return self._make_loader(dataset, sampler, self.batch_size, rank, True, semi_collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size, shuffle=False)
@@ -394,40 +387,9 @@ class SegmentationDataModule(L.LightningDataModule):
             self.setup(_ROLE_STAGE[role])
         if role not in self.datasets:  # the unlabelled remainder is built on first use
             self.datasets[role] = self._build_dataset(role)
-        dataset = self.datasets[role]
-        rank, world, start_batch = self._position()
-        dataset.set_seed(self.seed + 7919 * rank)  # used as is when num_workers == 0
-        drop_last = shuffle and len(dataset) > batch_size * world
-        if shuffle:
-            dataset.key_seed = self.seed  # augmentation keyed by sample and epoch: exact resume
-        sampler = ResumableSampler(
-            len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world=world,
-            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch if shuffle else 0,
-        )
-        return self._make_loader(dataset, sampler, batch_size, rank, drop_last, pad_collate)
-
-    def _position(self) -> tuple[int, int, int]:
-        """This process's rank, the world size, and the batch a (resumed) fit starts at."""
-        trainer = self.trainer
-        if trainer is None:
-            return 0, 1, 0
-        # a resumed fit starts at the batch after the last one it trained on
-        return trainer.global_rank, trainer.world_size, trainer.global_step * trainer.accumulate_grad_batches
-
-    def _make_loader(
-        self, dataset: Any, sampler: Any, batch_size: int, rank: int, drop_last: bool, collate: Callable
-    ) -> DataLoader:
-        return ResumableLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(self.seed + 7919 * rank),
-            collate_fn=collate,
+        return resumable_loader(
+            self.datasets[role], batch_size, shuffle=shuffle, seed=self.seed, trainer=self.trainer,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=pad_collate,
         )
 
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Iterator
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
 logger = logging.getLogger("mnm.datamodules")
 
@@ -27,6 +30,21 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed python, numpy and the dataset's augmentation per worker.
+
+    ``torch.initial_seed()`` in a worker is the loader generator's base seed +
+    worker id, so runs with the same ``seed`` (and rank) are reproducible.
+    """
+    cv2.setNumThreads(0)  # no OpenCV thread pool inside worker processes (oversubscription, fork issues)
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    info = get_worker_info()
+    if info is not None and hasattr(info.dataset, "set_seed"):
+        info.dataset.set_seed(seed)
 
 
 class ResumableSampler(Sampler[int]):
@@ -111,6 +129,57 @@ class ResumableLoader(DataLoader):
                 "resuming with other data settings than the checkpoint's (%s, now %s): the batches differ "
                 "from those of an uninterrupted run", state_dict, self.state_dict()
             )
+
+
+def resumable_loader(
+    dataset: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    trainer: Any,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    collate_fn: Any = None,
+    paired_sizes: tuple[int, int] | None = None,
+) -> ResumableLoader:
+    """A seeded, rank-sharded :class:`ResumableLoader` over ``dataset`` (items keyed by sampler keys).
+
+    Under a ``trainer``, a shuffled (training) loader starts at the batch after the trainer's last step,
+    and ranks come from the trainer. ``dataset`` needs ``set_seed(seed)`` and a ``key_seed`` attribute,
+    which is set for shuffled loaders so that each item's augmentation depends on its key alone.
+    ``paired_sizes`` (labelled, unlabelled) makes it a loader of :class:`PairedSampler` key pairs.
+    """
+    rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    loader_seed = seed + 7919 * rank
+    dataset.set_seed(loader_seed)  # used as is when num_workers == 0
+    drop_last = shuffle and len(dataset) > batch_size * world
+    # a resumed fit starts at the batch after the last one it trained on
+    start_batch = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None and shuffle else 0
+    if shuffle:
+        dataset.key_seed = seed  # augmentation keyed by sample and epoch: exact resume
+    if paired_sizes is not None:
+        drop_last = False
+        sampler: Sampler = PairedSampler(
+            *paired_sizes, seed=seed, rank=rank, world=world, batch_size=batch_size, start_batch=start_batch
+        )
+    else:
+        sampler = ResumableSampler(
+            len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world,
+            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
+        )  # fmt: skip
+    return ResumableLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(loader_seed),
+        collate_fn=collate_fn,
+    )
 
 
 class PairedSampler(Sampler[tuple[int, int]]):

@@ -1,7 +1,7 @@
 """Joint image+mask transforms built on albumentations 2.0.8.
 
-Images are bilinear, masks always nearest; padding fills images with 0 and
-masks with 255 (ignore). ``mnm`` (imported as this package's parent) sets
+Images are bilinear, masks always nearest; padding fills images with 0 (or a given
+colour) and masks with 255 (ignore). ``mnm`` (imported as this package's parent) sets
 ``NO_ALBUMENTATIONS_UPDATE`` before albumentations is loaded.
 """
 
@@ -67,11 +67,14 @@ def build_train_transform(
     color_jitter: bool = False,
     seed: int = 0,
     cover: bool = False,
+    pad_fill: tuple[int, int, int] = (0, 0, 0),
+    pad_position: str = "center",
 ) -> JointTransform:
-    """Random scale → pad (0 / 255) → random crop → flip → optional colour jitter.
+    """Random scale → pad (``pad_fill`` / 255) → random crop → flip → optional colour jitter.
 
     ``cover=True`` first scales small images up to the crop size (unlabeled
-    folders), so no padding is ever needed.
+    folders), so no padding is ever needed. An image smaller than the crop is padded with the RGB
+    colour ``pad_fill`` (0–255) and placed at ``pad_position`` (``center`` or ``random``).
     """
     ops: list[A.BasicTransform] = []
     low, high = scale_range
@@ -91,8 +94,9 @@ def build_train_transform(
             A.PadIfNeeded(
                 min_height=crop_size[0],
                 min_width=crop_size[1],
+                position=pad_position,
                 border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
+                fill=tuple(pad_fill),
                 fill_mask=IGNORE_INDEX,
             )
         )

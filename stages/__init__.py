@@ -6,6 +6,7 @@ Importing this package is cheap (no Lightning), so ``mnm --help`` stays fast: th
 #: the stage-kind registry: stage command -> LightningModule class path. A new kind adds one line here;
 #: everything else the runner and reports need to know about it is a class attribute of its stage.
 STAGES: dict[str, str] = {
+    "classify": "mnm.stages.classify.ClassifyStage",
     "colorize": "mnm.stages.colorize.ColorizeStage",
     "jigsaw": "mnm.stages.jigsaw.JigsawStage",
     "mix-match": "mnm.stages.mix_match.MixMatchStage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -15,6 +15,8 @@ from mnm.probe import RepresentationProbe, score_backbone
 
 #: keys this package adds to every checkpoint it writes
 ARCH_KEY = "mnm_backbone"
+#: learning-rate schedules of :class:`BaseStage` (``lr_schedule``)
+LR_SCHEDULES = ("multistep", "cosine")
 
 
 class ScalarLogging:
@@ -44,7 +46,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
     Args:
         backbone: registry name (``alexnet``, ``alexnet_caffe``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``resnet101``).
         in_chans: 1 for a grayscale network (colorization-pretrained), 3 for RGB.
-        backbone_kwargs: backbone options (``bn_affine``, ``init``; see :mod:`mnm.backbones`),
+        backbone_kwargs: backbone options (``bn_affine``, ``init``, ``input_norm``; see :mod:`mnm.backbones`),
             stored in the checkpoint so the next stage builds the same parameter set.
         pretrained_backbone: a checkpoint or weights file to initialise the backbone from.
         lr: base learning rate of SGD.
@@ -52,6 +54,8 @@ class BaseStage(ScalarLogging, L.LightningModule):
         weight_decay: L2 weight decay.
         milestones: optimiser steps at which the learning rate is multiplied by ``gamma``.
         gamma: the factor applied at each milestone.
+        lr_schedule: ``multistep`` (``milestones`` and ``gamma``) or ``cosine`` (from ``lr`` to 0 over the
+            trainer's steps, per step; ``milestones`` must then be empty).
         head_lr_mult: learning-rate multiplier for everything that is not the backbone.
         bias_lr_mult: learning-rate multiplier for biases (the Caffe release: 2).
         bias_weight_decay: weight decay of biases (release: 0); ``None`` keeps ``weight_decay``.
@@ -66,6 +70,8 @@ class BaseStage(ScalarLogging, L.LightningModule):
     data_links: tuple[str, ...] = ()
     #: the split a pipeline evaluates the stage on after fitting (``None``: not evaluated)
     evaluation_split: str | None = None
+    #: scalars of ``read_evaluation`` that reports show, key -> label; the first is the kind's main metric
+    evaluation_metrics: dict[str, str] = {}
     #: training curves reports plot: label -> logged metric (its CSV column)
     curve_metrics: dict[str, str] = {}
     #: the model argument that names a run's variant (a W&B tag, a label in comparisons)
@@ -91,7 +97,12 @@ class BaseStage(ScalarLogging, L.LightningModule):
         bias_lr_mult: float = 1.0,
         bias_weight_decay: float | None = None,
         norm_weight_decay: float | None = None,
+        lr_schedule: Literal["multistep", "cosine"] = "multistep",
     ) -> None:
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"model.lr_schedule must be one of {list(LR_SCHEDULES)}, got {lr_schedule!r}")
+        if lr_schedule == "cosine" and milestones:
+            raise ValueError("model.milestones must be empty with lr_schedule: cosine")
         super().__init__()
         self.save_hyperparameters()
         self.backbone: Backbone = build_backbone(backbone, in_chans=in_chans, **(backbone_kwargs or {}))
@@ -109,7 +120,11 @@ class BaseStage(ScalarLogging, L.LightningModule):
             hp.bias_lr_mult, hp.bias_weight_decay, hp.norm_weight_decay,
         )  # fmt: skip
         opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
+        if hp.get("lr_schedule", "multistep") == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        else:
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
@@ -120,6 +135,12 @@ class BaseStage(ScalarLogging, L.LightningModule):
         """
         seed = self.hparams.seed * 1_000_003 + step * 7_919 + self.global_rank * 104_729 + salt * 15_485_863
         return torch.Generator().manual_seed(seed % (2**63))
+
+    def training_generator(self, batch_idx: int) -> torch.Generator:
+        """:meth:`step_generator` of a training batch, keyed by the optimiser step and, under gradient
+        accumulation, the batch's place in it (so the batches of one step draw differently)."""
+        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return self.step_generator(self.global_step * accumulate + batch_idx % accumulate)
 
     def probe_scores(self) -> dict[str, float]:
         """kNN probe of the backbone (:mod:`mnm.probe`) on fixed patch sets of the data module.
@@ -155,7 +176,7 @@ class LabelledPretrainingStage(BaseStage):
         raise NotImplementedError
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        return self._step(batch, self.step_generator(self.global_step), "train")
+        return self._step(batch, self.training_generator(batch_idx), "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, self.step_generator(batch_idx, salt=1), "val")
@@ -170,16 +191,19 @@ def check_backbone_matches(
 ) -> None:
     """Refuse a checkpoint written for another backbone architecture, naming both.
 
-    Compares the name, ``in_chans`` and ``bn_affine`` (the options that change the parameter
-    set; a checkpoint without it had affine batch norm). Only mnm checkpoints carry the
-    architecture; other weight files are checked key by key when they are loaded.
+    Compares the name, ``in_chans``, ``bn_affine`` (the options that change the parameter set; a
+    checkpoint without it had affine batch norm) and ``input_norm`` (weights expect the input
+    scaling they were trained on; a checkpoint without it had ``imagenet``). Only mnm checkpoints
+    carry the architecture; other weight files are checked key by key when they are loaded.
     """
     meta = contents.get(ARCH_KEY)
     if not meta:
         return
-    ours = {"backbone": name, "in_chans": in_chans, "bn_affine": (backbone_kwargs or {}).get("bn_affine", True)}
+    kw = backbone_kwargs or {}
+    ours = {"backbone": name, "in_chans": in_chans, "bn_affine": kw.get("bn_affine", True),
+            "input_norm": kw.get("input_norm", "imagenet")}  # fmt: skip
     theirs = {"backbone": meta.get("name"), "in_chans": int(meta.get("in_chans", 3)),
-              "bn_affine": meta.get("bn_affine", True)}  # fmt: skip
+              "bn_affine": meta.get("bn_affine", True), "input_norm": meta.get("input_norm", "imagenet")}  # fmt: skip
     if ours != theirs:
         raise ValueError(
             f"pretrained_backbone {path} was trained with {_settings(theirs)}, "

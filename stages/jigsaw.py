@@ -57,7 +57,7 @@ class JigsawStage(BaseStage):
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, self.step_generator(self.global_step), "train")
+        return self._step(batch, self.training_generator(batch_idx), "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, self.step_generator(batch_idx, salt=1), "val")

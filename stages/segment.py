@@ -7,7 +7,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnm.heads import build_head
+from mnm.eval_views import EVAL_MODES, padded_probs, sliding_window_probs
+from mnm.heads import SparseHypercolumnHead, build_head
 from mnm.metrics import SegmentationMetrics
 from mnm.stages.base import BaseStage
 
@@ -74,15 +75,27 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         num_classes: number of classes (linked from the data module).
         ignore_index: label value excluded from loss and metrics (linked from data).
         class_names: names for per-class logging and tables (linked from data).
-        head: ``fcn`` or ``hypercolumn``; default by backbone (:data:`DEFAULT_HEADS`).
+        head: ``fcn``, ``hypercolumn`` or ``sparse_hypercolumn`` (the release's VGG-16 head: trains on
+            random points per image, needs ``backbone_kwargs.feature_taps: hypercolumn`` for the release's
+            taps); default by backbone (:data:`DEFAULT_HEADS`).
         head_kwargs: extra arguments of the head.
         tta_flip: average the class probabilities of the image and its mirror at evaluation.
         tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
+        eval_mode: how an evaluation image is fed (:data:`mnm.eval_views.EVAL_MODES`): ``whole`` at its own
+            size; ``pad``, the release's VOC evaluation (resized into an ``eval_size`` square padded with
+            ``eval_fill``, scores cut and resized back); ``sliding``, its Cityscapes one
+            (``eval_window`` crops every ``eval_stride`` pixels, scores summed).
+        eval_fill: the padding of ``pad`` and ``sliding``: ``mean`` (the backbone's mean colour) or ``zero``
+            (black; the release's colorization networks).
+        eval_size: side of the ``pad`` square (release: 512).
+        eval_window: side of the ``sliding`` crops (release: 512).
+        eval_stride: step of the ``sliding`` crops (release: 256).
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
     data_links = ("num_classes", "ignore_index", "class_names")
     evaluation_split = "val"
+    evaluation_metrics = {"miou": "mIoU", "pixel_acc": "pixel acc."}
     default_max_steps = 40_000
 
     def __init__(
@@ -94,8 +107,20 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         head_kwargs: dict[str, Any] | None = None,
         tta_flip: bool = False,
         tta_scales: list[float] | None = None,
+        eval_mode: str = "whole",
+        eval_fill: str = "mean",
+        eval_size: int = 512,
+        eval_window: int = 512,
+        eval_stride: int = 256,
         **kwargs: Any,
     ) -> None:
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"model.eval_mode must be one of {list(EVAL_MODES)}, got {eval_mode!r}")
+        if eval_fill not in ("mean", "zero"):
+            raise ValueError(f"model.eval_fill must be 'mean' or 'zero', got {eval_fill!r}")
+        for key, value in (("eval_size", eval_size), ("eval_window", eval_window), ("eval_stride", eval_stride)):
+            if value < 1:
+                raise ValueError(f"model.{key} must be a positive int, got {value}")
         super().__init__(**kwargs)
         kind = head or DEFAULT_HEADS.get(self.hparams.backbone, "hypercolumn")
         self.head = build_head(
@@ -111,7 +136,19 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         return self.head(self.backbone.features(image), image.shape[-2:])
 
     def predict_probs(self, image: torch.Tensor) -> torch.Tensor:
-        """Class probabilities with the configured test-time flip / multi-scale averaging."""
+        """Class probabilities at the image's size, fed as ``eval_mode`` says, with the configured test-time
+        flip / multi-scale averaging of each fed view."""
+        hp = self.hparams
+        mean = self.backbone.mean.flatten().tolist()
+        fill = mean * (3 // len(mean)) if hp.eval_fill == "mean" else [0.0] * 3  # RGB in [0, 1]
+        if hp.eval_mode == "pad":
+            return padded_probs(self._tta_probs, image, hp.eval_size, fill)
+        if hp.eval_mode == "sliding":
+            return sliding_window_probs(self._tta_probs, image, hp.eval_window, hp.eval_stride, fill)
+        return self._tta_probs(image)
+
+    def _tta_probs(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities averaged over the test-time flips and scales."""
         size = image.shape[-2:]
         probs = torch.zeros((), device=image.device)
         views = 0
@@ -129,11 +166,18 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         return probs / views
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image, mask = batch["image"], batch["mask"]
         with self.phase_timer("forward"):
-            logits = self(batch["image"])
+            if isinstance(self.head, SparseHypercolumnHead):  # scores and labels at random points only
+                points = self.head.training_points(len(image), image.shape[-2:], self.training_generator(batch_idx))
+                logits = self.head(self.backbone.features(image), image.shape[-2:], points)
+                index = points.long().to(mask.device)
+                mask = mask[torch.arange(len(mask), device=mask.device)[:, None], index[..., 0], index[..., 1]]
+            else:
+                logits = self(image)
         with self.phase_timer("loss"):
-            loss = masked_cross_entropy(logits, batch["mask"], self.hparams.ignore_index)
-        self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(batch["image"]))
+            loss = masked_cross_entropy(logits, mask, self.hparams.ignore_index)
+        self.log_scalars("train", {"loss": loss}, prog_bar=True, batch_size=len(image))
         return loss
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

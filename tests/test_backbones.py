@@ -75,6 +75,20 @@ def test_prepare_normalises_and_converts_gray() -> None:
         cached("resnet18", 3).prepare(torch.rand(2, 2, 8, 8))
 
 
+def test_caffe_input_norm_is_bgr_minus_the_release_mean() -> None:
+    x = torch.rand(2, 3, 8, 8)
+    rgb = build_backbone("alexnet_caffe", input_norm="caffe_bgr").prepare(x)
+    bgr_mean = torch.tensor([104.00699, 116.66877, 122.67892])[:, None, None]
+    torch.testing.assert_close(rgb, x.flip(1) * 255 - bgr_mean, rtol=1e-5, atol=1e-4)
+    gray = build_backbone("alexnet_caffe", in_chans=1, input_norm="caffe_bgr").prepare(x)
+    torch.testing.assert_close(gray, x.mean(1, keepdim=True) - 0.4488)
+    # the mean colour (the patch fill) maps to zero, in the input's RGB order
+    net = build_backbone("vgg16_bn", input_norm="caffe_bgr")
+    assert net.prepare(net.mean.expand(1, 3, 4, 4)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="unknown input_norm 'bgr'"):
+        build_backbone("alexnet", input_norm="bgr")
+
+
 def test_alexnet_has_batch_norm_after_every_conv_and_kaiming_init() -> None:
     torch.manual_seed(0)
     net = build_backbone("alexnet")
@@ -156,6 +170,51 @@ def test_missing_and_mismatched_keys(tmp_path) -> None:
         load_backbone_weights(build_backbone("resnet18"), tmp_path / "nobackbone.ckpt")
 
 
+def _moco_v2_checkpoint(encoder: dict[str, torch.Tensor]) -> dict:
+    """A MoCo v2 training checkpoint around a ResNet state dict: query and key encoders with the
+    projection MLP in ``fc``, the queue, optimiser state."""
+    state = {}
+    for name in ("encoder_q", "encoder_k"):
+        state |= {f"module.{name}.{k}": v.clone() for k, v in encoder.items() if not k.startswith("fc.")}
+        state |= {f"module.{name}.fc.0.weight": torch.zeros(512, 512), f"module.{name}.fc.2.weight": torch.zeros(128, 512)}
+    state |= {"module.queue": torch.zeros(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)}
+    return {"epoch": 200, "arch": "resnet18", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}
+
+
+def test_load_moco_and_simclr_checkpoints(tmp_path) -> None:
+    torch.manual_seed(5)
+    encoder = tvm.resnet18(weights=None).state_dict()
+    torch.save(_moco_v2_checkpoint(encoder), tmp_path / "moco_v2.pth.tar")
+    net = build_backbone("resnet18")
+    report = load_backbone_weights(net, tmp_path / "moco_v2.pth.tar")
+    assert report.source == "module.encoder_q." and report.loaded == len(net.state_dict())
+    assert all(torch.equal(v, encoder[k]) for k, v in net.state_dict().items())
+    assert "module.encoder_q.fc.0.weight" in report.ignored and "module.queue" in report.ignored
+    # SimCLR-style: the encoder under ``encoder.``, a projection head beside it, no ``state_dict`` wrapper
+    torch.manual_seed(6)
+    encoder = tvm.resnet18(weights=None).state_dict()
+    simclr = {f"encoder.{k}": v for k, v in encoder.items()} | {"projector.0.weight": torch.zeros(64, 512)}
+    torch.save(simclr, tmp_path / "simclr.pt")
+    report = load_backbone_weights(net, tmp_path / "simclr.pt")
+    assert report.source == "encoder." and set(report.ignored) == {"encoder.fc.weight", "encoder.fc.bias",
+                                                                   "projector.0.weight"}
+    assert all(torch.equal(v, encoder[k]) for k, v in net.state_dict().items())
+
+
+def test_moco_checkpoint_of_another_architecture_names_the_unmatched_keys(tmp_path) -> None:
+    encoder = tvm.resnet18(weights=None).state_dict()
+    encoder["layer5.0.conv1.weight"] = encoder.pop("layer4.0.conv1.weight")  # renamed: matches nothing
+    torch.save(_moco_v2_checkpoint(encoder), tmp_path / "moco.pth.tar")
+    with pytest.raises(ValueError, match=r"moco\.pth\.tar") as err:
+        load_backbone_weights(build_backbone("resnet18"), tmp_path / "moco.pth.tar")
+    message = str(err.value)
+    assert "missing keys ['layer4.0.conv1.weight']" in message
+    assert "match none ['module.encoder_q.layer5.0.conv1.weight']" in message
+    assert "module.encoder_q." in message
+    with pytest.raises(ValueError, match=r"missing keys \[.*layer1\.0\.conv3\.weight"):  # ResNet-18 file, ResNet-50 net
+        load_backbone_weights(build_backbone("resnet50"), tmp_path / "moco.pth.tar")
+
+
 class NotAllowed:
     """A custom class: loading an instance needs arbitrary unpickling."""
 
@@ -232,3 +291,21 @@ def test_initialisations() -> None:
         assert float(conv.bias.abs().max()) == 0.0
     with pytest.raises(ValueError, match="unknown init 'orthogonal'"):
         build_backbone("alexnet", init="orthogonal")
+
+
+def test_hypercolumn_taps_are_the_input_and_every_conv() -> None:
+    """``feature_taps="hypercolumn"``: the prepared input, the 13 conv activations of VGG-16, pool5 last."""
+    net = build_backbone("vgg16_bn", feature_taps="hypercolumn")
+    widths = [64] * 2 + [128] * 2 + [256] * 3 + [512] * 6
+    assert net.out_channels == [3, *widths, 512]
+    assert net.out_strides == [1, 1, 1, 2, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32]
+    x = torch.rand(1, 3, 64, 64)
+    maps = net.features(x)
+    assert [m.shape[1] for m in maps] == net.out_channels
+    assert [64 // m.shape[-1] for m in maps] == net.out_strides
+    torch.testing.assert_close(maps[0], net.prepare(x))
+    default = build_backbone("vgg16_bn")
+    default.load_state_dict(net.state_dict())  # the same parameters: only the taps differ
+    torch.testing.assert_close(default.features(x)[-1], maps[-1])
+    with pytest.raises(ValueError, match="feature_taps='default'"):
+        build_backbone("resnet18", feature_taps="hypercolumn")

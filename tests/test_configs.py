@@ -46,6 +46,36 @@ def test_pipeline_stages_instantiate(path: Path) -> None:
             assert cli.model.hparams.triplets in ("graph", "random")
 
 
+@pytest.mark.parametrize("path", sorted((CONF / "pipelines").glob("*_graph.yaml")), ids=lambda p: p.stem)
+def test_paper_pipelines_use_the_release_settings(path: Path) -> None:
+    """fp32, Caffe input, no scale augmentation, the release's heads, batches, schedule and evaluation."""
+    stages = {s.name: s.config for s in load_pipeline(path).stages}
+    for config in stages.values():
+        assert config["trainer"]["precision"] == "32-true"
+        assert config["model"]["backbone_kwargs"]["input_norm"] == "caffe_bgr"
+    colorization = "colorize" in path.stem  # gray networks: the release pads them black
+    for name in ("mix_match", "finetune"):
+        data = stages[name]["data"]["init_args"]
+        assert data["scale_range"] == [1.0, 1.0] and data["crop_size"] == [512, 512] and data["pad_position"] == "random"
+        assert data.get("pad_fill", [0, 0, 0]) == ([0, 0, 0] if colorization else [123, 117, 104])
+    assert stages["mix_match"]["model"]["patch_fill"] == ("zero" if colorization else "mean")
+    assert stages["finetune"]["model"].get("eval_fill", "mean") == ("zero" if colorization else "mean")
+    finetune = stages["finetune"]
+    model, trainer = finetune["model"], finetune["trainer"]
+    assert trainer["max_steps"] == 42_000 and model["milestones"] == [24_000, 36_000, 40_000]
+    images = finetune["data"]["init_args"]["batch_size"] * trainer["accumulate_grad_batches"]
+    assert model["eval_mode"] == ("sliding" if path.stem.startswith("cityscapes") else "pad")
+    if "alexnet" in path.stem:
+        head = model["head_kwargs"]
+        assert images == 64 and head["fc6_kernel"] == 6 and head["num_skips"] == 0 and head["hidden"] == [4096, 4096]
+        assert head["bn_affine"] is False and head["channel_dropout"] is False
+    else:
+        assert images == 48 and model["head"] == "sparse_hypercolumn"
+        assert model["backbone_kwargs"]["feature_taps"] == "hypercolumn"
+        mix_match = stages["mix_match"]
+        assert mix_match["data"]["init_args"]["batch_size"] * mix_match["trainer"]["accumulate_grad_batches"] == 64
+
+
 def test_random_variant_differs_only_in_triplets() -> None:
     for graph in (CONF / "pipelines").glob("*_graph.yaml"):
         a = load_pipeline(graph)
@@ -58,7 +88,7 @@ def test_random_variant_differs_only_in_triplets() -> None:
             assert sa.config == sb.config
 
 
-@pytest.mark.parametrize("path", sorted(CONF.glob("[dlst]*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", sorted(CONF.glob("[dlrst]*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_files_are_lightningcli_configs(path: Path) -> None:
     data = yaml.safe_load(path.read_text())
     assert set(data) <= {"model", "data", "trainer"}, path

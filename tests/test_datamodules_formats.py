@@ -130,6 +130,25 @@ def test_train_batch_shapes_with_crop_padding(tmp_path: Path) -> None:
     assert set(batch["mask"].unique().tolist()) <= {0, 7, 15, 255}
 
 
+def test_crop_padding_takes_the_fill_colour_and_a_random_place(tmp_path: Path) -> None:
+    """``pad_fill`` colours the padding (the release: its mean colour); ``pad_position: random`` moves the image."""
+    root = write_voc(tmp_path / "VOC2012", shape=(24, 32))
+    fill = (123, 117, 104)
+    dm = VOCDataModule(root=str(root), crop_size=(40, 48), scale_range=(1.0, 1.0), hflip=False, batch_size=2,
+                       pad_fill=fill, pad_position="random")  # fmt: skip
+    tops = set()
+    for batch in dm.train_dataloader():
+        for image, mask in zip(batch["image"], batch["mask"], strict=True):
+            padded = (mask == 255).all(1)  # rows of padding (the fixture's 255 borders are columns)
+            assert int(padded.sum()) == 40 - 24
+            expected = (torch.tensor(fill) / 255)[:, None, None].expand(3, 16, 48)
+            torch.testing.assert_close(image[:, padded], expected)
+            tops.add(int((~padded).nonzero()[0]))
+    assert len(tops) > 1  # the image is not always at the same row
+    with pytest.raises(ValueError, match="pad_fill must be three ints in 0..255"):
+        VOCDataModule(root=str(root), pad_fill=(0, 0, 300))
+
+
 def test_max_samples_takes_the_first_n(tmp_path: Path) -> None:
     root = write_voc(tmp_path / "VOC2012")
     dm = VOCDataModule(root=str(root), max_samples=2)

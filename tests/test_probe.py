@@ -131,3 +131,18 @@ def test_probe_needs_labelled_pixels() -> None:
     empty = (lambda i: (torch.rand(3, 16, 16), torch.full((16, 16), 255))), 2
     with pytest.raises(ValueError, match="no labelled pixels"):
         collect_patches(*empty, NUM_CLASSES, 5, SETTINGS)
+
+
+def test_probe_reads_the_checkpoints_backbone_options(tmp_path: Path) -> None:
+    """A checkpoint of a statistics-only-BN, Caffe-normalised network is rebuilt with those options."""
+    from mnm.backbones import build_backbone
+    from mnm.probe_cli import backbone_from_checkpoint
+
+    net = build_backbone("alexnet_caffe", bn_affine=False, input_norm="caffe_bgr")
+    path = tmp_path / "stage.ckpt"
+    meta = {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False, "input_norm": "caffe_bgr"}
+    state = {f"backbone.{k}": v for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "mnm_backbone": meta}, path)
+    loaded = backbone_from_checkpoint(str(path), None, None)
+    assert loaded.input_norm == "caffe_bgr"
+    assert torch.equal(loaded.body[0].weight, net.body[0].weight)

@@ -17,6 +17,7 @@ from mnm.stages.pixel_contrast import PixelContrastStage
 TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
            "enable_progress_bar": False, "enable_model_summary": False}
 MODELS = {
+    "classify": {"backbone": "resnet18", "triplets": "graph"},
     "colorize": {"backbone": "alexnet"},
     "jigsaw": {"backbone": "alexnet", "num_permutations": 10, "tile": 64},
     "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},
@@ -36,8 +37,15 @@ def data(tmp_path_factory) -> dict:
                           "crop_size": [80, 80], "batch_size": 4, "val_batch_size": 2}}
 
 
+#: the data of the stage kinds that do not train on segmentation batches
+OTHER_DATA = {"classify": {"class_path": "mnm.datamodules.SyntheticClassificationDataModule",
+                           "init_args": {"num_train": 18, "num_val": 9, "image_size": 48, "crop_size": 32,
+                                         "resize_size": 36, "batch_size": 6, "val_batch_size": 9}}}
+
+
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_fast_dev_run(stage: str, data: dict, tmp_path: Path) -> None:
+    data = OTHER_DATA.get(stage, data)
     data = {**data, "init_args": {**data["init_args"], **DATA.get(stage, {})}}
     trainer = {**TRAINER, "default_root_dir": str(tmp_path)}  # a label subset writes its lists there
     cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": trainer})
@@ -65,6 +73,60 @@ def test_segment_tta_averages_views(data: dict) -> None:
     probs = model.predict_probs(x)
     assert probs.shape == (1, 6, 96, 96)
     assert torch.allclose(probs.sum(1), torch.ones(1, 96, 96), atol=1e-5)
+
+
+def test_segment_eval_modes_agree_where_the_view_is_the_image() -> None:
+    """``sliding`` with one window covering the image and ``pad`` into a square of its own size are a plain forward."""
+    from mnm.stages.segment import SegmentStage
+
+    torch.manual_seed(0)
+    model = SegmentStage(backbone="alexnet", num_classes=3, eval_window=96, eval_stride=48, eval_size=96).eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        whole = model.predict_probs(x)
+        for mode in ("sliding", "pad"):
+            model.hparams.eval_mode = mode
+            torch.testing.assert_close(model.predict_probs(x), whole)
+        model.hparams.eval_mode = "sliding"
+        assert model.predict_probs(torch.rand(1, 3, 80, 150)).shape == (1, 3, 80, 150)
+        seen: list[torch.Tensor] = []  # what the first conv sees: the normalised canvas
+        model.backbone.body[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        zero = -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])
+        for fill, corner in (("mean", torch.zeros(3)), ("zero", zero)):
+            model.hparams.eval_mode, model.hparams.eval_fill = "pad", fill
+            model.predict_probs(torch.rand(1, 3, 48, 96))  # centred in rows 24..72 of the 96 square
+            torch.testing.assert_close(seen[-1][0, :, 0, 0], corner)
+    with pytest.raises(ValueError, match="model.eval_mode must be one of"):
+        SegmentStage(backbone="alexnet", eval_mode="tiles")
+    with pytest.raises(ValueError, match="model.eval_fill must be"):
+        SegmentStage(backbone="alexnet", eval_fill="black")
+
+
+def test_segment_trains_the_sparse_hypercolumn_head_on_points(data: dict) -> None:
+    """The release's VGG head on any backbone's hypercolumn taps: a training step on points, dense validation."""
+    head_kwargs = {"fc_channels": 32, "extra_channels": 16, "hidden": 16, "num_points": 16, "point_margin": 8}
+    model = {"backbone": "alexnet", "backbone_kwargs": {"feature_taps": "hypercolumn"},
+             "head": "sparse_hypercolumn", "head_kwargs": head_kwargs}  # fmt: skip
+    cli = build_stage("segment", {"model": model, "data": data, "trainer": TRAINER})
+    assert cli.model.head.in_channels[0] == 3  # the image is a tap
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    logged = cli.trainer.callback_metrics
+    assert np.isfinite(float(logged["train/loss"])) and 0 <= float(logged["val/miou"]) <= 1
+
+
+def test_accumulated_batches_of_one_step_draw_differently(data: dict) -> None:
+    """Under ``accumulate_grad_batches`` the batches of one optimiser step get their own draws; without, the step's."""
+    cli = build_stage("mix-match", {"model": MODELS["mix-match"], "data": data,
+                                    "trainer": {**TRAINER, "accumulate_grad_batches": 2}})  # fmt: skip
+    model = cli.model
+
+    def draw(batch_idx: int) -> float:
+        return float(torch.rand(1, generator=model.training_generator(batch_idx)))
+
+    alone = draw(1)
+    assert alone == float(torch.rand(1, generator=model.step_generator(0)))  # no trainer: the step's draw
+    model.trainer = cli.trainer
+    assert draw(0) != draw(1) and draw(0) == draw(2) == alone
 
 
 def test_predict_writes_palette_masks(data: dict, tmp_path: Path) -> None:
@@ -100,12 +162,13 @@ def test_print_config_and_unknown_stage(capsys) -> None:
 
 def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: Path) -> None:
     release = {**MODELS["mix-match"], "backbone": "alexnet_caffe", "embedding": "pool5_prerelu",
-               "loss_normalization": "release", "backbone_kwargs": {"bn_affine": False, "init": "gaussian"},
+               "loss_normalization": "release",
+               "backbone_kwargs": {"bn_affine": False, "init": "gaussian", "input_norm": "caffe_bgr"},
                "bias_lr_mult": 2, "bias_weight_decay": 0, "patch_quota": "release", "patch_fill": "mean"}  # fmt: skip
     cli = build_stage("mix-match", {"model": release, "data": data, "trainer": TRAINER})
     model = cli.model
     assert model.loss_fn.reduction == "release"
-    assert model.sampler.quota == "release" and model.sampler.fill == pytest.approx((0.485, 0.456, 0.406))
+    assert model.sampler.quota == "release" and model.sampler.fill == pytest.approx((122.67892 / 255, 116.66877 / 255, 104.00699 / 255))
     assert not any(m.affine for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     groups = model.configure_optimizers()["optimizer"].param_groups
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in groups] == [(0.01, 5e-4, 5), (0.02, 0, 5)]
@@ -114,15 +177,17 @@ def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: 
     ckpt = tmp_path / "mm.ckpt"
     cli.trainer.save_checkpoint(ckpt)
     meta = torch.load(ckpt, weights_only=True)["mnm_backbone"]
-    assert meta == {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False, "init": "gaussian"}
+    assert meta == {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False, "init": "gaussian", "input_norm": "caffe_bgr"}
 
     segment = {"backbone": "alexnet_caffe", "pretrained_backbone": str(ckpt), "head_kwargs": {"num_skips": 0}}
-    seg = build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False}},
+    seg = build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False, "input_norm": "caffe_bgr"}},
                                   "data": data, "trainer": TRAINER}).model  # fmt: skip
     assert torch.equal(seg.backbone.body[0].weight, model.backbone.body[0].weight)
     assert len(seg.head.skip_scores) == 0
-    with pytest.raises(ValueError, match=r"mm\.ckpt was trained with .*bn_affine=False, .*configured with .*bn_affine=True"):
+    with pytest.raises(ValueError, match=r"mm\.ckpt was trained with .*bn_affine=False .*configured with .*bn_affine=True"):
         build_stage("segment", {"model": segment, "data": data, "trainer": TRAINER})
+    with pytest.raises(ValueError, match=r"input_norm=caffe_bgr, but .* input_norm=imagenet"):
+        build_stage("segment", {"model": {**segment, "backbone_kwargs": {"bn_affine": False}}, "data": data, "trainer": TRAINER})
 
 
 def test_mid_epoch_resume_is_known_to_be_resumable(data: dict, tmp_path: Path, caplog) -> None:

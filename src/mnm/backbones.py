@@ -25,10 +25,13 @@ __all__ = [
     "BACKBONE_OPTIONS",
     "EMBEDDINGS",
     "INITS",
+    "FEATURE_TAPS",
+    "INPUT_NORMS",
     "AlexNetBackbone",
     "AlexNetCaffeBackbone",
     "Backbone",
     "LoadReport",
+    "STATE_DICT_PREFIXES",
     "PlainBackbone",
     "ResNetBackbone",
     "VGG16BNBackbone",
@@ -37,9 +40,17 @@ __all__ = [
     "load_backbone_weights",
 ]
 
-_RGB_MEAN = (0.485, 0.456, 0.406)
-_RGB_STD = (0.229, 0.224, 0.225)
-_GRAY_MEAN, _GRAY_STD = 0.449, 0.226
+#: input normalisations :meth:`Backbone.prepare` applies: ``imagenet`` (RGB, ImageNet mean and std) and
+#: ``caffe_bgr`` (the Caffe release: BGR in 0..255 minus its mean, no std; a grayscale network takes
+#: gray - 0.4488 with gray in [0, 1], the release's colorization input). Values: (mean, std) of the
+#: RGB [0, 1] input per ``in_chans``, and whether the channels are then reversed to BGR.
+INPUT_NORMS: dict[str, tuple[dict[int, tuple[tuple[float, ...], tuple[float, ...]]], bool]] = {
+    "imagenet": ({3: ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), 1: ((0.449,), (0.226,))}, False),
+    "caffe_bgr": (
+        {3: (tuple(v / 255 for v in (122.67892, 116.66877, 104.00699)), (1 / 255,) * 3), 1: ((0.4488,), (1.0,))},
+        True,
+    ),
+}
 
 #: embeddings :meth:`Backbone.embed` can return: flattened pool5 (after its ReLU), flattened pool5
 #: without the last ReLU (max-pool and ReLU commute, so this is the pre-activation pool5), and
@@ -47,6 +58,9 @@ _GRAY_MEAN, _GRAY_STD = 0.449, 0.226
 EMBEDDINGS = ("pool5", "pool5_prerelu", "pool5_avg")
 #: weight initialisations of the plain backbones (:func:`init_weights`)
 INITS = ("kaiming", "gaussian", "xavier")
+#: which maps :meth:`Backbone.features` returns: ``default`` (listed per backbone) or ``hypercolumn``
+#: (plain backbones only: the prepared input, every conv's activation, then pool5; Larsson et al.'s taps)
+FEATURE_TAPS = ("default", "hypercolumn")
 
 
 class Backbone(nn.Module):
@@ -60,25 +74,31 @@ class Backbone(nn.Module):
     out_channels: list[int]
     out_strides: list[int]
 
-    def __init__(self, name: str, in_chans: int) -> None:
+    def __init__(self, name: str, in_chans: int, input_norm: str = "imagenet") -> None:
         super().__init__()
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
-        self.name, self.in_chans = name, in_chans
-        mean, std = ((_GRAY_MEAN,), (_GRAY_STD,)) if in_chans == 1 else (_RGB_MEAN, _RGB_STD)
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; expected one of {list(INPUT_NORMS)}")
+        self.name, self.in_chans, self.input_norm = name, in_chans, input_norm
+        stats, self.bgr = INPUT_NORMS[input_norm]
+        mean, std = stats[in_chans]
+        # ``mean``/``std`` live in the RGB [0, 1] input space (patch fill and jigsaw read them there)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def prepare(self, x: Tensor) -> Tensor:
         """Map ``B×3×H×W`` (or ``B×in_chans×H×W``) input in [0, 1] to normalised network input.
 
-        A grayscale backbone (``in_chans=1``) takes the mean of the three channels.
+        A grayscale backbone (``in_chans=1``) takes the mean of the three channels. ``input_norm``
+        (one of :data:`INPUT_NORMS`) sets the mean, the std and the channel order.
         """
         if x.ndim != 4 or x.shape[1] not in (3, self.in_chans):
             raise ValueError(f"{self.name}: expected B×3×H×W or B×{self.in_chans}×H×W, got {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             x = x.mean(dim=1, keepdim=True)
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x.flip(1) if self.bgr and self.in_chans == 3 else x
 
     def _maps(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
@@ -172,7 +192,8 @@ class PlainBackbone(Backbone):
     every convolution (for VGG-16-BN that is exactly torchvision's layout).
     Maps are tapped after the modules listed in ``taps``; the last tap is pool5.
     ``bn_affine=False`` gives Caffe's BatchNorm (statistics only, no scale or shift);
-    ``init`` is one of :data:`INITS` (:func:`init_weights`).
+    ``init`` is one of :data:`INITS` (:func:`init_weights`); ``feature_taps="hypercolumn"`` taps the
+    prepared input (stride 1) and every conv's activation instead, pool5 still last.
     """
 
     #: biases of the ``gaussian`` init, one per conv (the release's AlexNet prototxt)
@@ -186,11 +207,18 @@ class PlainBackbone(Backbone):
         tap_before_pool: bool,
         bn_affine: bool = True,
         init: str = "kaiming",
+        input_norm: str = "imagenet",
+        feature_taps: str = "default",
     ) -> None:
-        super().__init__(name, in_chans)
+        super().__init__(name, in_chans, input_norm)
+        if feature_taps not in FEATURE_TAPS:
+            raise ValueError(f"unknown feature_taps {feature_taps!r}; expected one of {list(FEATURE_TAPS)}")
+        self.tap_input = feature_taps == "hypercolumn"
+        tap_before_pool = tap_before_pool and not self.tap_input
         layers: list[nn.Module] = []
         taps: list[int] = []
-        channels, stride, self.out_channels, self.out_strides = in_chans, 1, [], []
+        channels, stride = in_chans, 1
+        self.out_channels, self.out_strides = ([in_chans], [1]) if self.tap_input else ([], [])
 
         def tap() -> None:
             taps.append(len(layers) - 1)
@@ -220,7 +248,7 @@ class PlainBackbone(Backbone):
         init_weights(self.body, init, self.release_biases)
 
     def _maps(self, x: Tensor) -> list[Tensor]:
-        maps = []
+        maps = [x] if self.tap_input else []
         for i, layer in enumerate(self.body):
             x = layer(x)
             if i in self.taps:
@@ -257,8 +285,8 @@ class AlexNetBackbone(PlainBackbone):
     Maps: conv1..conv5 activations and pool5 (strides 4, 8, 16, 16, 16, 32).
     """
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
-        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, bn_affine, init)
+    def __init__(self, in_chans: int = 3, **options: str | bool) -> None:
+        super().__init__("alexnet", in_chans, _ALEXNET_SPEC, False, **options)
 
 
 class AlexNetCaffeBackbone(PlainBackbone):
@@ -271,15 +299,15 @@ class AlexNetCaffeBackbone(PlainBackbone):
 
     release_biases = _ALEXNET_RELEASE_BIASES
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
-        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, bn_affine, init)
+    def __init__(self, in_chans: int = 3, **options: str | bool) -> None:
+        super().__init__("alexnet_caffe", in_chans, _ALEXNET_CAFFE_SPEC, False, **options)
 
 
 class VGG16BNBackbone(PlainBackbone):
     """VGG-16 with batch norm. Maps: each conv block before pooling, then pool5 (strides 1..32)."""
 
-    def __init__(self, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming") -> None:
-        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, bn_affine, init)
+    def __init__(self, in_chans: int = 3, **options: str | bool) -> None:
+        super().__init__("vgg16_bn", in_chans, _VGG16_SPEC, True, **options)
 
 
 class ResNetBackbone(Backbone):
@@ -287,13 +315,18 @@ class ResNetBackbone(Backbone):
 
     The last map (layer4) plays the role of pool5; :meth:`embed` is its global average
     (``pool5`` and ``pool5_avg`` alike; ``pool5_prerelu`` is not available). Only the
-    default ``bn_affine`` and ``init`` are supported.
+    default ``bn_affine``, ``init`` and ``feature_taps`` are supported.
     """
 
-    def __init__(self, name: str, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming", **kw) -> None:
-        if not bn_affine or init != "kaiming":
-            raise ValueError(f"{name}: only bn_affine=True and init='kaiming' are supported for ResNets")
-        super().__init__(name, in_chans)
+    def __init__(
+        self, name: str, in_chans: int = 3, bn_affine: bool = True, init: str = "kaiming",
+        input_norm: str = "imagenet", feature_taps: str = "default", **kw,
+    ) -> None:  # fmt: skip
+        if not bn_affine or init != "kaiming" or feature_taps != "default":
+            raise ValueError(
+                f"{name}: only bn_affine=True, init='kaiming' and feature_taps='default' are supported for ResNets"
+            )
+        super().__init__(name, in_chans, input_norm)
         net = getattr(tvm, name)(weights=None, **kw)
         if in_chans != 3:
             net.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -331,13 +364,14 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet101": lambda in_chans=3, **kw: ResNetBackbone("resnet101", in_chans, **kw),
 }
 #: keyword options every registered backbone takes (``BaseStage(backbone_kwargs=...)``)
-BACKBONE_OPTIONS = ("bn_affine", "init")
+BACKBONE_OPTIONS = ("bn_affine", "init", "input_norm", "feature_taps")
 
 
 def build_backbone(name: str, in_chans: int = 3, **kw) -> Backbone:
     """Build a randomly initialised backbone (seeded by the caller's torch seed; no downloads).
 
-    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``); other keys raise ``ValueError``.
+    ``kw``: :data:`BACKBONE_OPTIONS` (``bn_affine``, ``init``, ``input_norm``, ``feature_taps``); other
+    keys raise ``ValueError``.
     """
     if name not in BACKBONES:
         raise KeyError(f"unknown backbone {name!r}; known: {sorted(BACKBONES)}")
@@ -381,43 +415,69 @@ _TORCHVISION_KEYMAPS: dict[str, Callable[[str], str | None]] = {
 }
 
 
+#: key prefixes of wrapped or self-supervised state dicts, tried in this order; the first one some key
+#: starts with is stripped and keys without it are ignored: an mnm stage checkpoint (``backbone.``),
+#: MoCo's query encoder (``module.encoder_q.``), DataParallel (``module.``), SimCLR-style ``encoder.``
+#: and solo-learn / MMSelfSup ``backbone.``
+STATE_DICT_PREFIXES = (
+    "module.encoder_q.", "encoder_q.", "module.encoder.", "module.backbone.", "module.", "encoder.", "backbone.",
+)  # fmt: skip
+_MAX_NAMED_KEYS = 12  # keys named in an error message; the rest are counted
+
+
 class LoadReport(NamedTuple):
     """What :func:`load_backbone_weights` did."""
 
     loaded: int  # tensors copied into the backbone
-    ignored: tuple[str, ...]  # file keys not used (classifier/fc, unknown)
-    source: str  # "mnm-checkpoint" or "state-dict"
+    ignored: tuple[str, ...]  # file keys not used (classifier/fc/projection head, other prefixes, unknown)
+    source: str  # "mnm-checkpoint", "state-dict", or the prefix stripped from the file's keys
+
+
+def _named(keys: Sequence[str]) -> str:
+    shown = list(keys[:_MAX_NAMED_KEYS])
+    return str(shown) + (f" and {len(keys) - len(shown)} more" if len(keys) > len(shown) else "")
+
+
+def _state_dict_of(obj: object, path: Path) -> Mapping[str, Tensor]:
+    """The tensors of a file: its ``state_dict`` entry (Lightning, MoCo, MMSelfSup) or the file itself."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return obj
+    raise ValueError(f"{path}: expected a state dict or a checkpoint with a 'state_dict', got {type(obj).__name__}")
 
 
 def load_backbone_weights(backbone: Backbone, path: str | Path, contents: Mapping | None = None) -> LoadReport:
     """Load backbone weights from a local file into ``backbone`` (in place).
 
-    Accepts an mnm stage checkpoint (``{'state_dict': {'backbone.<key>': tensor}}``; only the
-    ``backbone.`` keys are used) or a plain torchvision state dict of the same architecture (its
-    key names are mapped onto this backbone's; classifier/fc keys are ignored). Files are read with
-    ``weights_only=True``. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an
-    unsafe, corrupt or incompatible file (missing or shape-mismatched keys are named).
+    Accepts an mnm stage checkpoint (``{'state_dict': {'backbone.<key>': tensor}}``), a plain
+    torchvision state dict of the same architecture, and self-supervised checkpoints whose keys carry
+    one of :data:`STATE_DICT_PREFIXES` (MoCo ``module.encoder_q.``, ``module.``, SimCLR ``encoder.``,
+    ``backbone.``), bare or under ``state_dict``. The first prefix that some key has is stripped and
+    the keys without it (MoCo's key encoder and queue) are ignored; torchvision key names are mapped
+    onto this backbone's, and classifier/``fc`` keys (MoCo v2's projection MLP) are ignored. Files
+    are read with ``weights_only=True``. Raises ``FileNotFoundError`` for a missing file and
+    ``ValueError`` for an unsafe, corrupt or incompatible file, naming the missing backbone keys,
+    the file keys that matched none, and shape mismatches.
     ``contents`` is the file already read by :func:`mnm.checkpoints.read_checkpoint`, if the caller has it.
     """
     path = Path(path)
     obj = read_checkpoint(path) if contents is None else contents
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        prefix, source = "backbone.", "mnm-checkpoint"
-        weights = {k[len(prefix) :]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
-        ignored = [k for k in obj["state_dict"] if not k.startswith(prefix)]
-        if not weights:
-            raise ValueError(f"{path}: checkpoint has a 'state_dict' but no 'backbone.*' keys")
-    elif isinstance(obj, Mapping) and all(isinstance(v, Tensor) for v in obj.values()):
-        source, weights, ignored = "state-dict", {}, []
-        keymap = _TORCHVISION_KEYMAPS.get(backbone.name, lambda key: key)  # no torchvision twin: own keys
-        for key, value in obj.items():
-            mapped = keymap(key)
+    state = _state_dict_of(obj, path)
+    prefix = next((p for p in STATE_DICT_PREFIXES if any(k.startswith(p) for k in state)), "")
+    source = prefix or "state-dict"
+    if prefix == "backbone." and isinstance(obj.get("state_dict"), Mapping):
+        source = "mnm-checkpoint"
+    keymap = _TORCHVISION_KEYMAPS.get(backbone.name, lambda key: key)  # no torchvision twin: own keys
+    weights: dict[str, Tensor] = {}
+    ignored = [k for k in state if not k.startswith(prefix)]
+    for key, value in state.items():
+        if key.startswith(prefix):
+            mapped = keymap(key[len(prefix) :])
             if mapped is None:
                 ignored.append(key)
             else:
                 weights[mapped] = value
-    else:
-        raise ValueError(f"{path}: expected a state dict or an mnm checkpoint, got {type(obj).__name__}")
 
     own = backbone.state_dict()
     optional = {k for k in own if k.endswith("num_batches_tracked")}
@@ -427,12 +487,14 @@ def load_backbone_weights(backbone: Backbone, path: str | Path, contents: Mappin
         for k, v in own.items()
         if k in weights and weights[k].shape != v.shape
     )
+    unmatched = sorted(prefix + k for k in weights if k not in own)
     if missing or mismatched:
         raise ValueError(
-            f"{path} does not fit backbone {backbone.name!r} (in_chans={backbone.in_chans}): "
-            f"missing keys {missing}; shape mismatches {mismatched}"
+            f"{path} does not fit backbone {backbone.name!r} (in_chans={backbone.in_chans}; "
+            f"key prefix stripped: {prefix or 'none'}): missing keys {_named(missing)}; "
+            f"shape mismatches {_named(mismatched)}; file keys that match none {_named(unmatched)}"
         )
-    ignored += [k for k in weights if k not in own]
+    ignored += unmatched
     usable = {k: v for k, v in weights.items() if k in own}
     backbone.load_state_dict(usable, strict=False)
     return LoadReport(loaded=len(usable), ignored=tuple(ignored), source=source)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mnm.config import Pipeline, load_pipeline
-from mnm.report import build_report, check_report_spec, miou_table
+from mnm.report import build_report, check_report_spec, metric_table
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import stage_class
 
@@ -43,7 +43,7 @@ def run_benchmark(pipeline: Pipeline, overwrite: bool = False) -> dict[str, Any]
     PipelineRunner(pipeline, overwrite=overwrite).run()
     results = build_report(pipeline.out_dir, pipeline)
     print(f"\n[mnm] benchmark {pipeline.name} ({results['eval_split']}):\n")
-    print(miou_table(results))
+    print(metric_table(results))
     print(f"[mnm] report: {pipeline.out_dir / 'report.md'}")
     return results
 

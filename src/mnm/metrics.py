@@ -1,4 +1,4 @@
-"""Segmentation evaluation on torchmetrics, plus per-class tables.
+"""Segmentation and classification evaluation on torchmetrics, plus per-class tables.
 
 :class:`SegmentationMetrics` accumulates ONE confusion matrix over a whole
 split (synced across DDP ranks by torchmetrics) and reports mIoU, per-class
@@ -61,6 +61,31 @@ class SegmentationMetrics(nn.Module):
         """Clear the accumulated state (start of a new split / epoch)."""
         self.iou.reset()
         self.pixel_acc.reset()
+
+
+class ClassificationMetrics(nn.Module):
+    """Top-1 and top-5 accuracy over a split (torchmetrics' ``MulticlassAccuracy(top_k=k, average="micro")``:
+    the share of samples whose label is among the ``k`` highest scores; top-5 is top-``K`` when ``K < 5``)."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+
+    @torch.no_grad()
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Add a batch: logits ``B×K``, labels ``B``."""
+        self.top1.update(logits, target)
+        self.top5.update(logits, target)
+
+    def compute(self) -> dict[str, float]:
+        """``{"top1", "top5"}`` over all updates, as fractions."""
+        return {"top1": float(self.top1.compute()), "top5": float(self.top5.compute())}
+
+    def reset(self) -> None:
+        """Clear the accumulated state."""
+        self.top1.reset()
+        self.top5.reset()
 
 
 def _nanmean(values: Sequence[float]) -> float:

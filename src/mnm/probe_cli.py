@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mnm.backbones import Backbone, build_backbone, load_backbone_weights
+from mnm.backbones import BACKBONE_OPTIONS, Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import read_checkpoint
 from mnm.ensemble import build_datamodule
 from mnm.probe import ProbeSettings, RepresentationProbe, score_backbone
@@ -36,7 +36,8 @@ def backbone_from_checkpoint(path: str, name: str | None, in_chans: int | None) 
     name = name or arch.get("name")
     if name is None:
         raise ValueError(f"{path} does not record its backbone; pass --backbone NAME (and --in-chans)")
-    backbone = build_backbone(name, in_chans=in_chans or int(arch.get("in_chans", 3)))
+    options = {k: arch[k] for k in BACKBONE_OPTIONS if k in arch}  # bn_affine, input_norm, ...
+    backbone = build_backbone(name, in_chans=in_chans or int(arch.get("in_chans", 3)), **options)
     load_backbone_weights(backbone, path, contents)
     return backbone
 

@@ -38,6 +38,7 @@ from mnm.probe import RepresentationProbe, score_backbone
 from mnm.report import init_chain
 from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
 from mnm.runner import PipelineRunner
+from mnm.stage_cli import stage_class
 
 PROBE_FILE = "probe.json"
 
@@ -138,6 +139,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
     """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished arms."""
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
     per_cell: dict[str, Any] = {}
+    metrics: dict[str, str] = {}
     wall_time = 0.0
     for (fraction, seed), pipeline in cells.items():
         done = finished_stages(pipeline)
@@ -147,11 +149,14 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             continue
         probes = probe_cell(pipeline, arms) if spec.get("probe", True) else {}
         cell = per_cell.setdefault(cell_name(fraction, seed), {"fraction": fraction, "seed": seed, "arms": {}})
+        kinds = {s.name: s.kind for s in pipeline.stages}
         for label, stage in arms.items():
             evaluation = read_stage_metrics(pipeline.out_dir, stage)["eval"]
+            shown = stage_class(kinds[stage]).evaluation_metrics
+            metrics |= shown
             chain = init_chain(pipeline, stage)
-            row = {"miou": float(evaluation["miou"]), "pixel_acc": float(evaluation["pixel_acc"]),
-                   "total_time_s": sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)}
+            row = {key: float(evaluation[key]) for key in shown}
+            row["total_time_s"] = sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)
             row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
             cell["arms"][label] = row
             table.setdefault(label, {}).setdefault(f"{fraction:g}", []).append(row)
@@ -162,7 +167,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
         }
         for label, by_fraction in table.items()
     }
-    return {"summary": summary, "cells": per_cell, "wall_time_s": wall_time}
+    return {"summary": summary, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
 
 
 def _pm(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
@@ -172,47 +177,60 @@ def _pm(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
     return f"{scale * stats['mean']:.2f}{std} (n={stats['n']})"
 
 
+def _main_metric(report: dict[str, Any]) -> tuple[str, str]:
+    """``(key, label)`` of the arms' main metric (mIoU for reports written before ``metrics``)."""
+    return next(iter((report.get("metrics") or {"miou": "mIoU"}).items()))
+
+
 def protocol_markdown(report: dict[str, Any]) -> str:
-    """``protocol.md``: per fraction, each arm's mIoU and probe accuracy (mean ± std over seeds)."""
+    """``protocol.md``: per fraction, each arm's metrics and probe accuracy (mean ± std over seeds)."""
+    key, name = _main_metric(report)
     parts = [f"# Protocol `{report['benchmark']}`\n",
              f"File `{report['file']}`; fractions {report['fractions']}, seeds {report['seeds']}, evaluated on "
              f"**{report['eval_split']}**. Budget: {report.get('budget') or 'not stated'}. Wall time of the "
              f"finished cells: {report['wall_time_s'] / 3600:.2f} h (sum of stage times).\n",
-             "mean ± sample std over seeds (n = seeds finished). Probe: kNN accuracy of the backbone each arm "
-             "starts from, on patches of the cell's labelled train images vs val patches (`mnm.probe`).\n"]
+             "mean ± sample std over seeds (n = seeds finished)."
+             + (" Probe: kNN accuracy of the backbone each arm starts from, on patches of the cell's labelled train "
+                "images vs val patches (`mnm.probe`)." if report.get("probe", True) else "") + "\n"]
+    probe_head, probe_rule = (" probe kNN acc. (%) | probe eff. rank |", "---:|---:|") if report.get("probe", True) else ("", "")
+    others = {k: label for k, label in (report.get("metrics") or {}).items() if k != key}
     for fraction in (f"{f:g}" for f in report["fractions"]):
         rows = {label: by_fraction[fraction] for label, by_fraction in report["summary"].items()
                 if fraction in by_fraction}
         if not rows:
             parts.append(f"## Label fraction {fraction}\n\nNo arm has finished yet.\n")
             continue
-        parts += [f"## Label fraction {fraction}\n", "| arm | mIoU (%) | probe kNN acc. (%) | probe eff. rank |",
-                  "|---|---:|---:|---:|"]
+        extra = "".join(f" {label} (%) |" for label in others.values())
+        parts += [f"## Label fraction {fraction}\n", f"| arm | {name} (%) |{extra}{probe_head}",
+                  "|---|---:|" + "---:|" * len(others) + probe_rule]
         for label, s in rows.items():
             rank = s.get("probe_effective_rank")
             rank_text = f"{rank['mean']:.1f}" if rank else "–"
-            parts.append(f"| {label} | {_pm(s['miou'])} | {_pm(s.get('probe_knn_acc'))} | {rank_text} |")
+            values = "".join(f" {_pm(s.get(k))} |" for k in others)
+            probe = f" {_pm(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
+            parts.append(f"| {label} | {_pm(s[key])} |{values}{probe}")
         parts.append("")
-    parts.append("![mIoU against label fraction](miou_vs_fraction.png)\n")
+    parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
 
 
 def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
-    """Each arm's mean mIoU against the label fraction (log scale), with ± std bars."""
+    """Each arm's mean main metric (mIoU, top-1, ...) against the label fraction (log scale), with ± std bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key, name = _main_metric(report)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for label, by_fraction in report["summary"].items():
         fractions = sorted(by_fraction, key=float)
-        means = [100 * by_fraction[f]["miou"]["mean"] for f in fractions]
-        stds = [100 * np.nan_to_num(by_fraction[f]["miou"]["std"]) for f in fractions]
+        means = [100 * by_fraction[f][key]["mean"] for f in fractions]
+        stds = [100 * np.nan_to_num(by_fraction[f][key]["std"]) for f in fractions]
         ax.errorbar([float(f) for f in fractions], means, yerr=stds, marker="o", capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("labelled fraction of the train split")
-    ax.set_ylabel(f"mIoU (%) on {report['eval_split']}")
+    ax.set_ylabel(f"{name} (%) on {report['eval_split']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -244,7 +262,8 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
         if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
             run_benchmark(pipeline)
     report = {"benchmark": first.name, "file": str(first.path), "fractions": spec["fractions"],
-              "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val"}
+              "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
+              "probe": spec.get("probe", True)}
     report |= aggregate(cells, spec)
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "protocol.json", json.dumps(report, indent=2) + "\n")

@@ -43,12 +43,12 @@ from mnm.rundir import (
 from mnm.stage_cli import stage_class
 
 __all__ = [
-    "build_report", "check_report_spec", "load_stage", "miou_table", "per_class_markdown", "plot_mm_curves",
+    "build_report", "check_report_spec", "load_stage", "main_metric", "metric_table", "per_class_markdown", "plot_mm_curves",
     "read_curves",
 ]
 
 #: figure titles of the curves stages log (:attr:`BaseStage.curve_metrics`); other curves show their key
-CURVE_TITLES = {"loss": "training loss", "active_fraction": "active-triplet fraction"}
+CURVE_TITLES = {"loss": "training loss", "active_fraction": "active-triplet fraction", "triplet": "triplet term"}
 MAX_VAL_PASSES = 10  # t-SNE: at most this many passes over the val split to collect the patches
 VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matplotlib", "mnm")
 
@@ -150,13 +150,14 @@ def _json_safe(obj: Any) -> Any:
 
 
 def _iou_rows(results: Mapping[str, Any]) -> dict[str, list[float]]:
-    """Per-class IoU per arm, with None (absent class) back to NaN."""
-    return {k: [math.nan if v is None else v for v in a["per_class_iou"]] for k, a in results["arms"].items()}
+    """Per-class IoU per arm (of the arms that have it), with None (absent class) back to NaN."""
+    return {k: [math.nan if v is None else v for v in a["per_class_iou"]]
+            for k, a in results["arms"].items() if "per_class_iou" in a}
 
 
 def per_class_markdown(results: Mapping[str, Any]) -> str:
     """The per-class IoU table (%) of every arm, from ``results.json``'s content."""
-    mious = {k: a["miou"] for k, a in results["arms"].items()}
+    mious = {k: a["miou"] for k, a in results["arms"].items() if "per_class_iou" in a}
     return per_class_table(_iou_rows(results), results["class_names"], mious)
 
 
@@ -175,22 +176,18 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
             "wall_time_s": float(metrics["wall_time_s"]),
             "steps": int(metrics.get("steps", 0)),
         }
-    arms = {}
+    arms, metrics = {}, {}
     for label, stage in pipeline.report["arms"].items():
         ev = read_stage_metrics(run_dir, stage)["eval"]
+        shown = stage_class(stages[stage]["kind"]).evaluation_metrics
+        metrics |= shown
         chain = init_chain(pipeline, stage)
         times = {s: stages[s]["wall_time_s"] for s in chain}
-        arms[label] = {
-            "stage": stage,
-            "chain": chain,
-            "split": ev["split"],
-            "miou": float(ev["miou"]),
-            "pixel_acc": float(ev["pixel_acc"]),
-            "per_class_iou": [float(v) for v in ev["per_class_iou"]],
-            "class_names": list(ev["class_names"]),
-            "stage_times": times,
-            "total_time_s": sum(times.values()),
-        }
+        arms[label] = {"stage": stage, "chain": chain, "split": ev["split"], **{k: float(ev[k]) for k in shown}}
+        if "per_class_iou" in ev:
+            arms[label] |= {"per_class_iou": [float(v) for v in ev["per_class_iou"]],
+                            "class_names": list(ev["class_names"])}
+        arms[label] |= {"stage_times": times, "total_time_s": sum(times.values())}
     curves = {}
     for label, stage in (pipeline.report.get("curves") or {}).items():
         columns = stage_class(stages[stage]["kind"]).curve_metrics
@@ -206,7 +203,8 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
         "seed": pipeline.seed,
         "eval_split": splits[0] if len(splits) == 1 else splits,
         "dataset": {"class_path": data_cfg.get("class_path"), "init_args": data_cfg.get("init_args", {})},
-        "class_names": first["class_names"],
+        "class_names": first.get("class_names", []),
+        "metrics": metrics,
         "versions": _versions(),
         "config_hashes": portable,
         "benchmark_hash": config_hash({"stages": portable, "report": pipeline.report}),
@@ -409,14 +407,19 @@ def _pct(v: float | None) -> str:
     return _num(v, ".2f", 100.0)
 
 
-def miou_table(results: Mapping[str, Any]) -> str:
-    """Markdown table: one row per arm with mIoU, pixel accuracy and the arm's total stage time."""
-    lines = ["| arm | mIoU (%) | pixel acc. (%) | time (s) | stages |", "|---|---:|---:|---:|---|"]
+def main_metric(results: Mapping[str, Any]) -> tuple[str, str]:
+    """``(key, label)`` of the main evaluation metric of a report's arms (mIoU, top-1, ...)."""
+    return next(iter(results["metrics"].items()))
+
+
+def metric_table(results: Mapping[str, Any]) -> str:
+    """Markdown table: one row per arm with its evaluation metrics (%) and the arm's total stage time."""
+    metrics = results["metrics"]
+    lines = ["| arm | " + " | ".join(f"{label} (%)" for label in metrics.values()) + " | time (s) | stages |",
+             "|---|" + "---:|" * len(metrics) + "---:|---|"]
     for label, arm in results["arms"].items():
-        lines.append(
-            f"| {label} | {_pct(arm['miou'])} | {_pct(arm['pixel_acc'])} | {arm['total_time_s']:.1f} "
-            f"| {' → '.join(arm['chain'])} |"
-        )
+        values = " | ".join(_pct(arm.get(key)) for key in metrics)
+        lines.append(f"| {label} | {values} | {arm['total_time_s']:.1f} | {' → '.join(arm['chain'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -426,9 +429,12 @@ def _markdown(results: Mapping[str, Any]) -> str:
         f"File `{results['file']}`, seed {results['seed']}, evaluated on **{results['eval_split']}** of "
         f"`{results['dataset']['class_path']}`. Benchmark hash `{results['benchmark_hash']}` (config hashes "
         "leave out the data root and output paths).\n",
-        "## mIoU per arm\n", miou_table(results),
-        "## Per-class IoU (%)\n", per_class_markdown(results),
-        "(also in `per_class_iou.csv`; – = class absent from the split)\n",
+        f"## {main_metric(results)[1]} per arm\n", metric_table(results),
+    ]
+    if _iou_rows(results):
+        parts += ["## Per-class IoU (%)\n", per_class_markdown(results),
+                  "(also in `per_class_iou.csv`; – = class absent from the split)\n"]
+    parts += [
         "## Stage wall times (s)\n", "| stage | kind | init from | steps | time (s) | config hash |",
         "|---|---|---|---:|---:|---|",
     ]
@@ -482,7 +488,8 @@ def build_report(run_dir: str | Path, pipeline: Pipeline) -> dict[str, Any]:
                            "silhouette_before": emb["silhouette_before"], "silhouette_after": emb["silhouette_after"]}
     results["figures"] = figures
     results = _json_safe(results)
-    write_per_class_csv(run_dir / "per_class_iou.csv", _iou_rows(results), results["class_names"])
+    if _iou_rows(results):
+        write_per_class_csv(run_dir / "per_class_iou.csv", _iou_rows(results), results["class_names"])
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
     atomic_write_text(run_dir / "report.md", _markdown(results))
     return results

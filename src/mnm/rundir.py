@@ -120,9 +120,10 @@ def _duration(seconds: float | None) -> str:
 
 
 def _key_metric(run_dir: Path, stage: str, entry: dict[str, Any]) -> str:
-    """The evaluation's mIoU, or else the last logged training loss."""
-    if entry.get("miou") is not None:
-        return f"mIoU {100 * entry['miou']:.2f}%"
+    """The evaluation's main metric (mIoU, top-1, ...), or else the last logged training loss."""
+    score = entry.get("score") or ({"metric": "mIoU", "value": entry["miou"]} if "miou" in entry else None)
+    if score and score["value"] is not None:  # "miou": manifests written before "score"
+        return f"{score['metric']} {100 * score['value']:.2f}%"
     path = StageDir.of(run_dir, stage).metrics
     loss = (json.loads(path.read_text()).get("fit") or {}).get("train/loss") if path.is_file() else None
     return "–" if loss is None else f"loss {loss:.4g}"

@@ -265,7 +265,8 @@ class PipelineRunner:
         entry.update(status="finished", checkpoint=str(final), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                      wall_time_s=metrics["wall_time_s"], steps=trainer.global_step)
         if "eval" in metrics:
-            entry["miou"] = metrics["eval"]["miou"]
+            key, label = next(iter(type(model).evaluation_metrics.items()))
+            entry["score"] = {"metric": label, "value": metrics["eval"][key]}
         self._save_manifest(spec.name)
         return str(final)
 

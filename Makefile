@@ -25,7 +25,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-mm-sweep camvid-unsupervised classify-cpu voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-semi camvid-mm-sweep camvid-unsupervised classify-cpu voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -75,6 +75,11 @@ camvid-label-efficient: $(STAMP) ## CamVid, 1/8 and all labels x 3 seeds, 5 arms
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) protocol conf/benchmarks/camvid_label_efficient.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
 		$(if $(FRACTIONS),--fractions $(FRACTIONS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
+
+camvid-semi: $(STAMP) ## CamVid, 1/8 labels x 3 seeds: supervised-only, M&M, semi, semi + class-wise MIM (SEEDS=, ARMS= restrict) -> runs/camvid-semi/protocol.md
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	$(MNM) protocol conf/benchmarks/camvid_semi.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
 
 classify-cpu: $(STAMP) ## classification fine-tuning on synthetic shapes: CE vs CE + M&M graph vs CE + random triplets, 3 seeds (OMP_NUM_THREADS=1) -> runs/classify-synthetic/protocol.md
 	OMP_NUM_THREADS=1 $(MNM) protocol conf/benchmarks/classify_synthetic.yaml --out runs/classify-synthetic \

@@ -16,7 +16,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader
 
-from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, pad_collate
+from mnm.datamodules.datasets import SampleRecord, SegmentationDataset, SemiDataset, pad_collate, semi_collate
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.label_subset import LabelSplit, split_labeled, write_id_list
 from mnm.datamodules.readers import (
@@ -53,9 +53,14 @@ class SegmentationDataModule(L.LightningDataModule):
     Label fractions: ``labeled_fraction`` (0 < f <= 1) or ``labeled_list`` (a file of
     sample ids, one per line) keeps the masks of a subset of the train split only
     (:mod:`mnm.datamodules.label_subset`: seeded by ``split_seed``, default ``seed``;
-    every class of the full split present). The remainder is the ``unlabeled`` role
+    every class of the full split present). ``labeled_count`` asks for a number of labelled samples
+    instead of a fraction, and ``labeled_from`` (a split name) draws them from that split's samples
+    only (VOC's semi-supervised splits: 92 ... 1,464 of ``train`` within ``train_aug``). The remainder is the ``unlabeled`` role
     (images without masks: :meth:`unlabeled_dataloader`, or the train loader itself
-    with ``train_on: unlabeled``). On ``setup("fit")`` under a trainer, the two id
+    with ``train_on: unlabeled``). ``train_on: semi`` makes the train loader yield both at once for
+    semi-supervised training: ``{"labeled": batch, "unlabeled": batch}`` per step, the unlabelled batch
+    with two strong views and CutMix boxes (probability ``cutmix_p``; :class:`SemiDataset`,
+    :class:`PairedSampler`). On ``setup("fit")`` under a trainer, the two id
     lists are written to ``labeled.txt`` and ``unlabeled.txt`` in the trainer's
     ``default_root_dir`` (the stage folder of a pipeline run).
 
@@ -89,7 +94,10 @@ class SegmentationDataModule(L.LightningDataModule):
         labeled_fraction: float = 1.0,
         labeled_list: str | None = None,
         split_seed: int | None = None,
-        train_on: Literal["labeled", "unlabeled"] = "labeled",
+        train_on: Literal["labeled", "unlabeled", "semi"] = "labeled",
+        cutmix_p: float = 0.5,
+        labeled_count: int | None = None,
+        labeled_from: str | None = None,
         pad_fill: tuple[int, int, int] = (0, 0, 0),
         pad_position: Literal["center", "random"] = "center",
     ) -> None:
@@ -109,8 +117,14 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"pad_fill must be three ints in 0..255 (RGB), got {pad_fill}")
         if pad_position not in ("center", "random"):
             raise DataError(f"pad_position must be 'center' or 'random', got {pad_position!r}")
-        if train_on not in ("labeled", "unlabeled"):
-            raise DataError(f"train_on must be 'labeled' or 'unlabeled', got {train_on!r}")
+        if labeled_count is not None and (labeled_list is not None or labeled_fraction != 1.0):
+            raise DataError("give labeled_count or labeled_fraction/labeled_list, not both")
+        if labeled_from is not None and labeled_list is not None:
+            raise DataError("labeled_from bounds a seeded subset; a labeled_list names its samples itself")
+        if train_on not in ("labeled", "unlabeled", "semi"):
+            raise DataError(f"train_on must be 'labeled', 'unlabeled' or 'semi', got {train_on!r}")
+        if not 0.0 <= cutmix_p <= 1.0:
+            raise DataError(f"cutmix_p must be in [0, 1], got {cutmix_p}")
         for setting, size in (("crop_size", crop_size), ("val_size", val_size)):
             if size is not None and (len(size) != 2 or min(size) < 1):
                 raise DataError(f"{setting} must be two positive ints (height, width), got {size}")
@@ -137,6 +151,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.labeled_list = Path(labeled_list).expanduser() if labeled_list is not None else None
         self.split_seed = seed if split_seed is None else split_seed
         self.train_on = train_on
+        self.cutmix_p = cutmix_p
+        self.labeled_count = labeled_count
+        self.labeled_from = labeled_from
         self.label_split: LabelSplit | None = None
 
         self.num_classes = len(self.CLASS_NAMES)
@@ -209,7 +226,12 @@ class SegmentationDataModule(L.LightningDataModule):
     @property
     def uses_label_subset(self) -> bool:
         """Whether only a subset of the train split keeps its masks."""
-        return self.labeled_list is not None or self.labeled_fraction < 1.0
+        return (
+            self.labeled_list is not None
+            or self.labeled_fraction < 1.0
+            or self.labeled_count is not None
+            or self.labeled_from is not None
+        )
 
     def write_label_split(self, folder: str | Path) -> None:
         """Write the labelled and unlabelled ids to ``folder``/``labeled.txt``, ``unlabeled.txt``."""
@@ -227,7 +249,7 @@ class SegmentationDataModule(L.LightningDataModule):
         roles = _STAGE_ROLES.get(stage or "fit")
         if roles is None:
             raise DataError(f"unknown stage {stage!r}; expected one of {sorted(_STAGE_ROLES)}")
-        if "train" in roles and self.train_on == "unlabeled":
+        if "train" in roles and self.train_on in ("unlabeled", "semi"):
             roles = (*roles, "unlabeled")
         for role in roles:
             if role not in self.datasets:
@@ -237,12 +259,28 @@ class SegmentationDataModule(L.LightningDataModule):
             self.write_label_split(trainer.default_root_dir)
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_on == "semi":
+            return self.semi_dataloader()
         role = "unlabeled" if self.train_on == "unlabeled" else "train"
         return self._loader(role, self.batch_size, shuffle=True)
 
     def unlabeled_dataloader(self) -> DataLoader:
         """Images of the train split outside the labelled subset, without masks, augmented as train."""
         return self._loader("unlabeled", self.batch_size, shuffle=True)
+
+    def semi_dataloader(self) -> DataLoader:
+        """Per step a labelled batch and an unlabelled one (weak view, two strong views, CutMix boxes)."""
+        for role in ("train", "unlabeled"):
+            if role not in self.datasets:
+                self.datasets[role] = self._build_dataset(role)
+        dataset = SemiDataset(self.datasets["train"], self.datasets["unlabeled"], cutmix_p=self.cutmix_p)
+        for keyed in (dataset.labeled, dataset.unlabeled):
+            keyed.key_seed = self.seed  # the SemiDataset's own key_seed is set by resumable_loader
+        return resumable_loader(
+            dataset, self.batch_size, shuffle=True, seed=self.seed, trainer=self.trainer,
+            num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=semi_collate,
+            paired_sizes=(len(dataset.labeled), len(dataset.unlabeled)),
+        )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.val_batch_size, shuffle=False)
@@ -307,9 +345,15 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         if role in ("train", "unlabeled") and self.uses_label_subset:
             if self.label_split is None:
-                self.label_split = split_labeled(
-                    good, fraction=self.labeled_fraction, list_file=self.labeled_list, seed=self.split_seed
+                pool = (
+                    frozenset(r.name for r in self.list_samples(self.labeled_from))
+                    if self.labeled_from is not None
+                    else None
                 )
+                self.label_split = split_labeled(
+                    good, fraction=self.labeled_fraction, list_file=self.labeled_list, seed=self.split_seed,
+                    count=self.labeled_count, pool=pool,
+                )  # fmt: skip
             good = self.label_split.labeled if role == "train" else self.label_split.unlabeled
             if not good:
                 raise DataError(f"{source}: the labelled subset leaves no unlabelled sample in '{split}'")
@@ -317,7 +361,8 @@ class SegmentationDataModule(L.LightningDataModule):
             transform = {"train": self.train_transform, "unlabeled": self.train_transform,
                          "predict": self.predict_transform}.get(role, self.eval_transform)()  # fmt: skip
         dataset = SegmentationDataset(
-            good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict"
+            good, transform, split=split, skip_bad=self.skip_bad, with_size=role == "predict",
+            mark_padding=role == "unlabeled",
         )
         dataset.num_skipped_at_setup = skipped
         return dataset

@@ -18,7 +18,8 @@ from torch.utils.data import Dataset
 
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.readers import IGNORE_INDEX, LabelMapping, read_label, read_rgb
-from mnm.datamodules.transforms import JointTransform
+from mnm.datamodules.transforms import JointTransform, StrongView
+from mnm.semi import cutmix_box
 
 logger = logging.getLogger("mnm.datamodules")
 
@@ -43,7 +44,8 @@ class SegmentationDataset(Dataset):
 
     Items: ``image`` uint8 ``3×H×W``, ``mask`` uint8 ``H×W`` (labelled records
     only), ``name``, and, when ``with_size``, ``size`` (original ``(H, W)``) and
-    ``input_size`` (``(H, W)`` after the transform, before batch padding). With
+    ``input_size`` (``(H, W)`` after the transform, before batch padding), and, when
+    ``mark_padding``, ``padding`` (uint8 ``H×W``, 1 where the transform padded an unlabelled image). With
     ``skip_bad`` a sample that fails to read is logged once, flagged (in shared
     memory, so DataLoader workers see it too) and replaced by the next good one.
 
@@ -61,8 +63,10 @@ class SegmentationDataset(Dataset):
         split: str,
         skip_bad: bool = False,
         with_size: bool = False,
+        mark_padding: bool = False,
     ) -> None:
         self.records = list(records)
+        self.mark_padding = mark_padding
         self.transform = transform
         self.split = split
         self.skip_bad = skip_bad
@@ -96,9 +100,14 @@ class SegmentationDataset(Dataset):
                     f"image size {image.shape[0]}x{image.shape[1]} of {record.image}"
                 )
         size = image.shape[:2]
+        marks = mask is None and self.mark_padding
+        if marks:  # an all-zero mask goes through the transform: its padding comes out as the ignore value
+            mask = np.zeros(size, dtype=np.uint8)
         image, mask = self.transform(image, mask)
         item: dict[str, Any] = {"image": _to_tensor(image).permute(2, 0, 1), "name": record.name}
-        if mask is not None:
+        if marks:
+            item["padding"] = _to_tensor((mask == IGNORE_INDEX).astype(np.uint8))
+        elif mask is not None:
             item["mask"] = _to_tensor(mask)
         if self.with_size:
             item["size"] = size
@@ -136,29 +145,83 @@ class SegmentationDataset(Dataset):
         )
 
 
+#: the per-pixel maps a batch may carry, and the value that fills a padded pixel
+_MAP_FILL = {"mask": IGNORE_INDEX, "padding": 1, "box1": 0, "box2": 0}
+#: the image views a batch may carry
+_IMAGE_KEYS = ("image", "image_s1", "image_s2")
+
+
 def pad_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack items, padding to the largest ``H×W`` in the batch (image 0, mask 255).
 
     Returns ``image`` float32 ``B×3×H×W`` in [0, 1], ``mask`` int64 ``B×H×W``
     (if labelled), ``name`` list[str], and ``size`` / ``input_size`` int64 ``B×2`` (if present).
+    The views and maps of semi-supervised items (:class:`SemiDataset`) are stacked alike:
+    ``image_s1``/``image_s2`` as images, ``padding`` (padded with 1) and ``box1``/``box2`` (with 0) as bool.
     Built with numpy (single-threaded): torch's intra-op threads only add
     contention for this much work, badly so on a busy machine.
     """
     height = max(item["image"].shape[1] for item in items)
     width = max(item["image"].shape[2] for item in items)
-    images = np.zeros((len(items), 3, height, width), dtype=np.float32)
-    for i, item in enumerate(items):
-        _, h, w = item["image"].shape
-        images[i, :, :h, :w] = item["image"].numpy()
-    images /= np.float32(255.0)
-    batch: dict[str, Any] = {"image": torch.from_numpy(images), "name": [item["name"] for item in items]}
-    if "mask" in items[0]:
-        masks = np.full((len(items), height, width), IGNORE_INDEX, dtype=np.int64)
+    batch: dict[str, Any] = {"name": [item["name"] for item in items]}
+    for key in (k for k in _IMAGE_KEYS if k in items[0]):
+        images = np.zeros((len(items), 3, height, width), dtype=np.float32)
         for i, item in enumerate(items):
-            h, w = item["mask"].shape
-            masks[i, :h, :w] = item["mask"].numpy()
-        batch["mask"] = torch.from_numpy(masks)
+            _, h, w = item[key].shape
+            images[i, :, :h, :w] = item[key].numpy()
+        images /= np.float32(255.0)
+        batch[key] = torch.from_numpy(images)
+    for key in (k for k in _MAP_FILL if k in items[0]):
+        maps = np.full((len(items), height, width), _MAP_FILL[key], dtype=np.int64)
+        for i, item in enumerate(items):
+            h, w = item[key].shape
+            maps[i, :h, :w] = item[key].numpy()
+        batch[key] = torch.from_numpy(maps) if key == "mask" else torch.from_numpy(maps.astype(bool))
     for key in ("size", "input_size"):
         if key in items[0]:
             batch[key] = torch.tensor([list(item[key]) for item in items], dtype=torch.int64)
     return batch
+
+
+class SemiDataset(Dataset):
+    """Pairs of a labelled and an unlabelled sample for semi-supervised training, addressed by
+    ``(labelled key, unlabelled key)`` (see :class:`mnm.datamodules.sampling.PairedSampler`).
+
+    The unlabelled item carries its weak view (``image``, the train transform), two strong views of it
+    (``image_s1``, ``image_s2``: :class:`~mnm.datamodules.transforms.StrongView`), a CutMix box for each
+    (``box1``, ``box2``: :func:`mnm.semi.cutmix_box`, with probability ``cutmix_p``) and ``padding``.
+    The strong views and boxes are seeded from ``(key_seed, unlabelled key)``, as the weak views are.
+    """
+
+    def __init__(
+        self, labeled: SegmentationDataset, unlabeled: SegmentationDataset, cutmix_p: float = 0.5
+    ) -> None:
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.cutmix_p = cutmix_p
+        self.strong = StrongView()
+        self.key_seed = 0
+
+    def __len__(self) -> int:
+        return len(self.unlabeled)
+
+    def set_seed(self, seed: int) -> None:
+        """Reseed both datasets' augmentation (see :func:`mnm.datamodules.base.seed_worker`)."""
+        self.labeled.set_seed(seed)
+        self.unlabeled.set_seed(seed + 1)
+
+    def __getitem__(self, keys: tuple[int, int]) -> dict[str, Any]:
+        labeled_key, unlabeled_key = keys
+        item = self.unlabeled[unlabeled_key]
+        seeds = np.random.SeedSequence([self.key_seed, int(unlabeled_key), 2]).generate_state(4)
+        weak = item["image"].permute(1, 2, 0).numpy()
+        for view, (view_seed, box_seed) in enumerate(zip(seeds[:2], seeds[2:], strict=True), start=1):
+            strong = self.strong(np.ascontiguousarray(weak), int(view_seed))
+            item[f"image_s{view}"] = _to_tensor(strong).permute(2, 0, 1)
+            generator = torch.Generator().manual_seed(int(box_seed))
+            item[f"box{view}"] = cutmix_box(*weak.shape[:2], generator, p=self.cutmix_p)
+        return {"labeled": self.labeled[labeled_key], "unlabeled": item}
+
+
+def semi_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"labeled": batch, "unlabeled": batch}`` of :class:`SemiDataset` items (each by :func:`pad_collate`)."""
+    return {role: pad_collate([item[role] for item in items]) for role in ("labeled", "unlabeled")}

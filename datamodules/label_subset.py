@@ -5,8 +5,9 @@ class, rarest first, the first sample in a seeded random order that shows it,
 unless an earlier pick already does), then a random fill (same order) up to
 ``round(fraction * N)`` samples. Every class present in the full split is
 therefore present in the subset, and the same fraction and seed always give
-the same ids. A ``labeled_list`` file (one sample id per line, UniMatch's
-convention) names the subset instead.
+the same ids. A ``labeled_list`` file names the subset instead: one sample id per
+line (what :func:`write_id_list` writes), or UniMatch's split files (``image_path label_path``
+per line, matched by the image's file name).
 """
 
 from __future__ import annotations
@@ -89,34 +90,56 @@ def choose_labeled(presence: Sequence[frozenset[int]], fraction: float, seed: in
     return sorted(chosen)
 
 
-def read_id_list(path: Path, names: Sequence[str]) -> list[int]:
-    """Indices (sorted) into ``names`` of the ids listed in ``path``, one per line; unknown ids raise."""
+def read_id_list(path: Path, names: Sequence[str], image_names: Sequence[str] = ()) -> list[int]:
+    """Indices (sorted) into ``names`` of the samples listed in ``path``; unknown ids raise.
+
+    A line holds a sample id, or an ``image_path label_path`` pair (UniMatch's split files), matched
+    by the image's file name against ``image_names`` (the samples' image file names, in ``names`` order).
+    """
     if not path.is_file():
         raise DataError(f"{path}: labeled_list does not exist")
     index = {name: i for i, name in enumerate(names)}
+    by_image = {name: i for i, name in enumerate(image_names)}
     picked: set[int] = set()
     for lineno, tokens in read_list(path):
-        if len(tokens) != 1:
-            raise DataError(f"{path}:{lineno}: expected one sample id per line, got {len(tokens)} fields")
-        if tokens[0] not in index:
-            raise DataError(f"{path}:{lineno}: sample id {tokens[0]!r} is not in the train split")
-        picked.add(index[tokens[0]])
+        if len(tokens) == 2 and by_image:
+            key, known = Path(tokens[0]).name, by_image
+        elif len(tokens) == 1:
+            key, known = tokens[0], index
+        else:
+            raise DataError(f"{path}:{lineno}: expected a sample id or 'image label' per line, got {len(tokens)} fields")
+        if key not in known:
+            raise DataError(f"{path}:{lineno}: sample id {key!r} is not in the train split")
+        picked.add(known[key])
     if not picked:
         raise DataError(f"{path}: labeled_list names no samples")
     return sorted(picked)
 
 
 def split_labeled(
-    records: Sequence[SampleRecord], *, fraction: float = 1.0, list_file: Path | None = None, seed: int = 0
+    records: Sequence[SampleRecord],
+    *,
+    fraction: float = 1.0,
+    list_file: Path | None = None,
+    seed: int = 0,
+    count: int | None = None,
+    pool: frozenset[str] | None = None,
 ) -> LabelSplit:
-    """Cut ``records`` into the labelled subset (by ``list_file`` or ``fraction``) and the remainder.
+    """Cut ``records`` into the labelled subset (by ``list_file``, ``count`` or ``fraction``) and the remainder.
 
     The remainder's records have no label. A listed subset that misses a class of the full split
-    is kept as given, with a warning.
+    is kept as given, with a warning. ``pool`` (sample ids) restricts the seeded choice to those
+    records (VOC: the 1,464 finely labelled images of the 10,582), and ``count`` asks for that many.
     """
     presence = classes_present(records)
-    if list_file is not None:
-        keep = read_id_list(list_file, [r.name for r in records])
+    if pool is not None or count is not None:
+        candidates = [i for i, r in enumerate(records) if pool is None or r.name in pool]
+        if count is not None and not 1 <= count <= len(candidates):
+            raise DataError(f"labeled_count {count} must be in [1, {len(candidates)}] (the samples it draws from)")
+        share = fraction if count is None else count / len(candidates)
+        keep = [candidates[i] for i in choose_labeled([presence[i] for i in candidates], share, seed)]
+    elif list_file is not None:
+        keep = read_id_list(list_file, [r.name for r in records], [r.image.name for r in records])
         missing = set().union(*presence) - set().union(*(presence[i] for i in keep))
         if missing:
             logger.warning(

@@ -141,12 +141,14 @@ def resumable_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
     collate_fn: Any = None,
+    paired_sizes: tuple[int, int] | None = None,
 ) -> ResumableLoader:
     """A seeded, rank-sharded :class:`ResumableLoader` over ``dataset`` (items keyed by sampler keys).
 
     Under a ``trainer``, a shuffled (training) loader starts at the batch after the trainer's last step,
     and ranks come from the trainer. ``dataset`` needs ``set_seed(seed)`` and a ``key_seed`` attribute,
     which is set for shuffled loaders so that each item's augmentation depends on its key alone.
+    ``paired_sizes`` (labelled, unlabelled) makes it a loader of :class:`PairedSampler` key pairs.
     """
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     loader_seed = seed + 7919 * rank
@@ -156,10 +158,16 @@ def resumable_loader(
     start_batch = trainer.global_step * trainer.accumulate_grad_batches if trainer is not None and shuffle else 0
     if shuffle:
         dataset.key_seed = seed  # augmentation keyed by sample and epoch: exact resume
-    sampler = ResumableSampler(
-        len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world,
-        batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
-    )  # fmt: skip
+    if paired_sizes is not None:
+        drop_last = False
+        sampler: Sampler = PairedSampler(
+            *paired_sizes, seed=seed, rank=rank, world=world, batch_size=batch_size, start_batch=start_batch
+        )
+    else:
+        sampler = ResumableSampler(
+            len(dataset), shuffle=shuffle, seed=seed, rank=rank, world=world,
+            batch_size=batch_size, drop_last=drop_last, start_batch=start_batch,
+        )  # fmt: skip
     return ResumableLoader(
         dataset,
         batch_size=batch_size,
@@ -172,3 +180,57 @@ def resumable_loader(
         generator=torch.Generator().manual_seed(loader_seed),
         collate_fn=collate_fn,
     )
+
+
+class PairedSampler(Sampler[tuple[int, int]]):
+    """``(labelled key, unlabelled key)`` pairs for semi-supervised training: two endless key streams,
+    each a :class:`ResumableSampler` over its own dataset (seeds ``seed`` and ``seed + 1``), read side by side.
+
+    An epoch is as long as the longer stream's share of this rank (at least one batch), cut to whole
+    batches; the shorter stream simply runs on into its next epochs. Position ``p`` of the pair stream
+    (``epoch * len + offset``) fixes both keys, so a run resumed at ``start_batch`` sees the same pairs
+    as an uninterrupted one, and every rank takes its own shard of both streams.
+    """
+
+    def __init__(
+        self,
+        labeled_size: int,
+        unlabeled_size: int,
+        *,
+        seed: int = 0,
+        rank: int | None = None,
+        world: int | None = None,
+        batch_size: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        self.streams = [
+            ResumableSampler(size, shuffle=True, seed=seed + i, rank=rank, world=world)
+            for i, size in enumerate((labeled_size, unlabeled_size))
+        ]
+        self.seed, self.world = seed, self.streams[0].world
+        longest = max(max(s.per_rank for s in self.streams), batch_size)
+        self.per_epoch = longest // batch_size * batch_size
+        self.epoch, self.skip = divmod(start_batch * batch_size, self.per_epoch)
+        self._keys: dict[tuple[int, int], list[int]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _key(self, stream: int, position: int) -> int:
+        sampler = self.streams[stream]
+        epoch, offset = divmod(position, sampler.per_rank)
+        if (stream, epoch) not in self._keys:
+            self._keys = {k: v for k, v in self._keys.items() if k[0] != stream}
+            self._keys[stream, epoch] = sampler.keys(epoch)
+        return self._keys[stream, epoch][offset]
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, skip = self.epoch, self.skip
+        self.skip = 0
+        for position in range(epoch * self.per_epoch + skip, (epoch + 1) * self.per_epoch):
+            yield self._key(0, position), self._key(1, position)
+        self.epoch = epoch + 1

@@ -131,6 +131,31 @@ def build_eval_transform(
     return JointTransform(ops, seed=seed, cover=center_crop)
 
 
+def photometric_ops(
+    jitter: tuple[float, float, float, float], jitter_p: float, gray_p: float, blur_p: float
+) -> list[A.BasicTransform]:
+    """Colour jitter (brightness, contrast, saturation, hue) with ``jitter_p``, grayscale with ``gray_p``,
+    Gaussian blur (sigma 0.1–2) with ``blur_p``: no pixel moves."""
+    brightness, contrast, saturation, hue = jitter
+    return [
+        A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=jitter_p),
+        A.ToGray(p=gray_p),
+        A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=blur_p),
+    ]
+
+
+class StrongView:
+    """UniMatch's strong view of a weakly augmented ``H×W×3`` uint8 image: colour jitter (0.5, 0.5, 0.5,
+    0.25) with p 0.8, grayscale with p 0.2, Gaussian blur (sigma 0.1–2) with p 0.5; draws fixed by ``seed``."""
+
+    def __init__(self) -> None:
+        self.compose = A.Compose(photometric_ops((0.5, 0.5, 0.5, 0.25), jitter_p=0.8, gray_p=0.2, blur_p=0.5))
+
+    def __call__(self, image: np.ndarray, seed: int) -> np.ndarray:
+        self.compose.set_random_seed(seed)
+        return self.compose(image=image)["image"]
+
+
 class ColorDistortion:
     """Photometric distortion of a batch of images: colour jitter, grayscale, Gaussian blur (albumentations).
 
@@ -141,13 +166,8 @@ class ColorDistortion:
 
     def __init__(self, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float = 0.5) -> None:
         s = strength
-        self.compose = A.Compose(
-            [
-                A.ColorJitter(brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=min(0.2 * s, 0.5), p=jitter_p),
-                A.ToGray(p=gray_p),
-                A.GaussianBlur(blur_limit=0, sigma_limit=(0.1, 2.0), p=blur_p),
-            ]
-        )
+        jitter = (0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5))
+        self.compose = A.Compose(photometric_ops(jitter, jitter_p, gray_p, blur_p))
 
     def __call__(self, images: torch.Tensor, seed: int) -> torch.Tensor:
         """The distorted view of ``B×3×H×W`` images in [0, 1]; the draws depend only on ``seed``."""

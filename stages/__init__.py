@@ -13,4 +13,5 @@ STAGES: dict[str, str] = {
     "mix-match": "mnm.stages.mix_match.MixMatchStage",
     "pixel-contrast": "mnm.stages.pixel_contrast.PixelContrastStage",
     "segment": "mnm.stages.segment.SegmentStage",
+    "semi": "mnm.stages.semi.SemiStage",
 }

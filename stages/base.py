@@ -44,7 +44,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
     stage, pass ``ckpt_path`` to ``Trainer.fit`` instead.
 
     Args:
-        backbone: registry name (``alexnet``, ``alexnet_caffe``, ``vgg16_bn``, ``resnet18``, ``resnet50``).
+        backbone: registry name (``alexnet``, ``alexnet_caffe``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``resnet101``).
         in_chans: 1 for a grayscale network (colorization-pretrained), 3 for RGB.
         backbone_kwargs: backbone options (``bn_affine``, ``init``, ``input_norm``; see :mod:`mnm.backbones`),
             stored in the checkpoint so the next stage builds the same parameter set.

@@ -13,7 +13,8 @@ from mnm.metrics import SegmentationMetrics
 from mnm.stages.base import BaseStage
 
 #: the head each backbone gets unless the config names one
-DEFAULT_HEADS = {"alexnet": "fcn", "alexnet_caffe": "fcn", "vgg16_bn": "hypercolumn", "resnet18": "hypercolumn", "resnet50": "hypercolumn"}
+DEFAULT_HEADS = {"alexnet": "fcn", "alexnet_caffe": "fcn", "vgg16_bn": "hypercolumn", "resnet18": "hypercolumn",
+                 "resnet50": "hypercolumn", "resnet101": "hypercolumn"}
 
 
 def masked_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torchvision.models as tvm
 
 from mnm.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
 
-NAMES = ["alexnet", "alexnet_caffe", "vgg16_bn", "resnet18", "resnet50"]
+NAMES = ["alexnet", "alexnet_caffe", "vgg16_bn", "resnet18", "resnet50", "resnet101"]
 HW = (64, 96)
 EXPECTED = {  # out_channels, out_strides, embed_dim at HW
     "alexnet": ([64, 192, 384, 256, 256, 256], [4, 8, 16, 16, 16, 32], 256 * 1 * 2),
@@ -18,6 +18,7 @@ EXPECTED = {  # out_channels, out_strides, embed_dim at HW
     "vgg16_bn": ([64, 128, 256, 512, 512, 512], [1, 2, 4, 8, 16, 32], 512 * 2 * 3),
     "resnet18": ([64, 64, 128, 256, 512], [2, 4, 8, 16, 32], 512),
     "resnet50": ([64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32], 2048),
+    "resnet101": ([64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32], 2048),
 }
 
 

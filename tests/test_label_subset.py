@@ -124,3 +124,36 @@ def test_mix_match_and_segment_stages_share_the_subset(tmp_path: Path) -> None:
         lists[stage] = (out / "labeled.txt").read_text()
         assert len(lists[stage].split()) == 4
     assert lists["mix-match"] == lists["segment"]
+
+
+def test_a_count_drawn_from_a_pool_of_the_split(tmp_path: Path) -> None:
+    from mnm.datamodules.label_subset import split_labeled
+
+    dm = SyntheticDataModule(root=str(tmp_path / "s"), num_train=12, num_val=2, image_size=[64, 64],
+                             crop_size=[64, 64])  # fmt: skip
+    dm.setup("fit")
+    records = dm.list_samples("train")
+    pool = frozenset(r.name for r in records[:8])
+    split = split_labeled(records, count=5, pool=pool, seed=1)
+    assert len(split.labeled) == 5 and {r.name for r in split.labeled} <= pool
+    assert len(split.unlabeled) == 7 and all(r.label is None for r in split.unlabeled)
+    assert [r.name for r in split_labeled(records, count=5, pool=pool, seed=1).labeled] == [r.name for r in split.labeled]
+    whole_pool = split_labeled(records, pool=pool)
+    assert {r.name for r in whole_pool.labeled} == pool
+    with pytest.raises(DataError, match=r"labeled_count 9 must be in \[1, 8\]"):
+        split_labeled(records, count=9, pool=pool)
+
+
+def test_labeled_count_on_camvid_and_conflicting_settings(camvid_root: Path) -> None:
+    assert len(names(camvid(camvid_root, labeled_count=23), "train")) == 23
+    with pytest.raises(DataError, match="labeled_count or labeled_fraction/labeled_list, not both"):
+        CamVidDataModule(root=str(camvid_root), labeled_fraction=0.5, labeled_count=10)
+
+
+def test_unimatch_style_split_files_are_read(tmp_path: Path, camvid_root: Path) -> None:
+    listed = tmp_path / "labeled.txt"
+    listed.write_text("train/0001TP_006690.png trainannot/0001TP_006690.png\ntrain/0016E5_05310.png x/y.png\n")
+    assert names(camvid(camvid_root, labeled_list=str(listed)), "train") == ["0001TP_006690", "0016E5_05310"]
+    listed.write_text("train/0001TP_006690.png trainannot/0001TP_006690.png\ntrain/nope.png x/nope.png\n")
+    with pytest.raises(DataError, match=rf"^{listed}:2: sample id 'nope.png' is not in the train split"):
+        camvid(camvid_root, labeled_list=str(listed))

@@ -25,7 +25,10 @@ MODELS = {
     "mix-match": {"backbone": "alexnet", "patches_per_image": 3, "patch_size_range": [16, 40], "patch_out_size": 64},
     "pixel-contrast": {"backbone": "alexnet", "mode": "within", "feature_maps": [3], "projection_channels": 32},
     "segment": {"backbone": "alexnet"},
+    "semi": {"backbone": "alexnet", "threshold": 0.0},
 }
+#: data settings a stage kind needs beyond the shared ones
+DATA = {"semi": {"train_on": "semi", "labeled_fraction": 0.5}}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,11 @@ OTHER_DATA = {"classify": {"class_path": "mnm.datamodules.SyntheticClassificatio
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_stage_fast_dev_run(stage: str, data: dict) -> None:
-    cli = build_stage(stage, {"model": MODELS[stage], "data": OTHER_DATA.get(stage, data), "trainer": TRAINER})
+def test_stage_fast_dev_run(stage: str, data: dict, tmp_path: Path) -> None:
+    data = OTHER_DATA.get(stage, data)
+    data = {**data, "init_args": {**data["init_args"], **DATA.get(stage, {})}}
+    trainer = {**TRAINER, "default_root_dir": str(tmp_path)}  # a label subset writes its lists there
+    cli = build_stage(stage, {"model": MODELS[stage], "data": data, "trainer": trainer})
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     logged = cli.trainer.callback_metrics
     assert "train/loss" in logged or "train/loss_step" in logged, sorted(logged)

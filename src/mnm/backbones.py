@@ -361,6 +361,7 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "vgg16_bn": VGG16BNBackbone,
     "resnet18": lambda in_chans=3, **kw: ResNetBackbone("resnet18", in_chans, **kw),
     "resnet50": lambda in_chans=3, **kw: ResNetBackbone("resnet50", in_chans, **kw),
+    "resnet101": lambda in_chans=3, **kw: ResNetBackbone("resnet101", in_chans, **kw),
 }
 #: keyword options every registered backbone takes (``BaseStage(backbone_kwargs=...)``)
 BACKBONE_OPTIONS = ("bn_affine", "init", "input_norm", "feature_taps")
@@ -410,6 +411,7 @@ _TORCHVISION_KEYMAPS: dict[str, Callable[[str], str | None]] = {
     "vgg16_bn": _vgg_key,
     "resnet18": _resnet_key,
     "resnet50": _resnet_key,
+    "resnet101": _resnet_key,
 }
 
 

@@ -26,7 +26,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.sampling import resumable_loader
-from mnm.datamodules.synthetic import COLOUR_RANGE, _background, _colour, _shape_mask, _texture
+from mnm.datamodules.synthetic import (
+    COLOUR_RANGE,
+    random_colour,
+    render_background,
+    render_texture,
+    shape_mask,
+)
 from mnm.datamodules.transforms import JointTransform
 
 __all__ = [
@@ -397,16 +403,16 @@ def render_classified(rng: np.random.Generator, size: int, cls: int) -> np.ndarr
     texture period) over a cluttered background at half contrast, plus a smaller distractor object of a
     random class. Texture periods scale with ``size`` (7-11% of it), so they survive the crops' resizing."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    image = 0.5 * _background(rng, size, size) + 0.5 * np.mean(COLOUR_RANGE)
+    image = 0.5 * render_background(rng, size, size) + 0.5 * np.mean(COLOUR_RANGE)
     classes = [int(rng.integers(len(SYNTHETIC_SHAPES))), cls]  # the distractor first, the object on top
     for k, c in enumerate(classes):
         shape, texture = SYNTHETIC_SHAPES[c]
         r = rng.uniform(0.24, 0.36) * size if k else rng.uniform(0.08, 0.12) * size
         cy, cx = rng.uniform(0.8 * r, size - 0.8 * r, size=2)
         dy, dx = yy - cy, xx - cx
-        mask = _shape_mask(shape, dy, dx, r, rng.uniform(0, 2 * np.pi))
+        mask = shape_mask(shape, dy, dx, r, rng.uniform(0, 2 * np.pi))
         period = rng.uniform(0.07, 0.11) * size
-        fill = _texture(texture, dy, dx, r, rng.uniform(0, np.pi), period, _colour(rng), _colour(rng))
+        fill = render_texture(texture, dy, dx, r, rng.uniform(0, np.pi), period, random_colour(rng), random_colour(rng))
         image[mask] = fill[mask] + rng.normal(0.0, 6.0, size=(int(mask.sum()), 3))
     return np.clip(image, 0, 255).round().astype(np.uint8)
 

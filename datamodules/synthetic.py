@@ -40,18 +40,21 @@ JPEG_QUALITY = 90
 COLOUR_RANGE = (30.0, 225.0)
 
 
-def _colour(rng: np.random.Generator, shape: tuple[int, ...] = ()) -> np.ndarray:
+def random_colour(rng: np.random.Generator, shape: tuple[int, ...] = ()) -> np.ndarray:
+    """Random RGB colours (in ``COLOUR_RANGE``) of the given leading shape."""
     return rng.uniform(*COLOUR_RANGE, size=(*shape, 3))
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+def render_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A smooth random-colour background image of h×w."""
     cell = int(rng.integers(8, 24))
-    coarse = _colour(rng, (h // cell + 2, w // cell + 2)).astype(np.float32)
+    coarse = random_colour(rng, (h // cell + 2, w // cell + 2)).astype(np.float32)
     smooth = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     return smooth + rng.normal(0.0, 18.0, size=(h, w, 3))
 
 
-def _shape_mask(kind: str, dy: np.ndarray, dx: np.ndarray, r: float, angle: float) -> np.ndarray:
+def shape_mask(kind: str, dy: np.ndarray, dx: np.ndarray, r: float, angle: float) -> np.ndarray:
+    """Boolean mask of a shape of the given kind, radius and rotation over offset grids dy, dx."""
     u = dx * np.cos(angle) + dy * np.sin(angle)
     v = -dx * np.sin(angle) + dy * np.cos(angle)
     if kind == "disk":
@@ -66,7 +69,7 @@ def _shape_mask(kind: str, dy: np.ndarray, dx: np.ndarray, r: float, angle: floa
     return inside
 
 
-def _texture(
+def render_texture(
     kind: str,
     dy: np.ndarray,
     dx: np.ndarray,
@@ -76,6 +79,7 @@ def _texture(
     c1: np.ndarray,
     c2: np.ndarray,
 ) -> np.ndarray:
+    """Colours of a stripes / checker / gradient texture between c1 and c2 over offset grids dy, dx."""
     u = dx * np.cos(angle) + dy * np.sin(angle)
     v = -dx * np.sin(angle) + dy * np.cos(angle)
     if kind == "stripes":
@@ -98,7 +102,7 @@ def render_sample(
     """One ``(image uint8 H×W×3, label uint8 H×W)`` pair with 255 rings around objects."""
     h, w = image_size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    image = _background(rng, h, w)
+    image = render_background(rng, h, w)
     label = np.zeros((h, w), dtype=np.uint8)
     side = min(h, w)
     for _ in range(int(rng.integers(2, max(2, max_objects) + 1))):
@@ -107,9 +111,9 @@ def render_sample(
         r = rng.uniform(0.12, 0.3) * side
         cy, cx = rng.uniform(0.5 * r, h - 0.5 * r), rng.uniform(0.5 * r, w - 0.5 * r)
         dy, dx = yy - cy, xx - cx
-        mask = _shape_mask(shape, dy, dx, r, rng.uniform(0, 2 * np.pi))
+        mask = shape_mask(shape, dy, dx, r, rng.uniform(0, 2 * np.pi))
         period = rng.uniform(3.0, 7.0)
-        fill = _texture(texture, dy, dx, r, rng.uniform(0, np.pi), period, _colour(rng), _colour(rng))
+        fill = render_texture(texture, dy, dx, r, rng.uniform(0, np.pi), period, random_colour(rng), random_colour(rng))
         image[mask] = fill[mask] + rng.normal(0.0, 6.0, size=(int(mask.sum()), 3))
         label[mask] = cls
     kernel = np.ones((3, 3), np.uint8)

@@ -119,7 +119,8 @@ def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, 
 
 
 # -- aggregation --------------------------------------------------------------------------------------------
-def _stats(values: list[float]) -> dict[str, Any]:
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean, sample std (NaN for one value) and count of a list of scores."""
     arr = np.asarray(values, dtype=float)
     std = float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
     return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": [float(v) for v in arr]}
@@ -162,7 +163,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             table.setdefault(label, {}).setdefault(f"{fraction:g}", []).append(row)
     summary = {
         label: {
-            fraction: {key: _stats([r[key] for r in rows]) for key in rows[0]}
+            fraction: {key: mean_std([r[key] for r in rows]) for key in rows[0]}
             for fraction, rows in by_fraction.items()
         }
         for label, by_fraction in table.items()
@@ -170,7 +171,8 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
     return {"summary": summary, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
 
 
-def _pm(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
+def format_mean_std(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
+    """``mean ± std (n=N)`` of :func:`mean_std` output, scaled (× 100 for percentages); "–" when empty."""
     if not stats:
         return "–"
     std = "" if math.isnan(stats["std"]) else f" ± {scale * stats['std']:.2f}"
@@ -206,9 +208,9 @@ def protocol_markdown(report: dict[str, Any]) -> str:
         for label, s in rows.items():
             rank = s.get("probe_effective_rank")
             rank_text = f"{rank['mean']:.1f}" if rank else "–"
-            values = "".join(f" {_pm(s.get(k))} |" for k in others)
-            probe = f" {_pm(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
-            parts.append(f"| {label} | {_pm(s[key])} |{values}{probe}")
+            values = "".join(f" {format_mean_std(s.get(k))} |" for k in others)
+            probe = f" {format_mean_std(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
+            parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}")
         parts.append("")
     parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)

@@ -221,7 +221,8 @@ def _val_batches(datamodule: Any) -> Any:
 
 
 # -- figures -------------------------------------------------------------------------------------------
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,7 +250,7 @@ def plot_mm_curves(
     """Save :func:`mm_figure` to ``out``."""
     fig = mm_figure(series, columns, miou)
     fig.savefig(out, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out
 
 
@@ -262,7 +263,7 @@ def mm_figure(
     Each line gets its own colour, line style and marker (placed at staggered steps), so
     curves that coincide, as the active fraction of every α = 2.1 run does, remain visible.
     """
-    plt = _pyplot()
+    plt = pyplot()
     curves = len(columns) if series else 0
     panels = max(curves + (1 if miou else 0), 1)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
@@ -295,7 +296,7 @@ def mm_figure(
     return fig
 
 
-def _colourise(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
+def colourise(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
     """H×W class ids -> H×W×3 uint8; ignore (and anything out of range) is white."""
     lab = labels.numpy()
     out = np.full((*lab.shape, 3), 255, dtype=np.uint8)
@@ -307,7 +308,7 @@ def _colourise(labels: torch.Tensor, palette: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def plot_samples(run_dir: Path, arms: Mapping[str, str], num: int, out: Path) -> Path:
     """Rows of val image, ground truth and each arm's prediction (data module's palette; ignore is white)."""
-    plt = _pyplot()
+    plt = pyplot()
     models = {label: load_stage(run_dir, stage) for label, stage in arms.items()}
     _, dm = next(iter(models.values()))
     dm.setup("validate")
@@ -319,8 +320,8 @@ def plot_samples(run_dir: Path, arms: Mapping[str, str], num: int, out: Path) ->
     cols = ["image", "ground truth", *arms]
     fig, axes = plt.subplots(len(image), len(cols), figsize=(2.2 * len(cols), 2.2 * len(image)), squeeze=False)
     for r in range(len(image)):
-        panels = [image[r].permute(1, 2, 0).numpy(), _colourise(mask[r], palette)]
-        panels += [_colourise(p[r], palette) for p in preds.values()]
+        panels = [image[r].permute(1, 2, 0).numpy(), colourise(mask[r], palette)]
+        panels += [colourise(p[r], palette) for p in preds.values()]
         for c, panel in enumerate(panels):
             axes[r, c].imshow(panel)
             axes[r, c].axis("off")
@@ -381,7 +382,7 @@ def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: 
 
 def plot_tsne(tsne: Mapping[str, Any], titles: tuple[str, str], out: Path) -> Path:
     """Two t-SNE panels (before / after M&M) coloured by the patches' classes."""
-    plt = _pyplot()
+    plt = pyplot()
     palette = np.array(tsne["palette"], dtype=float) / 255
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.8))
     for ax, key, title in zip(axes, ("before", "after"), titles, strict=True):

@@ -27,7 +27,15 @@ from mnm.checkpoints import atomic_write_text
 from mnm.datamodules.datasets import pad_collate
 from mnm.hungarian import HungarianJaccardIndex
 from mnm.linear_probe import linear_probe
-from mnm.protocol import _pm, _stats, cell_name, finished_stages, load_cell, protocol_spec, run_protocol
+from mnm.protocol import (
+    cell_name,
+    finished_stages,
+    format_mean_std,
+    load_cell,
+    mean_std,
+    protocol_spec,
+    run_protocol,
+)
 from mnm.rundir import load_stage
 
 LINEAR_PROBE_FILE = "linear_probe.json"
@@ -74,9 +82,9 @@ def matched_cluster_maps(run_dir: Path, stage: str, num: int) -> dict[str, Any]:
 
 def plot_cluster_maps(run_dir: Path, arms: dict[str, str], num: int, out: Path) -> Path:
     """Rows of val image, ground truth and each arm's cluster map, clusters in the colour of their matched class."""
-    from mnm.report import _colourise, _pyplot
+    from mnm.report import colourise, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     maps = {label: matched_cluster_maps(run_dir, stage, num) for label, stage in arms.items()}
     first = next(iter(maps.values()))
     palette = np.array(first["palette"], dtype=np.uint8)
@@ -84,7 +92,7 @@ def plot_cluster_maps(run_dir: Path, arms: dict[str, str], num: int, out: Path) 
     fig, axes = plt.subplots(len(first["image"]), len(cols), figsize=(2.4 * len(cols), 2.0 * len(first["image"])),
                              squeeze=False)  # fmt: skip
     for r in range(len(first["image"])):
-        panels = [first["image"][r].permute(1, 2, 0).numpy(), _colourise(first["mask"][r], palette)]
+        panels = [first["image"][r].permute(1, 2, 0).numpy(), colourise(first["mask"][r], palette)]
         for m in maps.values():
             colours = np.full((int(m["clusters"].max()) + 1, 3), UNMATCHED_RGB, dtype=np.uint8)
             for cls, cluster in enumerate(m["assignment"]):
@@ -113,8 +121,8 @@ def unsupervised_markdown(report: dict[str, Any]) -> str:
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for label, s in report["arms"].items():
         time_s = s["total_time_s"]["mean"]
-        lines.append(f"| {label} | {_pm(s['miou'])} | {_pm(s['pixel_acc'])} | {_pm(s.get('probe_miou'))} | "
-                     f"{_pm(s.get('probe_pixel_acc'))} | {time_s:.0f} |")
+        lines.append(f"| {label} | {format_mean_std(s['miou'])} | {format_mean_std(s['pixel_acc'])} | {format_mean_std(s.get('probe_miou'))} | "
+                     f"{format_mean_std(s.get('probe_pixel_acc'))} | {time_s:.0f} |")
     if report.get("figure"):
         lines.append(f"\n![val images, ground truth and cluster maps]({report['figure']})\n")
     return "\n".join(lines) + "\n"
@@ -150,7 +158,7 @@ def run_unsupervised(file: str | Path, out: str | Path | None = None, sets: Sequ
         if figure is None and samples > 0:
             figure = plot_cluster_maps(pipeline.out_dir, arms, samples, root / "cluster_maps.png").name
     report = {k: protocol[k] for k in ("benchmark", "file", "seeds", "eval_split", "wall_time_s")}
-    report["arms"] = {label: {key: _stats([r[key] for r in rs]) for key in rs[0]} for label, rs in rows.items()}
+    report["arms"] = {label: {key: mean_std([r[key] for r in rs]) for key in rs[0]} for label, rs in rows.items()}
     report["figure"] = figure
     atomic_write_text(root / "unsupervised.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(root / "unsupervised.md", unsupervised_markdown(report))

@@ -35,6 +35,23 @@ class ScalarLogging:
 
 
 
+class MetricEvaluation:
+    """Validation and test steps scored by ``val_metrics``/``test_metrics``: a stage that uses it writes
+    ``_eval_step(batch, metrics, prefix)`` and ``_eval_epoch_end(metrics, prefix)``."""
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end(self.val_metrics, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end(self.test_metrics, "test")
+
+
 class BaseStage(ScalarLogging, L.LightningModule):
     """Owns the backbone (from the registry), SGD with a step schedule, and weight hand-off.
 

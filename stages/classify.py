@@ -10,14 +10,14 @@ from torch import nn
 
 from mnm.losses import TripletLoss
 from mnm.metrics import ClassificationMetrics
-from mnm.stages.base import BaseStage
+from mnm.stages.base import BaseStage, MetricEvaluation
 from mnm.stages.mix_match import TRIPLET_BUILDERS
 
 #: how the triplets of a batch are made: the class-wise connected graph, random triplets, or none (CE only)
 MATCHINGS = ("graph", "random", "none")
 
 
-class ClassifyStage(BaseStage):
+class ClassifyStage(MetricEvaluation, BaseStage):
     """Backbone + linear head on the globally pooled features; loss ``CE + mm_weight · triplet``.
 
     The M&M term treats the images of a batch as the graph's nodes, labelled by their image label:
@@ -106,18 +106,6 @@ class ClassifyStage(BaseStage):
     def _eval_epoch_end(self, metrics: ClassificationMetrics, prefix: str) -> None:
         self.log_scalars(prefix, metrics.compute())
         metrics.reset()
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end(self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end(self.test_metrics, "test")
 
     def read_evaluation(self, logged: dict[str, Any], split: str) -> dict[str, Any]:
         """Top-1 and top-5 accuracy and the mean cross-entropy of ``split`` from a trainer's logged metrics."""

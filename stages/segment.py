@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mnm.eval_views import EVAL_MODES, padded_probs, sliding_window_probs
 from mnm.heads import SparseHypercolumnHead, build_head
 from mnm.metrics import SegmentationMetrics
-from mnm.stages.base import BaseStage
+from mnm.stages.base import BaseStage, MetricEvaluation
 
 #: the head each backbone gets unless the config names one
 DEFAULT_HEADS = {"alexnet": "fcn", "alexnet_caffe": "fcn", "vgg16_bn": "hypercolumn", "resnet18": "hypercolumn",
@@ -24,7 +24,7 @@ def masked_cross_entropy(logits: torch.Tensor, mask: torch.Tensor, ignore_index:
     return F.cross_entropy(logits, mask, ignore_index=ignore_index)
 
 
-class SegmentationEvaluation:
+class SegmentationEvaluation(MetricEvaluation):
     """Evaluation shared by a segmentation model and an ensemble of them: needs ``predict_probs``,
     ``val_metrics``/``test_metrics`` and ``num_classes``/``ignore_index``/``class_names`` hparams."""
 
@@ -54,18 +54,6 @@ class SegmentationEvaluation:
             "pixel_acc": float(logged[f"{split}/pixel_acc"]),
             "per_class_iou": [float(logged[f"{split}/iou_{n}"]) for n in names],
         }
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end(self.val_metrics, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end(self.test_metrics, "test")
 
 
 class SegmentStage(SegmentationEvaluation, BaseStage):

@@ -25,6 +25,7 @@ import torchvision.datasets as tvd
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from mnm.datamodules.errors import DataError
+from mnm.datamodules.label_subset import stratified_labeled
 from mnm.datamodules.sampling import resumable_loader
 from mnm.datamodules.synthetic import (
     COLOUR_RANGE,
@@ -44,25 +45,9 @@ __all__ = [
     "ImageFolderClassificationDataModule",
     "OxfordIIITPetDataModule",
     "SyntheticClassificationDataModule",
-    "labelled_subset",
 ]
 
 _STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-
-
-def labelled_subset(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
-    """Indices of a class-stratified share ``fraction`` of the samples (at least one per class), sorted.
-
-    Each class keeps ``max(1, round(fraction * count))`` of its samples, drawn by a generator seeded with ``seed``.
-    """
-    labels_t = torch.as_tensor(list(labels))
-    generator = torch.Generator().manual_seed(seed)
-    keep = []
-    for cls in torch.unique(labels_t).tolist():
-        members = torch.nonzero(labels_t == cls).flatten()
-        count = max(1, round(fraction * len(members)))
-        keep += members[torch.randperm(len(members), generator=generator)[:count]].tolist()
-    return sorted(keep)
 
 
 class ClassifiedImages(Dataset):
@@ -239,7 +224,7 @@ class ClassificationDataModule(L.LightningDataModule):
         base, labels = self._load(split)
         indices = list(range(len(labels)))
         if role == "train" and self.labeled_fraction < 1.0:
-            indices = labelled_subset(labels, self.labeled_fraction, self.split_seed)
+            indices = stratified_labeled(labels, self.labeled_fraction, self.split_seed)
         if self.max_samples is not None:
             indices = indices[: self.max_samples]
         if not indices:

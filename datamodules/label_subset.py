@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mnm.datamodules.datasets import SampleRecord
 from mnm.datamodules.errors import DataError
@@ -88,6 +89,21 @@ def choose_labeled(presence: Sequence[frozenset[int]], fraction: float, seed: in
     taken = set(chosen)
     chosen += [i for i in order if i not in taken][: size - len(chosen)]
     return sorted(chosen)
+
+
+def stratified_labeled(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
+    """Indices of a class-stratified share ``fraction`` of the samples (at least one per class), sorted.
+
+    Each class keeps ``max(1, round(fraction * count))`` of its samples, drawn by a generator seeded with ``seed``.
+    """
+    labels_t = torch.as_tensor(list(labels))
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for cls in torch.unique(labels_t).tolist():
+        members = torch.nonzero(labels_t == cls).flatten()
+        count = max(1, round(fraction * len(members)))
+        keep += members[torch.randperm(len(members), generator=generator)[:count]].tolist()
+    return sorted(keep)
 
 
 def read_id_list(path: Path, names: Sequence[str], image_names: Sequence[str] = ()) -> list[int]:

@@ -20,7 +20,7 @@ from mnm.datamodules import (
     OxfordIIITPetDataModule,
     SyntheticClassificationDataModule,
 )
-from mnm.datamodules.classification import labelled_subset
+from mnm.datamodules.label_subset import stratified_labeled
 from mnm.metrics import ClassificationMetrics
 from mnm.stage_cli import build_stage
 from mnm.stages.classify import ClassifyStage
@@ -111,9 +111,9 @@ def test_synthetic_set_is_deterministic_and_balanced() -> None:
 
 def test_labelled_subset_keeps_every_class() -> None:
     labels = [0] * 10 + [1] * 10 + [2] * 2
-    subset = labelled_subset(labels, 0.1, seed=0)
+    subset = stratified_labeled(labels, 0.1, seed=0)
     assert sorted(labels[i] for i in subset) == [0, 1, 2]
-    assert subset == labelled_subset(labels, 0.1, seed=0) != labelled_subset(labels, 0.5, seed=0)
+    assert subset == stratified_labeled(labels, 0.1, seed=0) != stratified_labeled(labels, 0.5, seed=0)
 
 
 @pytest.mark.parametrize(

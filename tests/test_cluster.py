@@ -231,7 +231,7 @@ def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, c
     monkeypatch.chdir(REPO)
     sets = [f"data.root={camvid_root}", "data.max_samples=8", "data.num_workers=0", "cl_steps=2", "mm_steps=2",
             "mm_drop=1", "ft_steps=2", "ft_drop=1"]  # fmt: skip
-    report = run_protocol("conf/benchmarks/camvid_label_efficient_cluster.yaml", tmp_path, sets, fractions=[1.0],
+    report = run_protocol("conf/benchmarks/camvid_label_efficient.yaml", tmp_path, sets, fractions=[1.0],
                           seeds=[0], arms=["ft_cluster_mm_graph"])  # fmt: skip
     manifest = json.loads((tmp_path / cell_name(1.0, 0) / "manifest.json").read_text())["stages"]
     assert manifest["cluster_mm_graph"]["pretrained_backbone"] == manifest["cluster"]["checkpoint"]

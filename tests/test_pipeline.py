@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -138,6 +139,25 @@ def test_run_dir_guard(finished: Path, data_root: Path, tmp_path: Path) -> None:
         PipelineRunner(other)
     PipelineRunner(other, overwrite=True)
     assert not out.exists() and (tmp_path / ".superseded-tiny").is_dir()
+
+
+def test_run_dir_accepts_the_same_pipeline_with_stages_added(finished: Path, data_root: Path, tmp_path: Path) -> None:
+    """A benchmark that gains an arm keeps its run folder; one that loses or retypes a stage does not."""
+    out = tmp_path / "tiny"
+    shutil.copytree(finished, out)
+    grown = tiny(data_root, out)
+    extra = copy.deepcopy(grown.stages[-1])
+    extra.name = "finetune_again"
+    grown.stages.append(extra)
+    PipelineRunner(grown)
+    shrunk = tiny(data_root, out)
+    shrunk.stages.pop()
+    with pytest.raises(ConfigError, match="belongs to another pipeline"):
+        PipelineRunner(shrunk)
+    retyped = tiny(data_root, out)
+    retyped.stages[-1].kind = "colorize"
+    with pytest.raises(ConfigError, match="belongs to another pipeline"):
+        PipelineRunner(retyped)
 
 
 @pytest.mark.slow

@@ -48,6 +48,13 @@ def wandb_offline() -> bool:
     return mode != "online" and not (os.environ.get("WANDB_API_KEY") and mode != "offline")
 
 
+def _grew_from(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether ``new`` is the pipeline of ``old`` with stages added (same name, every old stage kept with its
+    kind): its run folder stays valid, since each stage's own hash still guards what it reuses."""
+    kept = {tuple(stage) for stage in new["stages"]}
+    return old["name"] == new["name"] and all(tuple(stage) in kept for stage in old["stages"])
+
+
 class PipelineRunner:
     """Runs the stages of a :class:`Pipeline`, keeping the run's manifest up to date."""
 
@@ -63,7 +70,7 @@ class PipelineRunner:
 
     def _guard_run_dir(self) -> None:
         old = self.manifest.get("identity")
-        if old is None or old == self.p.identity:
+        if old is None or old == self.p.identity or _grew_from(old, self.p.identity):
             return
         if not self.overwrite:
             raise ConfigError(

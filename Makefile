@@ -25,7 +25,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-semi camvid-mm-sweep camvid-unsupervised classify-cpu voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-semi camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -84,6 +84,11 @@ camvid-semi: $(STAMP) ## CamVid, 1/8 labels x 3 seeds: supervised-only, M&M, sem
 classify-cpu: $(STAMP) ## classification fine-tuning on synthetic shapes: CE vs CE + M&M graph vs CE + random triplets, 3 seeds (OMP_NUM_THREADS=1) -> runs/classify-synthetic/protocol.md
 	OMP_NUM_THREADS=1 $(MNM) protocol conf/benchmarks/classify_synthetic.yaml --out runs/classify-synthetic \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
+
+classify-camvid: $(STAMP) ## classification fine-tuning on CamVid crops (majority class): CE vs CE + M&M graph vs CE + random triplets, 3 seeds -> runs/classify-camvid/protocol.md
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	OMP_NUM_THREADS=1 $(MNM) protocol conf/benchmarks/classify_camvid.yaml --set camvid_root=$(CAMVID_ROOT) \
+		--out runs/classify-camvid $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
 
 camvid-unsupervised: $(STAMP) ## CamVid without labels: random / PiCIE-style / FS^4-style clustering x 3 seeds, matched mIoU + linear probe (one core, ~40 min) -> runs/camvid-unsupervised/unsupervised.md
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }

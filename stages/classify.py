@@ -41,7 +41,7 @@ class ClassifyStage(MetricEvaluation, BaseStage):
 
     data_links = ("num_classes",)
     evaluation_split = "val"
-    evaluation_metrics = {"top1": "top-1", "top5": "top-5"}
+    evaluation_metrics = {"top1": "top-1", "balanced": "balanced acc.", "top5": "top-5"}
     curve_metrics = {"loss": "train/loss", "triplet": "train/triplet", "active_fraction": "train/active_fraction"}
     variant_arg = "triplets"
     default_max_steps = 5_000
@@ -108,5 +108,6 @@ class ClassifyStage(MetricEvaluation, BaseStage):
         metrics.reset()
 
     def read_evaluation(self, logged: dict[str, Any], split: str) -> dict[str, Any]:
-        """Top-1 and top-5 accuracy and the mean cross-entropy of ``split`` from a trainer's logged metrics."""
-        return {"split": split, **{key: float(logged[f"{split}/{key}"]) for key in ("top1", "top5", "loss")}}
+        """Top-1, balanced and top-5 accuracy and the mean cross-entropy of ``split`` from a trainer's logs."""
+        keys = ("top1", "balanced", "top5", "loss")
+        return {"split": split, **{key: float(logged[f"{split}/{key}"]) for key in keys}}

@@ -56,7 +56,7 @@ def test_fast_dev_run_logs_both_terms_and_evaluates(triplets: str) -> None:
         total = float(logged["train/ce"]) + float(logged["train/triplet"])
         assert float(logged["train/loss"]) == pytest.approx(total, rel=1e-5)
     evaluation = cli.model.read_evaluation(logged, "val")
-    assert set(evaluation) == {"split", "top1", "top5", "loss"} and 0.0 <= evaluation["top1"] <= evaluation["top5"]
+    assert set(evaluation) == {"split", "top1", "balanced", "top5", "loss"} and 0.0 <= evaluation["top1"] <= evaluation["top5"]
 
 
 def _grads(model: ClassifyStage, batch: dict) -> dict[str, torch.Tensor]:
@@ -93,7 +93,9 @@ def test_top1_and_top5_on_a_hand_made_batch() -> None:
     metrics = ClassificationMetrics(7)
     metrics.update(logits[:2], torch.tensor([0, 5]))
     metrics.update(logits[2:], torch.tensor([6, 2]))  # accumulated over batches
-    assert metrics.compute() == pytest.approx({"top1": 1 / 4, "top5": 3 / 4})
+    # recall per class: 0 -> 1, 5 -> 0, 6 -> 0, 2 -> 0; class 1 was predicted but is absent (recall 0, counted);
+    # classes 3, 4 neither present nor predicted (left out)
+    assert metrics.compute() == pytest.approx({"top1": 1 / 4, "top5": 3 / 4, "balanced": 1 / 5})
 
 
 def test_synthetic_set_is_deterministic_and_balanced() -> None:
@@ -188,3 +190,38 @@ def test_benchmark_reports_top1_for_classification(tmp_path: Path) -> None:
         assert f"| {100 * arm['top1']:.2f} | {100 * arm['top5']:.2f} |" in report
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["ce"]["score"]["metric"] == "top-1"
+
+
+def test_crops_take_their_majority_class_and_drop_mixed_or_unlabelled_ones() -> None:
+    from mnm.datamodules.segmentation_crops import cut_labelled_crops
+
+    mask = np.full((40, 40), 255, dtype=np.int64)
+    mask[:, :20] = 1  # left half class 1, right half unlabelled
+    mask[:10, :20] = 2  # a band of class 2 on top of it
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    crops = cut_labelled_crops(image, mask, np.random.default_rng(0), 200, (8, 20), 16, 3, 0.75)
+    assert crops and all(patch.shape == (16, 16, 3) for patch, _ in crops)
+    assert {label for _, label in crops} == {1, 2}
+    none_pure = cut_labelled_crops(image, np.where(np.indices((40, 40))[1] % 2 == 0, 0, 1), np.random.default_rng(0),
+                                   50, (8, 20), 16, 3, 0.75)  # stripes: every crop is half 0, half 1
+    assert none_pure == []
+
+
+def test_segmentation_crops_fit_the_classify_stage(camvid_root: Path) -> None:
+    """CamVid crops through the classify stage: 11 classes linked to the model, the same crops every time."""
+    from mnm.datamodules import CamVidDataModule, SegmentationCropsDataModule
+
+    source = {"class_path": "mnm.datamodules.CamVidDataModule",
+              "init_args": {"root": str(camvid_root), "val_size": [90, 120], "max_samples": 6, "num_workers": 0}}
+    data = {"class_path": "mnm.datamodules.SegmentationCropsDataModule",
+            "init_args": {"source": source, "side_range": [24, 56], "crop_size": 28, "resize_size": 32,
+                          "batch_size": 8, "val_batch_size": 16}}
+    cli = build_stage("classify", {"model": {"backbone": "resnet18", "triplets": "graph"}, "data": data,
+                                   "trainer": TRAINER})
+    assert cli.model.hparams.num_classes == 11
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert "val/top1" in cli.trainer.callback_metrics
+    twice = [SegmentationCropsDataModule(CamVidDataModule(str(camvid_root), val_size=(90, 120), max_samples=6),
+                                         side_range=(24, 56)).load_split("val") for _ in range(2)]
+    assert twice[0][1] == twice[1][1] and len(twice[0][1]) > 6
+    assert np.array_equal(twice[0][0][0][0], twice[1][0][0][0])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex, MulticlassRecall
 
 
 class SegmentationMetrics(nn.Module):
@@ -65,27 +65,30 @@ class SegmentationMetrics(nn.Module):
 
 class ClassificationMetrics(nn.Module):
     """Top-1 and top-5 accuracy over a split (torchmetrics' ``MulticlassAccuracy(top_k=k, average="micro")``:
-    the share of samples whose label is among the ``k`` highest scores; top-5 is top-``K`` when ``K < 5``)."""
+    the share of samples whose label is among the ``k`` highest scores; top-5 is top-``K`` when ``K < 5``),
+    and ``balanced``: the mean over classes of their top-1 recall (``MulticlassRecall(average="macro")``;
+    classes neither present nor predicted are left out), the fair number when classes are skewed."""
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
+        self.balanced = MulticlassRecall(num_classes, average="macro")
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch: logits ``B×K``, labels ``B``."""
-        self.top1.update(logits, target)
-        self.top5.update(logits, target)
+        for metric in (self.top1, self.top5, self.balanced):
+            metric.update(logits, target)
 
     def compute(self) -> dict[str, float]:
-        """``{"top1", "top5"}`` over all updates, as fractions."""
-        return {"top1": float(self.top1.compute()), "top5": float(self.top5.compute())}
+        """``{"top1", "top5", "balanced"}`` over all updates, as fractions."""
+        return {name: float(getattr(self, name).compute()) for name in ("top1", "top5", "balanced")}
 
     def reset(self) -> None:
         """Clear the accumulated state."""
-        self.top1.reset()
-        self.top5.reset()
+        for metric in (self.top1, self.top5, self.balanced):
+            metric.reset()
 
 
 def _nanmean(values: Sequence[float]) -> float:

@@ -156,7 +156,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             shown = stage_class(kinds[stage]).evaluation_metrics
             metrics |= shown
             chain = init_chain(pipeline, stage)
-            row = {key: float(evaluation[key]) for key in shown}
+            row = {key: float(evaluation.get(key, math.nan)) for key in shown}  # NaN: a run older than the metric
             row["total_time_s"] = sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)
             row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
             cell["arms"][label] = row

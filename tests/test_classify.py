@@ -22,7 +22,7 @@ from mnm.datamodules import (
 )
 from mnm.datamodules.label_subset import stratified_labeled
 from mnm.metrics import ClassificationMetrics
-from mnm.stage_cli import build_stage
+from mnm.stage_cli import build_stage, instantiate_datamodule
 from mnm.stages.classify import ClassifyStage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,6 +219,7 @@ def test_segmentation_crops_fit_the_classify_stage(camvid_root: Path) -> None:
     cli = build_stage("classify", {"model": {"backbone": "resnet18", "triplets": "graph"}, "data": data,
                                    "trainer": TRAINER})
     assert cli.model.hparams.num_classes == 11
+    instantiate_datamodule(data).check_source()  # as the pipeline runner checks a stage before it starts
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert "val/top1" in cli.trainer.callback_metrics
     twice = [SegmentationCropsDataModule(CamVidDataModule(str(camvid_root), val_size=(90, 120), max_samples=6),

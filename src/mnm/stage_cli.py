@@ -116,9 +116,14 @@ def parse_stage(stage: str, config: dict[str, Any], label: str | None = None) ->
 
 
 def instantiate_datamodule(data: dict[str, Any]) -> L.LightningDataModule:
-    """A data module from a config's ``data`` section (``class_path`` + ``init_args``)."""
+    """A data module from a config's ``data`` section (``class_path`` + ``init_args``); an init argument that is
+    itself a ``class_path`` mapping (a wrapped source data module) is instantiated first."""
     importlib.import_module(data["class_path"].rpartition(".")[0])
-    return instantiate_class((), data)
+    init_args = {
+        key: instantiate_datamodule(value) if isinstance(value, dict) and "class_path" in value else value
+        for key, value in (data.get("init_args") or {}).items()
+    }
+    return instantiate_class((), {**data, "init_args": init_args})
 
 
 def main_stage(stage: str, argv: list[str]) -> None:

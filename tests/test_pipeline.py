@@ -117,12 +117,16 @@ def test_rerun_skips_finished_stages(finished: Path, data_root: Path, capsys) ->
     assert (finished / "finetune" / "checkpoints" / "final.ckpt").stat().st_mtime_ns == mtime
 
 
-def test_changed_config_reruns_that_stage_and_later(finished: Path, data_root: Path, tmp_path: Path) -> None:
+def test_changed_config_reruns_that_stage_and_later(finished: Path, data_root: Path, tmp_path: Path,
+                                                     capsys) -> None:
     out = tmp_path / "tiny"
     shutil.copytree(finished, out)
     before = manifest(out)["stages"]
     PipelineRunner(tiny(data_root, out, "stages.finetune.model.lr=0.02")).run()
     after = manifest(out)["stages"]
+    printed = capsys.readouterr().out  # the user is told what changed and where the earlier run went
+    assert "stage finetune: not the config of its earlier run (model.lr: 0.01 -> 0.02)" in printed
+    assert ".superseded-tiny" in printed and "mix_match: not the config" not in printed
     assert after["mix_match"] == before["mix_match"]
     assert after["finetune"]["config_hash"] != before["finetune"]["config_hash"]
     assert after["finetune"]["started"] >= before["finetune"]["finished"]
@@ -304,3 +308,18 @@ def test_runners_of_one_run_folder_keep_each_others_manifest_entries(tmp_path: P
     stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
     assert {name: entry["status"] for name, entry in stages.items()} == {"mix_match": "finished",
                                                                          "finetune": "finished"}
+
+
+def test_config_changes_names_the_setting_and_a_path_spelled_differently(tmp_path: Path, monkeypatch) -> None:
+    from mnm.rundir import config_changes
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    saved = tmp_path / "config.yaml"
+    saved.write_text("data:\n  init_args: {root: data, batch_size: 8}\nmodel: {lr: 0.01, milestones: [3]}\n")
+    assert config_changes(saved, {"data": {"init_args": {"root": "data", "batch_size": 8}},
+                                  "model": {"lr": 0.01, "milestones": [3]}}) == []
+    changes = config_changes(saved, {"data": {"init_args": {"root": str(tmp_path / "data")}}, "model": {"lr": 0.1}})
+    assert changes[0].startswith(f"data.init_args.root: 'data' -> '{tmp_path / 'data'}' (the same path")
+    assert changes[1] == "model.lr: 0.01 -> 0.1"
+    assert config_changes(tmp_path / "missing.yaml", {"model": {"lr": 0.1}}) == []

@@ -193,6 +193,32 @@ def stage_hash(kind: str, config: dict[str, Any], evaluate: str | None, init_fro
     return config_hash({"kind": kind, "config": config, "evaluate": evaluate, "upstream": init_from_hash})
 
 
+def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            yield from _leaves(value, (*prefix, str(key)))
+    else:
+        yield prefix, tree
+
+
+def config_changes(saved: Path, config: dict[str, Any]) -> list[str]:
+    """The settings of a stage's ``config`` whose value differs from its earlier run's saved ``config.yaml``,
+    as ``"key: old -> new"`` (empty when nothing differs or nothing was saved)."""
+    if not saved.is_file():
+        return []
+    old = yaml.safe_load(saved.read_text()) or {}
+    changes = []
+    for key, value in _leaves(config):
+        before: Any = old
+        for part in key:
+            before = before.get(part) if isinstance(before, dict) else None
+        if before != value and not (isinstance(value, tuple) and before == list(value)):
+            same = isinstance(before, str) and isinstance(value, str) and Path(before).resolve() == Path(value).resolve()
+            hint = " (the same path spelled differently: use the earlier spelling to keep the run)" if same else ""
+            changes.append(f"{'.'.join(key)}: {before!r} -> {value!r}{hint}")
+    return changes
+
+
 def stage_hashes(stages: Iterable[StageSpec], config_of: Callable[[StageSpec], dict[str, Any]] | None = None
                  ) -> dict[str, str]:
     """:func:`stage_hash` of every stage of a pipeline, in order; ``config_of`` picks what of the config counts."""

@@ -28,6 +28,7 @@ from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.errors import error_message
 from mnm.rundir import (
     StageDir,
+    config_changes,
     merge_csv_logs,
     read_manifest,
     set_aside_csv_log,
@@ -80,12 +81,14 @@ class PipelineRunner:
         self._supersede(self.out, "overwrite")
         self.manifest = {}
 
-    def _supersede(self, folder: Path, tag: str) -> None:
+    def _supersede(self, folder: Path, tag: str) -> Path:
+        """Move ``folder`` aside (never deleted) to ``.superseded-<run>/``; returns where it goes."""
+        dest = self.out.parent / f".superseded-{self.out.name}" / f"{folder.name}-{tag}-{int(time.time())}"
         if folder.exists() and rank_zero_only.rank == 0:
-            dest = self.out.parent / f".superseded-{self.out.name}" / f"{folder.name}-{tag}-{int(time.time())}"
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(folder), str(dest))
             log.info("moved %s to %s", folder, dest)
+        return dest
 
     def _save_manifest(self, stage: str) -> None:
         """Write this run's identity and ``stage``'s entry (other stages' entries on disk are kept)."""
@@ -223,7 +226,13 @@ class PipelineRunner:
             print(f"[mnm] stage {spec.name}: finished earlier with the same config — skipped")
             return str(final)
         if entry and entry.get("config_hash") != h:
-            self._supersede(stage.root, f"config-{entry.get('config_hash', 'unknown')}")
+            changes = config_changes(stage.config, spec.config)
+            reason = "; ".join(changes[:6]) + (f"; {len(changes) - 6} more" if len(changes) > 6 else "")
+            if not changes:
+                reason = f"its init_from stage {spec.init_from!r} changed" if spec.init_from else "its config changed"
+            dest = self._supersede(stage.root, f"config-{entry.get('config_hash', 'unknown')}")
+            print(f"[mnm] stage {spec.name}: not the config of its earlier run ({reason}); "
+                  f"that run is moved to {dest} and the stage starts anew")
             entry = {}
         resume = self._resume_checkpoint(stage) if entry else None
         if resume:

@@ -175,19 +175,19 @@ def test_image_folder_with_a_class_list(tmp_path: Path) -> None:
 
 
 def test_benchmark_reports_top1_for_classification(tmp_path: Path) -> None:
-    """`mnm benchmark` runs the three arms, evaluates each after fitting and reports top-1 / top-5."""
+    """`mnm benchmark` runs the three arms, evaluates each after fitting and reports top-1 / balanced / top-5."""
     from mnm.benchmark import load_benchmark, run_benchmark
 
     sets = ["steps=2", "data.init_args.num_train=18", "data.init_args.num_val=9", "data.init_args.image_size=40",
             "data.init_args.crop_size=32", "data.init_args.resize_size=36", "data.init_args.batch_size=9"]
     pipeline = load_benchmark(REPO / "conf/benchmarks/classify_synthetic.yaml", tmp_path / "run", sets)
     results = run_benchmark(pipeline)
-    assert results["metrics"] == {"top1": "top-1", "top5": "top-5"}
+    assert results["metrics"] == {"top1": "top-1", "balanced": "balanced acc.", "top5": "top-5"}
     assert set(results["arms"]) == {"CE only", "CE + M&M graph triplets", "CE + random triplets"}
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "## top-1 per arm" in report and "| top-1 (%) | top-5 (%) |" in report and "IoU" not in report
+    assert "## top-1 per arm" in report and "| top-1 (%) | balanced acc. (%) | top-5 (%) |" in report and "IoU" not in report
     for arm in results["arms"].values():
-        assert f"| {100 * arm['top1']:.2f} | {100 * arm['top5']:.2f} |" in report
+        assert f"| {100 * arm['top1']:.2f} | {100 * arm['balanced']:.2f} | {100 * arm['top5']:.2f} |" in report
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["ce"]["score"]["metric"] == "top-1"
 

@@ -1,8 +1,9 @@
 """Image classification from a segmentation dataset: square crops labelled by their majority class.
 
 The labelled images of a segmentation data module (CamVid, say) are cut into square crops of a seeded
-random side, centred on a pixel of a class drawn uniformly from the image's classes; a crop is kept when one class covers at least ``min_purity`` of its labelled
-pixels and at least half of its pixels are labelled, and that class is its label. The crops are cut
+random side, centred on a pixel of a class drawn uniformly from the image's classes; a crop is kept
+when one class covers at least ``min_purity`` of its labelled pixels and at least half of its pixels
+are labelled, and that class is its label. The crops are cut
 once per split from the source's deterministic evaluation view (its ``val_size``), resized to
 ``resize_size`` and then go through the classification recipe of
 :class:`~mnm.datamodules.classification.ClassificationDataModule` (random-resized crops and flips for
@@ -12,11 +13,11 @@ classification fine-tuning, with a skewed class distribution as real data has.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
-from torch.utils.data import Dataset
 
 from mnm.datamodules.base import SegmentationDataModule
 from mnm.datamodules.classification import ClassificationDataModule
@@ -65,19 +66,6 @@ def cut_labelled_crops(
     return crops
 
 
-class _Crops(Dataset):
-    """``(image, label)`` pairs held in memory."""
-
-    def __init__(self, crops: list[tuple[np.ndarray, int]]) -> None:
-        self.crops = crops
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        return self.crops[index]
-
-
 class SegmentationCropsDataModule(ClassificationDataModule):
     """Classification crops of a segmentation data module's labelled images (see the module docstring).
 
@@ -115,7 +103,7 @@ class SegmentationCropsDataModule(ClassificationDataModule):
         """The source's own check (its folder and split lists)."""
         self.source.check_source()
 
-    def load_split(self, split: str) -> tuple[Dataset, list[int]]:
+    def load_split(self, split: str) -> tuple[Sequence[tuple[np.ndarray, int]], list[int]]:
         role = next(role for role, name in self.splits.items() if name == split)
         samples = self.source.eval_dataset(role)
         rng = np.random.default_rng([self.crop_seed, sum(map(ord, split))])
@@ -127,4 +115,4 @@ class SegmentationCropsDataModule(ClassificationDataModule):
                                         self.side_range, self.resize_size, self.num_classes, self.min_purity)
         if not crops:
             raise DataError(f"{self.root}: no crop of split {split!r} passed data.min_purity = {self.min_purity}")
-        return _Crops(crops), [label for _, label in crops]
+        return crops, [label for _, label in crops]  # a list of (image, label) pairs is the dataset

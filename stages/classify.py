@@ -109,5 +109,4 @@ class ClassifyStage(MetricEvaluation, BaseStage):
 
     def read_evaluation(self, logged: dict[str, Any], split: str) -> dict[str, Any]:
         """Top-1, balanced and top-5 accuracy and the mean cross-entropy of ``split`` from a trainer's logs."""
-        keys = ("top1", "balanced", "top5", "loss")
-        return {"split": split, **{key: float(logged[f"{split}/{key}"]) for key in keys}}
+        return {"split": split, **{key: float(logged[f"{split}/{key}"]) for key in (*self.evaluation_metrics, "loss")}}

@@ -71,23 +71,25 @@ class ClassificationMetrics(nn.Module):
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
-        self.balanced = MulticlassRecall(num_classes, average="macro")
+        self.metrics = nn.ModuleDict({
+            "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "balanced": MulticlassRecall(num_classes, average="macro"),
+        })  # fmt: skip
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch: logits ``B×K``, labels ``B``."""
-        for metric in (self.top1, self.top5, self.balanced):
+        for metric in self.metrics.values():
             metric.update(logits, target)
 
     def compute(self) -> dict[str, float]:
         """``{"top1", "top5", "balanced"}`` over all updates, as fractions."""
-        return {name: float(getattr(self, name).compute()) for name in ("top1", "top5", "balanced")}
+        return {name: float(metric.compute()) for name, metric in self.metrics.items()}
 
     def reset(self) -> None:
         """Clear the accumulated state."""
-        for metric in (self.top1, self.top5, self.balanced):
+        for metric in self.metrics.values():
             metric.reset()
 
 

@@ -212,7 +212,7 @@ def config_changes(saved: Path, config: dict[str, Any]) -> list[str]:
         before: Any = old
         for part in key:
             before = before.get(part) if isinstance(before, dict) else None
-        if before != value and not (isinstance(value, tuple) and before == list(value)):
+        if before != value:
             same = isinstance(before, str) and isinstance(value, str) and Path(before).resolve() == Path(value).resolve()
             hint = " (the same path spelled differently: use the earlier spelling to keep the run)" if same else ""
             changes.append(f"{'.'.join(key)}: {before!r} -> {value!r}{hint}")

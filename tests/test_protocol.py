@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mnm.config import ConfigError
-from mnm.protocol import cell_name, load_cell, run_protocol
+from mnm.protocol import cell_name, load_cell, paired_differences, paired_verdict, run_protocol
 
 FILE = "conf/benchmarks/tiny_protocol.yaml"
 
@@ -67,6 +67,47 @@ def test_probe_scores_each_arms_starting_point(protocol: tuple[Path, dict]) -> N
     assert all(0.0 <= p["knn_acc"] <= 1.0 for p in probes.values())
     graph = report["cells"][cell_name(0.5, 0)]["arms"]["random → M&M graph → fine-tune"]
     assert graph["probe_knn_acc"] == probes["mm_graph"]["knn_acc"]
+
+
+def test_arms_are_paired_by_seed_against_the_first_arm(protocol: tuple[Path, dict]) -> None:
+    out, report = protocol
+    (row,) = report["paired"]["0.5"]
+    assert (row["arm"], row["against"]) == ("random → M&M graph → fine-tune", "random → fine-tune")
+    cells = [report["cells"][cell_name(0.5, s)]["arms"] for s in (0, 1)]
+    expected = [c[row["arm"]]["miou"] - c[row["against"]]["miou"] for c in cells]
+    assert row["seeds"] == [0, 1] and row["values"] == pytest.approx(expected)
+    assert row["mean"] == pytest.approx(np.mean(expected))
+    assert "| random → M&M graph → fine-tune | random → fine-tune |" in (out / "protocol.md").read_text()
+
+
+def test_paired_verdict_needs_every_seed_on_one_side_and_a_mean_beyond_the_spread() -> None:
+    assert paired_verdict([0.03, 0.02, 0.04], [0.01, 0.02]) == "higher"
+    assert paired_verdict([-0.03, -0.02, -0.04], [0.01, 0.02]) == "lower"
+    assert paired_verdict([0.03, 0.02, 0.04], [0.01, 0.05]) == "no difference"  # an arm's spread is larger
+    assert paired_verdict([0.06, -0.01, 0.04], [0.01, 0.01]) == "no difference"  # seeds disagree
+    assert paired_verdict([0.05], [float("nan")]) == "too few seeds"
+
+
+def test_paired_differences_use_only_seeds_where_both_arms_finished() -> None:
+    cells = {
+        "f0.5-s0": {"fraction": 0.5, "seed": 0, "arms": {"a": {"miou": 0.50}, "b": {"miou": 0.40}}},
+        "f0.5-s1": {"fraction": 0.5, "seed": 1, "arms": {"a": {"miou": 0.55}, "b": {"miou": 0.50}}},
+        "f0.5-s2": {"fraction": 0.5, "seed": 2, "arms": {"a": {"miou": 0.90}}},
+        "f1-s0": {"fraction": 1.0, "seed": 0, "arms": {"b": {"miou": 0.6}}},
+    }
+    paired = paired_differences(cells, [("a", "b")], "miou")
+    assert list(paired) == ["0.5"]
+    (row,) = paired["0.5"]
+    assert row["seeds"] == [0, 1] and row["values"] == pytest.approx([0.10, 0.05]) and row["n"] == 2
+
+
+def test_report_pairs_must_name_arms(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    bad = tmp_path / "bad.yaml"
+    text = (repo_root / FILE).read_text().replace("extends: tiny.yaml", f"extends: {repo_root / 'conf/benchmarks/tiny.yaml'}")
+    bad.write_text(text + "  pairs: [[ft_mm_graph, mm_graph]]\n")
+    with pytest.raises(ConfigError, match="report.pairs"):
+        run_protocol(bad, tmp_path / "out", [f"data_root={tmp_path / 'data'}"], report_only=True)
 
 
 def test_report_only_rebuilds_the_same_summary(protocol: tuple[Path, dict], repo_root: Path, monkeypatch) -> None:

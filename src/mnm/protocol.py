@@ -15,6 +15,10 @@ Each cell (fraction ``f``, seed ``s``) is an ordinary benchmark run in ``<out>/f
 labelled subset's ``split_seed``. The protocol report (``protocol.json``, ``protocol.md``,
 ``miou_vs_fraction.png``) aggregates the finished cells; the standard deviation is the sample
 standard deviation over seeds (``ddof=1``).
+
+Arms are also compared seed by seed: ``report.pairs`` lists ``[arm, against]`` stage pairs (default:
+every arm against the first), and the report gives the mean ± std of the paired differences of the
+main metric with a verdict (:func:`paired_verdict`).
 """
 
 from __future__ import annotations
@@ -81,6 +85,19 @@ def protocol_spec(pipeline: Pipeline) -> dict[str, Any]:
     return spec
 
 
+def report_pairs(pipeline: Pipeline) -> list[tuple[str, str]]:
+    """The validated ``report.pairs``: ``(arm, against)`` stage pairs; default every arm against the first."""
+    stages = list(pipeline.report["arms"].values())
+    pairs = pipeline.report.get("pairs")
+    if pairs is None:
+        return [(stage, stages[0]) for stage in stages[1:]]
+    bad = [p for p in pairs if not (isinstance(p, list | tuple) and len(p) == 2 and set(p) <= set(stages))]
+    if bad:
+        raise ConfigError(f"{pipeline.path}: report.pairs must list [arm, against] pairs of arm stages "
+                          f"({sorted(stages)}); wrong: {bad}")
+    return [(arm, against) for arm, against in pairs]
+
+
 def load_cell(file: str | Path, out: Path, sets: Sequence[str], fraction: float, seed: int,
               eval_split: str | None = None) -> Pipeline:
     """The benchmark pipeline of one cell, with its fraction and seed applied."""
@@ -137,7 +154,11 @@ def finished_stages(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
 
 
 def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) -> dict[str, Any]:
-    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished arms."""
+    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished arms, and the
+    paired differences of :func:`report_pairs`."""
+    first = next(iter(cells.values()))
+    labels = {stage: label for label, stage in first.report["arms"].items()}
+    pairs = [(labels[arm], labels[against]) for arm, against in report_pairs(first)]
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
     per_cell: dict[str, Any] = {}
     metrics: dict[str, str] = {}
@@ -168,7 +189,43 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
         }
         for label, by_fraction in table.items()
     }
-    return {"summary": summary, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
+    paired = paired_differences(per_cell, pairs, next(iter(metrics), "miou"))
+    return {"summary": summary, "paired": paired, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
+
+
+def paired_verdict(differences: Sequence[float], spreads: Sequence[float]) -> str:
+    """``higher``/``lower`` when every seed's difference has the same sign and the mean difference is
+    larger than each arm's own seed std (``spreads``); ``no difference`` otherwise; ``too few seeds`` below 2."""
+    if len(differences) < 2:
+        return "too few seeds"
+    mean = float(np.mean(differences))
+    agree = all(d > 0 for d in differences) or all(d < 0 for d in differences)
+    if agree and abs(mean) > max(spreads):
+        return "higher" if mean > 0 else "lower"
+    return "no difference"
+
+
+def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]],
+                       key: str) -> dict[str, list[dict[str, Any]]]:
+    """Per fraction, ``arm − against`` of ``key`` over the seeds where both finished (arms by label)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    fractions = sorted({cell["fraction"] for cell in per_cell.values()})
+    for fraction in fractions:
+        cells = sorted((c for c in per_cell.values() if c["fraction"] == fraction), key=lambda c: c["seed"])
+        rows = []
+        for arm, against in pairs:
+            both = [c for c in cells if arm in c["arms"] and against in c["arms"]]
+            if not both:
+                continue
+            a = [c["arms"][arm][key] for c in both]
+            b = [c["arms"][against][key] for c in both]
+            differences = [x - y for x, y in zip(a, b, strict=True)]
+            spreads = [float(np.std(v, ddof=1)) for v in (a, b)] if len(both) > 1 else [math.nan]
+            rows.append({"arm": arm, "against": against, "seeds": [c["seed"] for c in both],
+                         **mean_std(differences), "verdict": paired_verdict(differences, spreads)})
+        if rows:
+            out[f"{fraction:g}"] = rows
+    return out
 
 
 def format_mean_std(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
@@ -212,8 +269,24 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             probe = f" {format_mean_std(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
             parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}")
         parts.append("")
+        parts += paired_markdown(report.get("paired", {}).get(fraction, []), name)
     parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
+
+
+def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
+    """Lines of the paired-difference table of one fraction (empty without rows)."""
+    if not rows:
+        return []
+    lines = [f"Paired by seed, {name} of the arm minus {name} of the arm it is compared against (points); "
+             "a verdict needs every seed on one side and a mean beyond both arms' seed std.\n",
+             "| arm | against | difference | per seed | verdict |", "|---|---|---:|---|---|"]
+    for r in rows:
+        per_seed = ", ".join(f"s{s}: {100 * v:+.2f}" for s, v in zip(r["seeds"], r["values"], strict=True))
+        std = "" if math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}"
+        lines.append(f"| {r['arm']} | {r['against']} | {100 * r['mean']:+.2f}{std} (n={r['n']}) | {per_seed} | "
+                     f"{r['verdict']} |")
+    return [*lines, ""]
 
 
 def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
@@ -253,6 +326,7 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
     """
     first = load_benchmark(file, out, [*sets, "fraction=1.0"], eval_split)
     spec = protocol_spec(first)
+    report_pairs(first)
     root = Path(out) if out is not None else first.out_dir
     cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
     for (fraction, seed), pipeline in cells.items():

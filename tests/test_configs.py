@@ -112,6 +112,7 @@ TINY = (REPO / "conf" / "pipelines" / "tiny.yaml").read_text()
         (lambda t: t.replace("    stage: segment", "    stage: segment\n    init_from: nothere"),
          "init_from 'nothere' is not an earlier stage"),
         (lambda t: t.replace('"${data_root}"', '"${data_rot}"'), r"\$\{data_rot\} is not defined"),
+        (lambda t: t.replace("vars: {", "vars: {pc_steps: 9, "), r"vars.pc_steps is declared but no setting uses"),
     ],
 )
 def test_pipeline_file_errors(tmp_path: Path, edit, message: str) -> None:

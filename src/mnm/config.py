@@ -335,6 +335,9 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         s.config.setdefault("model", {}).setdefault("seed", seed)
         if raw.get("deterministic"):
             s.config.setdefault("trainer", {})["deterministic"] = True
+    for var in _read_yaml(path, "pipeline").get("vars") or {}:  # the file's own vars (an inherited one may go unused)
+        if f"${{{var}}}" not in used_text:
+            raise ConfigError(f"{path}: vars.{var} is declared but no setting uses ${{{var}}}, so it changes nothing")
     name = str(raw.get("name") or path.stem)
     return Pipeline(
         name=name,

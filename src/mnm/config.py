@@ -266,8 +266,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
     variables = dict(raw.get("vars") or {})
     base_dir = path.resolve().parent
     defaults = _load_layers(raw.get("defaults") or [], base_dir, f"{path}: defaults")
-    file_settings = copy.deepcopy([raw.get("report"), raw.get("out_dir")])
-    file_configs: list[dict[str, Any]] = []
+    file_text = [yaml.safe_dump([raw.get("report"), raw.get("out_dir")])]  # what the file uses, before any --set
     overrides = Overrides.parse(list(sets or []), variables)
     variables.update(overrides.variables)
     for key, value in overrides.settings:
@@ -298,7 +297,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         if "config" in entry:
             config = deep_merge(config, _load_layers(entry["config"], base_dir, f"{where}.config"))
         config = deep_merge(config, {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
-        file_configs.append(copy.deepcopy(config))
+        file_text.append(yaml.safe_dump(config))
         if hardware is not None:
             trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in HARDWARE_KEYS}
             config["trainer"] = deep_merge(trainer, hardware)
@@ -338,9 +337,8 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         s.config.setdefault("model", {}).setdefault("seed", seed)
         if raw.get("deterministic"):
             s.config.setdefault("trainer", {})["deterministic"] = True
-    file_text = yaml.safe_dump([file_configs, file_settings])  # what the file uses, before any --set
     for var in _read_yaml(path, "pipeline").get("vars") or {}:  # the file's own vars (an inherited one may go unused)
-        if f"${{{var}}}" not in file_text:
+        if not any(f"${{{var}}}" in text for text in file_text):
             raise ConfigError(f"{path}: vars.{var} is declared but no setting uses ${{{var}}}, so it changes nothing")
     name = str(raw.get("name") or path.stem)
     return Pipeline(

@@ -25,7 +25,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-semi camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-semi camvid-semi-600 camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -80,6 +80,13 @@ camvid-semi: $(STAMP) ## CamVid, 1/8 labels x 3 seeds: supervised-only, M&M, sem
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) protocol conf/benchmarks/camvid_semi.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
+
+SEMI_SHORT_ARMS ?= ft_random semi semi_mim semi_labelled_only semi_lr_x2
+camvid-semi-600: $(STAMP) ## the table of docs/results.md §2b: camvid-semi's arms at 600 steps (lr x0.1 at 450), 3 seeds (SEEDS=, ARMS= restrict) -> runs/camvid-semi-600/protocol.md
+	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
+	$(MNM) protocol conf/benchmarks/camvid_semi.yaml --out runs/camvid-semi-600 --set data.root=$(CAMVID_ROOT) \
+		--eval-split $(EVAL_SPLIT) --set ft_steps=600 --set ft_drop=450 $(if $(SEEDS),--seeds $(SEEDS)) \
+		--arms $(or $(ARMS),$(SEMI_SHORT_ARMS))
 
 classify-cpu: $(STAMP) ## classification fine-tuning on synthetic shapes: CE vs CE + M&M graph vs CE + random triplets, 3 seeds (OMP_NUM_THREADS=1) -> runs/classify-synthetic/protocol.md
 	OMP_NUM_THREADS=1 $(MNM) protocol conf/benchmarks/classify_synthetic.yaml --out runs/classify-synthetic \

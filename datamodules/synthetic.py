@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mnm.checkpoints import strict_json
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.voc import VOCDataModule, voc_colormap
 
@@ -196,7 +197,7 @@ def generate(
         (tmp / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
             "".join(f"{n}\n" for n in split_names)
         )
-    (tmp / MARKER).write_text(json.dumps(args, indent=1) + "\n")
+    (tmp / MARKER).write_text(strict_json(args))
     try:
         tmp.replace(root)  # atomic; also replaces an empty folder
     except OSError:

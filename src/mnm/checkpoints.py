@@ -6,6 +6,8 @@ Plain torch (no Lightning): the core reads weights through it; Lightning's
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 import re
@@ -98,6 +100,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to a temporary file and rename it over ``path``."""
     with _atomic_file(path, "w") as fh:
         fh.write(text)
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (a missing value, e.g. the std of one seed) replaced by ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(value) for value in obj]
+    return obj
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """Standard JSON (``null`` for missing or non-finite numbers, never ``NaN``), indented, with a final newline;
+    ``kwargs`` go to :func:`json.dumps` (``sort_keys``, ``default``)."""
+    return json.dumps(finite_or_null(obj), indent=2, allow_nan=False, **kwargs) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> None:
+    """Write ``obj`` as :func:`strict_json` atomically."""
+    atomic_write_text(path, strict_json(obj, **kwargs))
 
 
 def newest_loadable(paths: list[Path]) -> tuple[Path | None, list[str]]:

@@ -11,16 +11,14 @@ data config; ``--root`` overrides its ``root``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnm.backbones import BACKBONE_OPTIONS, Backbone, build_backbone, load_backbone_weights
-from mnm.checkpoints import read_checkpoint
+from mnm.checkpoints import atomic_write_json, read_checkpoint
 from mnm.ensemble import build_datamodule
 from mnm.probe import ProbeSettings, RepresentationProbe, score_backbone
 
@@ -86,4 +84,4 @@ def main(argv: list[str]) -> None:
         print(f"{scores['knn_acc']:8.4f} {scores['knn_acc_balanced']:8.4f} {scores['effective_rank']:8.2f}  {label}")
     print(f"total {time.perf_counter() - start:.1f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": asdict(probe.settings), "results": results}, indent=2) + "\n")
+        atomic_write_json(args.json, {"settings": asdict(probe.settings), "results": results})

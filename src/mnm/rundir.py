@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnm.checkpoints import atomic_write_text, read_checkpoint
+from mnm.checkpoints import atomic_write_json, read_checkpoint
 from mnm.config import ConfigError, StageSpec
 
 __all__ = [
@@ -153,7 +153,7 @@ def status_table(run_dir: Path) -> str:
 @rank_zero_only
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (rank 0 only)."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_json(path, obj, sort_keys=True, default=str)
 
 
 @rank_zero_only

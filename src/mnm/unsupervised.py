@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mnm.benchmark import add_benchmark_arguments, load_benchmark
-from mnm.checkpoints import atomic_write_text
+from mnm.checkpoints import atomic_write_json, atomic_write_text
 from mnm.datamodules.datasets import pad_collate
 from mnm.hungarian import HungarianJaccardIndex
 from mnm.linear_probe import linear_probe
@@ -61,7 +61,7 @@ def probe_cell(run_dir: Path, arms: dict[str, str], seed: int) -> dict[str, dict
         if stage not in scores:
             print(f"[mnm] linear probe of {run_dir.name}/{stage}")
             scores[stage] = probe_arm(run_dir, stage, seed)
-            atomic_write_text(cache, json.dumps(scores, indent=2, sort_keys=True) + "\n")
+            atomic_write_json(cache, scores, sort_keys=True)
     return scores
 
 
@@ -160,7 +160,7 @@ def run_unsupervised(file: str | Path, out: str | Path | None = None, sets: Sequ
     report = {k: protocol[k] for k in ("benchmark", "file", "seeds", "eval_split", "wall_time_s")}
     report["arms"] = {label: {key: mean_std([r[key] for r in rs]) for key in rs[0]} for label, rs in rows.items()}
     report["figure"] = figure
-    atomic_write_text(root / "unsupervised.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(root / "unsupervised.json", report)
     atomic_write_text(root / "unsupervised.md", unsupervised_markdown(report))
     print(unsupervised_markdown(report))
     print(f"[mnm] unsupervised report: {root / 'unsupervised.md'}")

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mnm.checkpoints import atomic_write_text
+from mnm.checkpoints import atomic_write_json
 from mnm.speed.sections import FINETUNE_PHASES, MNM_PHASES
 from mnm.speed.settings import SECTIONS
 
@@ -169,4 +169,4 @@ def previous_sections(path: Path, device: str) -> dict[str, Any]:
 
 def write_results(path: Path, results: dict[str, Any]) -> None:
     """The results dict as indented JSON, written atomically."""
-    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    atomic_write_json(path, results)

@@ -29,6 +29,7 @@ from mnm.datamodules.readers import (
 )
 from mnm.datamodules.sampling import resumable_loader, seed_worker
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
+from mnm.paths import where_to_run_hint
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
 
@@ -109,8 +110,9 @@ class SegmentationDataModule(L.LightningDataModule):
             raise DataError(f"num_workers must be >= 0, got {num_workers}")
         if max_samples is not None and max_samples < 1:
             raise DataError(f"max_samples must be >= 1 or null, got {max_samples}")
-        if not 0.0 < labeled_fraction <= 1.0:
-            raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
+        if isinstance(labeled_fraction, bool) or not isinstance(labeled_fraction, int | float) \
+                or not 0.0 < labeled_fraction <= 1.0:
+            raise DataError(f"labeled_fraction must be in (0, 1], got {labeled_fraction!r} (a number; 1 keeps every label)")
         if labeled_list is not None and labeled_fraction != 1.0:
             raise DataError("give labeled_fraction or labeled_list, not both")
         if len(pad_fill) != 3 or not all(0 <= int(v) <= 255 for v in pad_fill):
@@ -199,7 +201,8 @@ class SegmentationDataModule(L.LightningDataModule):
     def check_source(self) -> None:
         """Raise :class:`DataError` unless the data can be found (checked before a pipeline starts)."""
         if not self.root.is_dir():
-            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder")
+            hint = "" if self.root.is_absolute() else where_to_run_hint()
+            raise DataError(f"{self.root}: dataset root (data.root) does not exist or is not a folder{hint}")
 
     # ------------------------------------------------------------------ shared helpers
     def records_from_list(

@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from mnm.paths import find_file, repo_relative_paths, where_to_run_hint
 from mnm.stage_cli import STAGES, stage_class
 
 PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report",
@@ -69,7 +70,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"{what}: file not found: {path}")
+        raise ConfigError(f"{what}: file not found: {path}{where_to_run_hint()}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -80,8 +81,9 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
 
 
 def _resolve_file(ref: str, base_dir: Path) -> Path:
-    """A config path as given, relative to the working directory or to the pipeline file's folders."""
-    candidates = [Path(ref)] + [d / ref for d in (base_dir, *base_dir.parents)]
+    """A config path as given, relative to the working directory, to the pipeline file's folders or to the
+    repository (:func:`mnm.paths.find_file`)."""
+    candidates = [Path(ref)] + [d / ref for d in (base_dir, *base_dir.parents)] + [find_file(ref)]
     for c in candidates:
         if c.is_file():
             return c
@@ -258,7 +260,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
     stage (except stages whose section is another class than the defaults'); and
     ``stages.<name>.*`` to that stage.
     """
-    path = Path(path)
+    path = find_file(path)
     raw = read_pipeline_file(path)
     unknown = set(raw) - PIPELINE_KEYS
     if unknown:
@@ -332,7 +334,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
             raise ConfigError(f"--set {var}: the pipeline never uses ${{{var}}}, so it would change nothing")
     seed = int(raw.get("seed", 0))
     for s in stages:
-        s.config = _substitute(s.config, variables, f"{path}: stage {s.name}")
+        s.config = repo_relative_paths(_substitute(s.config, variables, f"{path}: stage {s.name}"))
         s.config.setdefault("seed_everything", seed)
         s.config.setdefault("model", {}).setdefault("seed", seed)
         if raw.get("deterministic"):

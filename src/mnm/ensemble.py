@@ -18,6 +18,7 @@ from torch import nn
 
 from mnm.config import set_by_path
 from mnm.metrics import SegmentationMetrics, per_class_table
+from mnm.paths import find_file, repo_relative_paths, where_to_run_hint
 from mnm.rundir import write_json
 from mnm.stage_cli import instantiate_datamodule
 from mnm.stages.base import ScalarLogging
@@ -53,9 +54,10 @@ def load_member(path: str) -> SegmentStage:
 
 def build_datamodule(config_path: str, sets: list[str]) -> L.LightningDataModule:
     """The ``data`` section of a LightningCLI config file, with ``--set data.x=y`` overrides."""
-    if not Path(config_path).is_file():
-        raise FileNotFoundError(f"data config file not found: {config_path}")
-    cfg = yaml.safe_load(Path(config_path).read_text()) or {}
+    path = find_file(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data config file not found: {config_path}{where_to_run_hint()}")
+    cfg = repo_relative_paths(yaml.safe_load(path.read_text()) or {})
     for item in sets:
         key, _, value = item.partition("=")
         set_by_path(cfg, key, yaml.safe_load(value))

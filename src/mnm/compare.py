@@ -26,9 +26,13 @@ def _stages(run_dir: Path) -> dict[str, dict]:
 
 
 def _labels(run_dirs: Sequence[Path]) -> list[str]:
-    """Short run names: the folder names, or the full paths where folder names clash."""
-    names = [d.name for d in run_dirs]
-    return [n if names.count(n) == 1 else str(d) for n, d in zip(names, run_dirs, strict=True)]
+    """Short run names: the folder names, or as many trailing path parts as tell the runs apart."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(d) for d in run_dirs]  # the same folder twice
 
 
 def mm_curves(run_dirs: Sequence[Path]) -> dict[str, Path]:
@@ -41,6 +45,13 @@ def mm_curves(run_dirs: Sequence[Path]) -> dict[str, Path]:
                 variant = (folder.read_config().get("model") or {}).get(cls.variant_arg) if cls.variant_arg else None
                 series[f"{run}/{stage}" + (f" ({variant})" if variant else "")] = folder.csv_log
     return series
+
+
+def bar_colours(series: dict[str, Path], rows: Sequence[dict]) -> list[str]:
+    """Each result row's bar colour: the colour of the curve (``C0``, ``C1``, ... in the order of ``series``) of
+    the stage it started from; grey for a stage without curves (random init, a proxy)."""
+    line_of = {label.partition(" (")[0]: f"C{i}" for i, label in enumerate(series)}
+    return [line_of.get(f"{r['run']}/{r['init']}", "0.6") for r in rows]
 
 
 def curve_columns(run_dirs: Sequence[Path]) -> dict[str, str]:
@@ -100,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     drawn = bool(series or rows)
     if drawn:
         miou = {f"{r['run']}/{r['stage']}": r["miou"] for r in rows}
-        plot_mm_curves(series, curve_columns(args.run_dirs), args.out, miou=miou)
+        plot_mm_curves(series, curve_columns(args.run_dirs), args.out, miou=miou,
+                       bar_colours=bar_colours(series, rows))
     md = args.out.with_suffix(".md")
     figure = f"![M&M curves and mIoU]({args.out.name})\n\n" if drawn else ""
     md.write_text(f"# M&M runs compared\n\n{figure}## Final mIoU\n\n{table}")

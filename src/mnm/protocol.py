@@ -28,6 +28,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,21 @@ import torch
 
 from mnm.backbones import build_backbone
 from mnm.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
-from mnm.checkpoints import atomic_write_text
+from mnm.checkpoints import atomic_write_json, atomic_write_text
 from mnm.config import ConfigError, Pipeline
 from mnm.probe import RepresentationProbe, score_backbone
+from mnm.provenance import code_version, describe_code, describe_machine, machine
 from mnm.report import init_chain
 from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import stage_class
 
 PROBE_FILE = "probe.json"
+#: what ran a cell (the file, the ``--set`` overrides, the code and the machine), written into the cell's folder
+CELL_RECORD = "protocol_cell.json"
+#: ``--set`` keys that ``mnm protocol`` sets itself in every cell (the last part of a dotted key)
+CELL_KEYS = {"fraction": "--fractions", "labeled_fraction": "--fractions", "seed": "--seeds",
+             "split_seed": "--seeds", "seed_everything": "--seeds"}
 
 
 def cell_name(fraction: float, seed: int) -> str:
@@ -83,6 +90,28 @@ def protocol_spec(pipeline: Pipeline) -> dict[str, Any]:
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{pipeline.path}: protocol.seeds must list integer seeds, got {seeds}")
     return spec
+
+
+def refuse_cell_sets(sets: Sequence[str]) -> None:
+    """Refuse ``--set`` keys that ``mnm protocol`` sets itself in every cell (:data:`CELL_KEYS`)."""
+    for item in sets:
+        key = item.partition("=")[0].rpartition(".")[2]
+        if key in CELL_KEYS:
+            raise ConfigError(f"--set {item}: mnm protocol sets the {key} of each cell itself; use {CELL_KEYS[key]} "
+                              "(one of the file's protocol: values)")
+
+
+def check_selection(pipeline: Pipeline, spec: dict[str, Any], fractions: Sequence[float] | None,
+                    seeds: Sequence[int] | None) -> None:
+    """Refuse ``--fractions`` outside (0, 1] and ``--fractions``/``--seeds`` that are not the file's."""
+    for fraction in fractions or ():
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"--fractions {fraction:g}: a label fraction must be in (0, 1]")
+    for option, chosen, allowed in (("--fractions", fractions, spec["fractions"]), ("--seeds", seeds, spec["seeds"])):
+        unknown = [v for v in chosen or () if v not in allowed]
+        if unknown:
+            raise ConfigError(f"{option} {' '.join(f'{v:g}' for v in unknown)}: not in protocol.{option[2:]} of "
+                              f"{pipeline.path} (allowed: {' '.join(f'{v:g}' for v in allowed)})")
 
 
 def report_pairs(pipeline: Pipeline) -> list[tuple[str, str]]:
@@ -131,7 +160,7 @@ def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, 
         else:
             backbone = load_stage(pipeline.out_dir, stage)[0].backbone
         scores[stage] = score_backbone(probe, backbone)
-    atomic_write_text(cache, json.dumps(scores, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(cache, scores, sort_keys=True)
     return scores
 
 
@@ -143,14 +172,31 @@ def mean_std(values: list[float]) -> dict[str, Any]:
     return {"mean": float(arr.mean()), "std": std, "n": len(arr), "values": [float(v) for v in arr]}
 
 
-def finished_stages(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
-    """Manifest entries of the stages that finished with the configuration they have now."""
+def finished_stages(pipeline: Pipeline, current: bool = True) -> dict[str, dict[str, Any]]:
+    """Manifest entries of the stages that finished: with the configuration they have now (``current``), or as
+    they are on disk, whatever the command line (``current=False``: what the report shows)."""
     entries = read_manifest(pipeline.out_dir).get("stages", {})
     hashes = stage_hashes(pipeline.stages)
     return {
         name: entry for name, entry in entries.items()
-        if entry.get("status") == "finished" and entry.get("config_hash") == hashes.get(name)
+        if entry.get("status") == "finished" and (not current or entry.get("config_hash") == hashes.get(name))
     }
+
+
+def cell_record(file: str | Path, sets: Sequence[str], eval_split: str | None) -> dict[str, Any]:
+    """What runs a cell now: the file, the ``--set`` overrides, the evaluation split, the code and the machine."""
+    return {"file": str(file), "sets": list(sets), "eval_split": eval_split or "val", "code": code_version(),
+            "machine": machine(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def provenance(cells: dict[tuple[float, int], Pipeline]) -> dict[str, Any]:
+    """The :data:`CELL_RECORD` of every cell that ran (by cell name) and of this report."""
+    records = {}
+    for (fraction, seed), pipeline in cells.items():
+        path = pipeline.out_dir / CELL_RECORD
+        if path.is_file():
+            records[cell_name(fraction, seed)] = json.loads(path.read_text())
+    return {"cells": records, "report": {"code": code_version(), "machine": machine()}}
 
 
 def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +210,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
     metrics: dict[str, str] = {}
     wall_time = 0.0
     for (fraction, seed), pipeline in cells.items():
-        done = finished_stages(pipeline)
+        done = finished_stages(pipeline, current=False)
         wall_time += sum(float(entry.get("wall_time_s", 0.0)) for entry in done.values())
         arms = {label: stage for label, stage in pipeline.report["arms"].items() if stage in done}
         if not arms:
@@ -241,10 +287,34 @@ def _main_metric(report: dict[str, Any]) -> tuple[str, str]:
     return next(iter((report.get("metrics") or {"miou": "mIoU"}).items()))
 
 
+def _by_cell(records: dict[str, dict[str, Any]], describe: Any) -> str:
+    """``describe(record)`` of the cells' records, once when all agree, else each text with its cells."""
+    groups: dict[str, list[str]] = {}
+    for cell, record in records.items():
+        groups.setdefault(describe(record), []).append(cell)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{text} (cells {', '.join(cells)})" for text, cells in groups.items())
+
+
+def provenance_markdown(prov: dict[str, Any]) -> str:
+    """The lines under the title: the cells' ``--set`` overrides (first, so a smoke run shows as one), code and
+    machine."""
+    records = prov.get("cells") or {}
+    if not records:
+        return "What ran the cells (overrides, code, machine) is not recorded: they ran before mnm recorded it.\n"
+    sets = _by_cell(records, lambda r: ", ".join(f"`{s}`" for s in r.get("sets", [])) or "none")
+    changed = any(r.get("sets") for r in records.values())
+    head = (f"**Overrides (`--set`): {sets}.** These numbers come from the file changed by them, not from its "
+            "own settings and budget.\n" if changed else "Overrides (`--set`): none; the file's own settings.\n")
+    return (head + f"\nCode: {_by_cell(records, lambda r: describe_code(r.get('code') or {}))}. "
+            f"Machine: {_by_cell(records, lambda r: describe_machine(r.get('machine') or {}))}.\n")
+
+
 def protocol_markdown(report: dict[str, Any]) -> str:
     """``protocol.md``: per fraction, each arm's metrics and probe accuracy (mean ± std over seeds)."""
     key, name = _main_metric(report)
-    parts = [f"# Protocol `{report['benchmark']}`\n",
+    parts = [f"# Protocol `{report['benchmark']}`\n", provenance_markdown(report.get("provenance") or {}),
              f"File `{report['file']}`; fractions {report['fractions']}, seeds {report['seeds']}, evaluated on "
              f"**{report['eval_split']}**. Budget: {report.get('budget') or 'not stated'}. Wall time of the "
              f"finished cells: {report['wall_time_s'] / 3600:.2f} h (sum of stage times).\n",
@@ -270,7 +340,8 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}")
         parts.append("")
         parts += paired_markdown(report.get("paired", {}).get(fraction, []), name)
-    parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
+    if report["summary"]:
+        parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
 
 
@@ -290,7 +361,8 @@ def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
 
 
 def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
-    """Each arm's mean main metric (mIoU, top-1, ...) against the label fraction (log scale), with ± std bars."""
+    """Each arm's mean main metric (mIoU, top-1, ...) against the label fraction (log scale), with ± sample std bars
+    over seeds and each point's number of seeds (``n``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -302,8 +374,12 @@ def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
         fractions = sorted(by_fraction, key=float)
         means = [100 * by_fraction[f][key]["mean"] for f in fractions]
         stds = [100 * np.nan_to_num(by_fraction[f][key]["std"]) for f in fractions]
-        ax.errorbar([float(f) for f in fractions], means, yerr=stds, marker="o", capsize=3, label=label)
+        line = ax.errorbar([float(f) for f in fractions], means, yerr=stds, marker="o", capsize=3, label=label)
+        for f, mean in zip(fractions, means, strict=True):
+            ax.annotate(f"n={by_fraction[f][key]['n']}", (float(f), mean), textcoords="offset points",
+                        xytext=(4, 4), fontsize=6, color=line.lines[0].get_color())
     ax.set_xscale("log", base=2)
+    ax.set_title("mean ± sample std over seeds (n = seeds)", fontsize=8)
     ax.set_xlabel("labelled fraction of the train split")
     ax.set_ylabel(f"{name} (%) on {report['eval_split']}")
     ax.grid(alpha=0.3)
@@ -320,19 +396,26 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
                  report_only: bool = False) -> dict[str, Any]:
     """Run (or resume, or skip) the cells in order, fraction by fraction, then write the protocol report.
 
-    ``fractions``/``seeds``/``arms`` (arm labels or their stage names) restrict what is run now; the
-    report covers every finished arm of every cell. A cell's own ``report.md`` is written once all
-    its arms have finished.
+    ``fractions``/``seeds`` (of the file's) and ``arms`` (arm labels or their stage names) restrict what is run
+    now; the report covers every finished arm of every cell on disk, whatever the command line (each cell's
+    :data:`CELL_RECORD` says what ran it). A cell's own ``report.md`` is written once all its arms have finished.
+    ``report_only`` runs nothing and refuses to replace a report when no arm has finished.
     """
+    refuse_cell_sets(sets)
     first = load_benchmark(file, out, [*sets, "fraction=1.0"], eval_split)
     spec = protocol_spec(first)
+    check_selection(first, spec, fractions, seeds)
     report_pairs(first)
     root = Path(out) if out is not None else first.out_dir
+    if report_only and not root.is_dir():
+        raise ConfigError(f"--report-only: {root} does not exist; nothing to report (--out names the run folder)")
     cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
     for (fraction, seed), pipeline in cells.items():
         if report_only or (fractions and fraction not in fractions) or (seeds and seed not in seeds):
             continue
         print(f"[mnm] protocol cell {cell_name(fraction, seed)}")
+        pipeline.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(pipeline.out_dir / CELL_RECORD, cell_record(first.path, sets, eval_split))
         if arms:
             PipelineRunner(pipeline).run(stages_of_arms(pipeline, arms))
         if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
@@ -341,8 +424,12 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
               "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
               "probe": spec.get("probe", True)}
     report |= aggregate(cells, spec)
+    report["provenance"] = provenance(cells)
+    if report_only and not report["summary"]:
+        raise ConfigError(f"--report-only: no arm has finished in the cells of {root}; the report there is left as it "
+                          "is")
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "protocol.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_json(root / "protocol.json", report)
     if report["summary"]:
         plot_miou_vs_fraction(report, root / "miou_vs_fraction.png")
     atomic_write_text(root / "protocol.md", protocol_markdown(report))

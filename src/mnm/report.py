@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
-import json
 import math
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from mnm.checkpoints import atomic_write_text
+from mnm.checkpoints import atomic_write_json, atomic_write_text, finite_or_null
 from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.datasets import pad_collate
 from mnm.metrics import per_class_table, write_per_class_csv
@@ -138,17 +137,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN -> None (JSON null), recursively."""
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def _iou_rows(results: Mapping[str, Any]) -> dict[str, list[float]]:
     """Per-class IoU per arm (of the arms that have it), with None (absent class) back to NaN."""
     return {k: [math.nan if v is None else v for v in a["per_class_iou"]]
@@ -245,20 +233,23 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def plot_mm_curves(
-    series: Mapping[str, Path], columns: Mapping[str, str], out: Path, miou: Mapping[str, float | None] | None = None
+    series: Mapping[str, Path], columns: Mapping[str, str], out: Path, miou: Mapping[str, float | None] | None = None,
+    bar_colours: Sequence[str] | None = None,
 ) -> Path:
     """Save :func:`mm_figure` to ``out``."""
-    fig = mm_figure(series, columns, miou)
+    fig = mm_figure(series, columns, miou, bar_colours)
     fig.savefig(out, dpi=110)
     pyplot().close(fig)
     return out
 
 
 def mm_figure(
-    series: Mapping[str, Path], columns: Mapping[str, str], miou: Mapping[str, float | None] | None = None
+    series: Mapping[str, Path], columns: Mapping[str, str], miou: Mapping[str, float | None] | None = None,
+    bar_colours: Sequence[str] | None = None,
 ) -> Any:
     """One panel per curve ``key -> CSV column`` vs step, one line per ``label -> CSV log`` (raw faint, smoothed),
-    and, given ``miou`` (``label -> mIoU`` in [0, 1]), a bar panel of the final mIoU per arm.
+    and, given ``miou`` (``label -> mIoU`` in [0, 1]), a bar panel of the final mIoU per arm, coloured by
+    ``bar_colours`` (default: one colour per bar; the lines are ``C0``, ``C1``, ... in the order of ``series``).
 
     Each line gets its own colour, line style and marker (placed at staggered steps), so
     curves that coincide, as the active fraction of every α = 2.1 run does, remain visible.
@@ -285,7 +276,7 @@ def mm_figure(
     if miou:
         ax = axes[-1]
         values = [100 * (v or 0.0) for v in miou.values()]
-        ax.barh(range(len(miou)), values, color=[f"C{i}" for i in range(len(miou))])
+        ax.barh(range(len(miou)), values, color=list(bar_colours or (f"C{i}" for i in range(len(miou)))))
         for y, (v, raw) in enumerate(zip(values, miou.values(), strict=True)):
             ax.text(v, y, f" {v:.2f}" if raw is not None else " –", va="center", fontsize=8)
         ax.set_yticks(range(len(miou)), list(miou), fontsize=8)
@@ -488,9 +479,9 @@ def build_report(run_dir: str | Path, pipeline: Pipeline) -> dict[str, Any]:
         results["tsne"] = {"before": t.get("before"), "after": t["after"], "num_patches": len(emb["labels"]),
                            "silhouette_before": emb["silhouette_before"], "silhouette_after": emb["silhouette_after"]}
     results["figures"] = figures
-    results = _json_safe(results)
+    results = finite_or_null(results)
     if _iou_rows(results):
         write_per_class_csv(run_dir / "per_class_iou.csv", _iou_rows(results), results["class_names"])
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    atomic_write_json(run_dir / "results.json", results)
     atomic_write_text(run_dir / "report.md", _markdown(results))
     return results

@@ -71,7 +71,7 @@ camvid-cpu-margin: $(STAMP) ## margin ablation of camvid-cpu: its M&M graph arm 
 	$(MNM) benchmark conf/benchmarks/camvid_cpu_margin.yaml --out runs/camvid-cpu-margin$(MARGIN) \
 		--set data.root=$(CAMVID_ROOT) --set margin=$(MARGIN) --eval-split $(EVAL_SPLIT)
 
-camvid-label-efficient: $(STAMP) ## CamVid, 1/8 and all labels x 3 seeds, 5 arms, probe (resumable; FRACTIONS=, SEEDS=, ARMS= restrict) -> runs/camvid-label-efficient/protocol.md
+camvid-label-efficient: $(STAMP) ## CamVid, 1/32, 1/8 and all labels x 3 seeds, 12 arms (M&M, colorization, cluster, pixel contrast, no-skip head), probe, paired differences (resumable; FRACTIONS=, SEEDS=, ARMS= restrict) -> runs/camvid-label-efficient/protocol.md
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) protocol conf/benchmarks/camvid_label_efficient.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
 		$(if $(FRACTIONS),--fractions $(FRACTIONS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))

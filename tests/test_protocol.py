@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from mnm.cli import main as cli_main
 from mnm.config import ConfigError
-from mnm.protocol import cell_name, load_cell, paired_differences, paired_verdict, run_protocol
+from mnm.protocol import (
+    cell_name,
+    load_cell,
+    miou_figure,
+    paired_differences,
+    paired_verdict,
+    provenance_markdown,
+    run_protocol,
+)
 
 FILE = "conf/benchmarks/tiny_protocol.yaml"
 
@@ -136,5 +150,91 @@ def test_arms_restrict_what_runs(tmp_path: Path, repo_root: Path, monkeypatch) -
     assert not (cell / "results.json").exists()  # the cell's own report waits for all its arms
     assert list(report["summary"]) == ["random → fine-tune"]
     assert report["summary"]["random → fine-tune"]["1"]["miou"]["n"] == 1
+    saved = json.loads((tmp_path / "protocol.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert saved["summary"]["random → fine-tune"]["1"]["miou"]["std"] is None  # one seed: no std, null not NaN
     with pytest.raises(ConfigError, match="unknown arm"):
         run_protocol(FILE, tmp_path, [f"data_root={tmp_path / 'data'}"], arms=["ft_nope"])
+
+
+# -- the report rebuilt from disk, what ran it, bad selections (CLI as a new user meets it) ------------------------
+def mnm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnm", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+
+
+def test_report_only_rebuilds_from_disk_without_the_runs_sets_and_from_another_folder(
+    protocol: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The fixture ran with --set data_root=...; --report-only without it (and run elsewhere) keeps every arm."""
+    out, report = protocol
+    before = (out / "protocol.md").read_text()
+    proc = mnm("protocol", FILE, "--out", str(out), "--report-only", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    again = json.loads((out / "protocol.json").read_text())
+    assert again["summary"] == report["summary"] and again["wall_time_s"] == report["wall_time_s"] > 0
+    assert (out / "protocol.md").read_text() == before
+
+
+def test_report_records_the_sets_the_code_and_the_machine(protocol: tuple[Path, dict]) -> None:
+    out, _ = protocol
+    md = (out / "protocol.md").read_text()
+    assert md.splitlines()[2].startswith(f"**Overrides (`--set`): `data_root={out / 'data'}`.**")
+    record = json.loads((out / "protocol.json").read_text())["provenance"]["cells"][cell_name(0.5, 1)]
+    assert record["sets"] == [f"data_root={out / 'data'}"] and record["file"].endswith(FILE)
+    assert len(record["code"]["commit"]) == 40 and isinstance(record["code"]["dirty"], bool)
+    assert record["machine"]["cpus"] == os.cpu_count() and record["machine"]["torch"] == torch.__version__
+    assert f"Code: commit {record['code']['commit'][:10]}" in md and record["machine"]["host"] in md
+
+
+def test_cells_run_with_other_sets_show_each_cells_sets() -> None:
+    prov = {"cells": {"f0.5-s0": {"sets": ["mm_steps=20"]}, "f0.5-s1": {"sets": []}}}
+    line = provenance_markdown(prov).splitlines()[0]
+    assert "`mm_steps=20` (cells f0.5-s0); none (cells f0.5-s1)" in line
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--fractions", "0"], "--fractions 0: a label fraction must be in (0, 1]"),
+    (["--fractions", "1.5"], "--fractions 1.5: a label fraction must be in (0, 1]"),
+    (["--fractions", "-1"], "--fractions -1: a label fraction must be in (0, 1]"),
+    (["--fractions", "0.25"], "--fractions 0.25: not in protocol.fractions of conf/benchmarks/tiny_protocol.yaml "
+                              "(allowed: 0.5 1)"),
+    (["--seeds", "7"], "--seeds 7: not in protocol.seeds of conf/benchmarks/tiny_protocol.yaml (allowed: 0 1)"),
+    (["--set", "fraction=0.5"], "--set fraction=0.5: mnm protocol sets the fraction of each cell itself; "
+                                "use --fractions"),
+    (["--set", "seed=3"], "--set seed=3: mnm protocol sets the seed of each cell itself; use --seeds"),
+    (["--report-only"], "--report-only: "),
+])
+def test_selections_that_would_run_nothing_are_refused(args: list[str], named: str, repo_root: Path,
+                                                       tmp_path: Path, monkeypatch, capsys) -> None:
+    """Through the command's entry point in this process (one subprocess below shows the same at the shell)."""
+    monkeypatch.chdir(repo_root)
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["protocol", FILE, "--out", str(tmp_path / "out"), *args])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.startswith(f"mnm: error: {named}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_seed_outside_the_file_fails_at_the_shell(repo_root: Path, tmp_path: Path) -> None:
+    proc = mnm("protocol", FILE, "--out", str(tmp_path / "out"), "--seeds", "0", "7", cwd=repo_root)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[0] == ("mnm: error: --seeds 7: not in protocol.seeds of "
+                                           "conf/benchmarks/tiny_protocol.yaml (allowed: 0 1)")
+
+
+def test_report_only_never_replaces_a_report_with_an_empty_one(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    (tmp_path / "protocol.md").write_text("the finished report\n")
+    with pytest.raises(ConfigError, match="no arm has finished"):
+        run_protocol(FILE, tmp_path, report_only=True)
+    assert (tmp_path / "protocol.md").read_text() == "the finished report\n"
+    assert not (tmp_path / "protocol.json").exists()
+
+
+def test_figure_shows_std_bars_and_the_number_of_seeds() -> None:
+    stats = {"0.5": {"miou": {"mean": 0.4, "std": 0.02, "n": 3}}, "1": {"miou": {"mean": 0.5, "std": math.nan, "n": 1}}}
+    fig = miou_figure({"summary": {"arm": stats}, "eval_split": "val", "metrics": {"miou": "mIoU"}})
+    (ax,) = fig.axes
+    (bars,) = ax.containers
+    assert bars.has_yerr
+    assert sorted(t.get_text() for t in ax.texts) == ["n=1", "n=3"] and "sample std" in ax.get_title()

@@ -46,3 +46,9 @@ def where_to_run_hint() -> str:
         return ""
     return (f" (relative paths are read from the working directory {Path.cwd()} or, failing that, from the "
             f"repository {root}; run from {root} or give absolute paths)")
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as reports show it: relative to :func:`repo_root` when inside it (the same from any folder)."""
+    root, resolved = repo_root(), Path(path).resolve()
+    return str(resolved.relative_to(root)) if root is not None and resolved.is_relative_to(root) else str(path)

@@ -5,7 +5,9 @@
 Each checkpoint's backbone (architecture read from the checkpoint, or from ``--backbone``/
 ``--in-chans`` for a plain state dict) and each ``--random NAME`` init (seeded by ``--init-seed``)
 is scored on the same fixed patch sets, cut from the data module of ``--data`` (a LightningCLI
-data config; ``--root`` overrides its ``root``).
+data config; ``--root`` overrides its ``root``). Every checkpoint path is checked before the patches
+are cut; a checkpoint that cannot be read is reported (and the exit status is 1) without losing the
+other scores.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from mnm.backbones import BACKBONE_OPTIONS, Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import atomic_write_json, read_checkpoint
+from mnm.datamodules.errors import error_message
 from mnm.ensemble import build_datamodule
 from mnm.probe import ProbeSettings, RepresentationProbe, score_backbone
 
@@ -61,6 +65,9 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if not args.checkpoints and not args.random:
         parser.error("name at least one checkpoint or --random BACKBONE")
+    missing = [p for p in args.checkpoints if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}; nothing was scored")
 
     settings = ProbeSettings(seed=args.seed, out_size=args.patch_out_size, size_range=tuple(args.patch_size_range))
     start = time.perf_counter()
@@ -76,12 +83,21 @@ def main(argv: list[str]) -> None:
             return build_backbone(name, in_chans=args.in_chans or 3)
 
         targets.append((f"random:{name}", random_init))
-    results = []
+    results, failed = [], []
     print(f"{'knn_acc':>8} {'balanced':>8} {'eff_rank':>8}  model")
     for label, make in targets:
-        scores = score_backbone(probe, make())
+        try:
+            backbone = make()
+        except (ValueError, KeyError, RuntimeError) as err:  # an unreadable or mismatched checkpoint
+            failed.append(f"{label}: {error_message(err)}")
+            print(f"{'–':>8} {'–':>8} {'–':>8}  {label} (not scored: {error_message(err)})")
+            continue
+        scores = score_backbone(probe, backbone)
         results.append({"model": label, **scores})
         print(f"{scores['knn_acc']:8.4f} {scores['knn_acc_balanced']:8.4f} {scores['effective_rank']:8.2f}  {label}")
     print(f"total {time.perf_counter() - start:.1f} s")
     if args.json:
-        atomic_write_json(args.json, {"settings": asdict(probe.settings), "results": results})
+        atomic_write_json(args.json, {"settings": asdict(probe.settings), "results": results, "failed": failed})
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(targets)} not scored (the others' scores are above"
+                         f"{' and in ' + args.json if args.json else ''}): " + "; ".join(failed))

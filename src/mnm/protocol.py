@@ -39,9 +39,10 @@ from mnm.backbones import build_backbone
 from mnm.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
 from mnm.checkpoints import atomic_write_json, atomic_write_text
 from mnm.config import ConfigError, Pipeline
+from mnm.paths import shown_path
 from mnm.probe import RepresentationProbe, score_backbone
 from mnm.provenance import code_version, describe_code, describe_machine, machine
-from mnm.report import init_chain
+from mnm.report import init_chain, pyplot
 from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import stage_class
@@ -185,7 +186,7 @@ def finished_stages(pipeline: Pipeline, current: bool = True) -> dict[str, dict[
 
 def cell_record(file: str | Path, sets: Sequence[str], eval_split: str | None) -> dict[str, Any]:
     """What runs a cell now: the file, the ``--set`` overrides, the evaluation split, the code and the machine."""
-    return {"file": str(file), "sets": list(sets), "eval_split": eval_split or "val", "code": code_version(),
+    return {"file": shown_path(file), "sets": list(sets), "eval_split": eval_split or "val", "code": code_version(),
             "machine": machine(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -361,15 +362,18 @@ def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
 
 
 def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
+    """Save :func:`miou_figure` to ``out``."""
+    fig = miou_figure(report)
+    fig.savefig(out, dpi=120)
+    pyplot().close(fig)
+    return out
+
+
+def miou_figure(report: dict[str, Any]) -> Any:
     """Each arm's mean main metric (mIoU, top-1, ...) against the label fraction (log scale), with ± sample std bars
     over seeds and each point's number of seeds (``n``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     key, name = _main_metric(report)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2))
     for label, by_fraction in report["summary"].items():
         fractions = sorted(by_fraction, key=float)
         means = [100 * by_fraction[f][key]["mean"] for f in fractions]
@@ -385,9 +389,7 @@ def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (),
@@ -420,11 +422,14 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
             PipelineRunner(pipeline).run(stages_of_arms(pipeline, arms))
         if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
             run_benchmark(pipeline)
-    report = {"benchmark": first.name, "file": str(first.path), "fractions": spec["fractions"],
+    report = {"benchmark": first.name, "file": shown_path(first.path), "fractions": spec["fractions"],
               "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
               "probe": spec.get("probe", True)}
     report |= aggregate(cells, spec)
     report["provenance"] = provenance(cells)
+    ran_with = {tuple(record.get("sets", [])) for record in report["provenance"]["cells"].values()}
+    if len(ran_with) > 1:
+        print("[mnm] warning: the cells ran with different --set overrides (protocol.md lists them by cell)")
     if report_only and not report["summary"]:
         raise ConfigError(f"--report-only: no arm has finished in the cells of {root}; the report there is left as it "
                           "is")

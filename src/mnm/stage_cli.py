@@ -174,7 +174,17 @@ def instantiate_datamodule(data: dict[str, Any]) -> L.LightningDataModule:
     return instantiate_class((), {**data, "init_args": init_args})
 
 
+def stage_parser_kwargs(stage: str) -> dict[str, Any]:
+    """LightningCLI ``parser_kwargs`` that name the stage in ``mnm <stage> [subcommand] --help``."""
+    summary = (inspect.getdoc(stage_class(stage)) or "").split("\n", 1)[0]
+    kwargs: dict[str, Any] = {"prog": f"mnm {stage}", "description": f"mnm {stage}: {summary}"}
+    for subcommand in LightningCLI.subcommands():
+        kwargs[subcommand] = {"prog": f"mnm {stage} {subcommand}",
+                              "description": f"mnm {stage} {subcommand}: {subcommand} the {stage} stage. {summary}"}
+    return kwargs
+
+
 def main_stage(stage: str, argv: list[str]) -> None:
     """``mnm <stage> fit|validate|test|predict ...`` — the LightningCLI subcommands of one stage."""
     quiet_library_messages()
-    StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True})
+    StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True}, parser_kwargs=stage_parser_kwargs(stage))

@@ -8,12 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from mnm.config import load_pipeline
+from mnm.runner import PipelineRunner
+from mnm.stage_cli import main_stage, parse_stage
+from mnm.stages import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
 
 
-def mnm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnm", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+def mnm(*args: str, timeout: float = 300, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnm", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -44,3 +51,59 @@ def test_a_stage_command_prints_no_library_noise(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     for noise in ("args parameter is intended", "LeafSpec", "litlogger"):
         assert noise not in output, output
+
+
+def test_every_stage_help_names_its_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    for stage in STAGES:
+        with pytest.raises(SystemExit) as exit_:
+            main_stage(stage, ["--help"])
+        assert exit_.value.code == 0
+        usage = capsys.readouterr().out
+        assert usage.startswith(f"usage: mnm {stage} ") and f"\nmnm {stage}: " in usage, usage[:300]
+
+
+SYNTHETIC = {"class_path": "mnm.datamodules.SyntheticDataModule", "init_args": {"root": "unused"}}
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ({"data": {**SYNTHETIC, "init_args": {"root": "x", "batchsize": 3}}},
+     "data.batchsize: not a setting of SyntheticDataModule; did you mean data.batch_size?"),
+    ({"data": SYNTHETIC, "trainer": {"max_step": 3}},
+     "trainer.max_step: not a setting of Trainer; did you mean trainer.max_steps?"),
+    ({"data": SYNTHETIC, "model": {"lrr": 0.1}}, "model.lrr: not a setting of SegmentStage; did you mean model.lr?"),
+    ({"data": {**SYNTHETIC, "init_args": {"root": "x", "labeled_fraction": "abc"}}},
+     "data.labeled_fraction: expected a float, got abc"),
+])
+def test_a_refused_stage_setting_is_one_line_naming_the_key(section: dict, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        parse_stage("segment", section)
+    assert str(err.value) == message
+
+
+def test_labeled_fraction_null_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    pipeline = load_pipeline("conf/benchmarks/tiny.yaml", [f"data_root={tmp_path}", "data.labeled_fraction=null"],
+                             str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"^stage 'ft_random' \(segment\): labeled_fraction must be in \(0, 1\], "
+                                         r"got None \(a number; 1 keeps every label\)$"):
+        PipelineRunner(pipeline).check(["ft_random"])
+
+
+def test_repository_paths_resolve_from_another_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """conf/ files and ../shared defaults are found from the repository; at its root nothing changes (same hashes)."""
+    root_of = lambda p: {s.name: s for s in p.stages}["ft_random"].config["data"]["init_args"]["root"]  # noqa: E731
+    monkeypatch.chdir(REPO)
+    assert root_of(load_pipeline("conf/benchmarks/camvid_cpu.yaml")) == "../shared/data/camvid"
+    monkeypatch.chdir(tmp_path)
+    elsewhere = load_pipeline("conf/benchmarks/camvid_cpu.yaml")
+    assert elsewhere.path == REPO / "conf/benchmarks/camvid_cpu.yaml"
+    assert root_of(elsewhere) == str(REPO / "../shared/data/camvid")
+
+
+def test_a_command_run_elsewhere_finds_its_configs_or_says_where_to_run(tmp_path: Path) -> None:
+    proc = mnm("pipeline", "run", "conf/benchmarks/camvid_cpu.yaml", "--out", str(tmp_path / "run"), "--only",
+               "ft_random", "--set", "data.root=nowhere/camvid", cwd=tmp_path)
+    first = proc.stderr.splitlines()[0]
+    assert proc.returncode == 1 and first.startswith("mnm: error: stage 'ft_random' (segment): nowhere/camvid: "
+                                                     "dataset root (data.root) does not exist"), proc.stderr
+    assert f"run from {REPO} or give absolute paths" in first

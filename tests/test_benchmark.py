@@ -12,7 +12,7 @@ import yaml
 from run_fixtures import REPO, TINY, TinyRun, run_tiny_benchmark, tiny_run_fixture  # noqa: F401
 
 from mnm.benchmark import load_benchmark
-from mnm.compare import curve_columns, mm_curves, segment_results
+from mnm.compare import bar_colours, curve_columns, mm_curves, run_labels, segment_results
 from mnm.compare import main as compare_main
 from mnm.config import ConfigError, load_pipeline
 from mnm.demo import benchmark_file
@@ -166,3 +166,22 @@ def test_compare_figure_shows_miou_per_arm_and_keeps_identical_curves_apart(tiny
     shown = {t.get_text() for t in bars.get_yticklabels()}
     assert shown == {r["stage"] for r in rows} and bars.get_title() == "final mIoU (%)"
     assert {t.get_text().strip() for t in bars.texts} == {f"{100 * r['miou']:.2f}" for r in rows}
+
+
+def test_compare_labels_are_short_and_bars_take_the_colour_of_their_m_m_line(tiny_run: TinyRun, tmp_path: Path) -> None:
+    assert run_labels([tmp_path / "a" / "run", tmp_path / "b" / "run", tmp_path / "c"]) == ["a/run", "b/run", "c"]
+    curve = mm_curves([tiny_run.run_dir])
+    rows = segment_results([tiny_run.run_dir])
+    assert all(label.startswith(f"{tiny_run.run_dir.name}/") for label in curve)
+    assert {r["run"] for r in rows} == {tiny_run.run_dir.name}
+    fig = mm_figure(curve, curve_columns([tiny_run.run_dir]), {r["stage"]: r["miou"] for r in rows},
+                    bar_colours(curve, rows))
+    loss, _, bars = fig.axes
+    line_colour = {line.get_label().split("/")[1].split(" ")[0]: line.get_color() for line in loss.lines
+                   if not line.get_label().startswith("_")}
+    bar_colour = {r["stage"]: patch.get_facecolor() for r, patch in zip(rows, bars.patches, strict=True)}
+    from matplotlib.colors import to_rgba
+
+    assert bar_colour["ft_mm_graph"] == to_rgba(line_colour["mm_graph"])
+    assert bar_colour["ft_mm_random"] == to_rgba(line_colour["mm_random"]) != bar_colour["ft_mm_graph"]
+    assert bar_colour["ft_random"] == to_rgba("0.6")  # no M&M line: grey

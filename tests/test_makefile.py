@@ -33,3 +33,13 @@ def test_wandb_sync_finds_the_offline_runs_of_every_stage(tmp_path: Path) -> Non
     assert [Path(p).parent.parent for p in one.stdout.splitlines()[-1].split()[1:]] == [runs / "b" / "finetune"]
     none = make("wandb-sync", f"RUN={tmp_path / 'empty'}")
     assert none.returncode == 2 and "no offline W&B runs under" in none.stdout
+
+
+def test_make_help_describes_the_label_efficient_protocol_of_its_file() -> None:
+    from mnm.config import load_pipeline
+
+    line = next(row for row in make("help").stdout.splitlines() if "camvid-label-efficient" in row)
+    pipeline = load_pipeline(REPO / "conf/benchmarks/camvid_label_efficient.yaml")
+    fractions = [f"1/{round(1 / f)}" if f < 1 else "all" for f in pipeline.protocol["fractions"]]
+    assert f"{', '.join(fractions[:-1])} and {fractions[-1]} labels x {len(pipeline.protocol['seeds'])} seeds" in line
+    assert f"{len(pipeline.report['arms'])} arms" in line

@@ -146,3 +146,27 @@ def test_probe_reads_the_checkpoints_backbone_options(tmp_path: Path) -> None:
     loaded = backbone_from_checkpoint(str(path), None, None)
     assert loaded.input_norm == "caffe_bgr"
     assert torch.equal(loaded.body[0].weight, net.body[0].weight)
+
+
+def test_probe_cli_checks_every_path_before_cutting_patches(repo_root: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mnm.cli", "probe", str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"),
+                           "--random", "alexnet"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "train patches" not in proc.stdout
+    assert proc.stderr.startswith(f"mnm: error: checkpoint(s) not found: {tmp_path / 'a.ckpt'}, {tmp_path / 'b.ckpt'};")
+
+
+def test_probe_cli_keeps_the_other_scores_when_a_checkpoint_is_bad(tmp_path: Path, capsys) -> None:
+    from mnm.probe_cli import main
+
+    data = tmp_path / "data.yaml"
+    data.write_text(json.dumps({"data": {"class_path": "mnm.datamodules.SyntheticDataModule", "init_args": {
+        "root": str(tmp_path / "synthetic"), "num_train": 8, "num_val": 4, "image_size": [96, 96]}}}))
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "probe.json"
+    with pytest.raises(ValueError, match=r"^1 of 2 not scored .*: " + str(bad)):
+        main([str(bad), "--random", "alexnet", "--data", str(data), "--patch-size-range", "24", "48",
+              "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["model"] for r in saved["results"]] == ["random:alexnet"] and saved["failed"][0].startswith(str(bad))
+    assert "random:alexnet" in capsys.readouterr().out

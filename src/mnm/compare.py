@@ -25,20 +25,23 @@ def _stages(run_dir: Path) -> dict[str, dict]:
     return read_manifest(run_dir).get("stages", {})
 
 
-def _labels(run_dirs: Sequence[Path]) -> list[str]:
-    """Short run names: the folder names, or as many trailing path parts as tell the runs apart."""
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Short run names: each run's folder name, or as few trailing path parts as tell it from the other runs."""
     parts = [Path(d).resolve().parts for d in run_dirs]
-    for depth in range(1, max(len(p) for p in parts) + 1):
-        names = ["/".join(p[-depth:]) for p in parts]
-        if len(set(names)) == len(names):
-            return names
-    return [str(d) for d in run_dirs]  # the same folder twice
+
+    def name(i: int) -> str:
+        others = [p for j, p in enumerate(parts) if j != i]
+        depth = next((k for k in range(1, len(parts[i]) + 1) if all(p[-k:] != parts[i][-k:] for p in others)),
+                     len(parts[i]))  # the same folder twice: its full path
+        return str(Path(*parts[i][-depth:]))
+
+    return [name(i) for i in range(len(parts))]
 
 
 def mm_curves(run_dirs: Sequence[Path]) -> dict[str, Path]:
     """``run/stage (variant) -> CSV log`` for every stage with training curves (M&M) and a CSV log."""
     series = {}
-    for run_dir, run in zip(run_dirs, _labels(run_dirs), strict=True):
+    for run_dir, run in zip(run_dirs, run_labels(run_dirs), strict=True):
         for stage, entry in _stages(run_dir).items():
             folder, cls = StageDir.of(run_dir, stage), stage_class(entry["stage"])
             if cls.curve_metrics and folder.csv_log.is_file():
@@ -74,7 +77,7 @@ def _init_from(entry: dict) -> str:
 def segment_results(run_dirs: Sequence[Path]) -> list[dict]:
     """One row per evaluated stage: ``run``, ``stage``, ``init`` (the stage it started from), ``status``, ``miou``."""
     rows = []
-    for run_dir, run in zip(run_dirs, _labels(run_dirs), strict=True):
+    for run_dir, run in zip(run_dirs, run_labels(run_dirs), strict=True):
         for stage, entry in _stages(run_dir).items():
             if stage_class(entry["stage"]).evaluation_split is None:
                 continue

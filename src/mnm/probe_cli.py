@@ -72,6 +72,7 @@ def main(argv: list[str]) -> None:
     settings = ProbeSettings(seed=args.seed, out_size=args.patch_out_size, size_range=tuple(args.patch_size_range))
     start = time.perf_counter()
     datamodule = build_datamodule(args.data, [f"data.root={args.root}"] if args.root else [])
+    datamodule.prepare_data()  # a generated dataset (synthetic) is written on demand
     probe = RepresentationProbe.from_datamodule(datamodule, settings)
     print(f"probe: {len(probe.bank.labels)} train patches, {len(probe.queries.labels)} val patches "
           f"(cut in {time.perf_counter() - start:.1f} s)")

@@ -27,7 +27,7 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -288,7 +288,7 @@ def _main_metric(report: dict[str, Any]) -> tuple[str, str]:
     return next(iter((report.get("metrics") or {"miou": "mIoU"}).items()))
 
 
-def _by_cell(records: dict[str, dict[str, Any]], describe: Any) -> str:
+def _by_cell(records: dict[str, dict[str, Any]], describe: Callable[[dict[str, Any]], str]) -> str:
     """``describe(record)`` of the cells' records, once when all agree, else each text with its cells."""
     groups: dict[str, list[str]] = {}
     for cell, record in records.items():

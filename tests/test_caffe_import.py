@@ -322,7 +322,7 @@ def test_the_probe_scores_the_imported_checkpoint(imported: Path, synthetic_root
 PIPELINE = """
 name: imported_proxy
 seed: 0
-vars: {data_root: data/x, proxy_weights: null}
+vars: {data_root: data/x, proxy_weights: null, mm_weights: null}
 defaults:
   - conf/trainer/cpu.yaml
   - data:
@@ -334,7 +334,8 @@ defaults:
 wandb: {enabled: false}
 stages:
   - {name: proxy, stage: jigsaw, final_weights: "${proxy_weights}"}
-  - {name: mix_match, stage: mix-match, model: {patches_per_image: 2, patch_size_range: [24, 48], patch_out_size: 64}}
+  - {name: mix_match, stage: mix-match, final_weights: "${mm_weights}",
+     model: {patches_per_image: 2, patch_size_range: [24, 48], patch_out_size: 64}}
   - {name: finetune, stage: segment, evaluate: val}
 """
 
@@ -351,6 +352,11 @@ def test_a_pipeline_starts_mix_match_from_an_imported_proxy(imported: Path, synt
     assert not (tmp_path / "run" / "proxy").exists()  # the proxy stage did not run
     assert manifest["mix_match"]["pretrained_backbone"] == str(imported)
     assert manifest["finetune"]["status"] == "finished" and "score" in manifest["finetune"]
+    # an M&M-tuned model: fine-tuned and evaluated at once, the proxy stage (needed by no stage) not run
+    PipelineRunner(load_pipeline(path, [sets[0], f"mm_weights={imported}"], out_dir=str(tmp_path / "mm"))).run()
+    manifest = json.loads((tmp_path / "mm" / "manifest.json").read_text())["stages"]
+    assert set(manifest) == {"mix_match", "finetune"} and manifest["mix_match"]["status"] == "given"
+    assert manifest["finetune"]["pretrained_backbone"] == str(imported) and "score" in manifest["finetune"]
     # a stage that cannot take the imported weights is refused before anything runs
     gray = load_pipeline(path, [*sets, "model.in_chans=1"], out_dir=str(tmp_path / "gray"))
     with pytest.raises(ValueError, match="was trained with .*in_chans=3.* configured with .*in_chans=1"):
@@ -359,11 +365,13 @@ def test_a_pipeline_starts_mix_match_from_an_imported_proxy(imported: Path, synt
 
 @pytest.mark.parametrize("name", ["voc_colorize_alexnet_graph", "voc_jigsaw_alexnet_random", "voc_colorize_vgg16_graph",
                                   "cityscapes_colorize_vgg16_random"])
-def test_paper_pipelines_skip_the_proxy_with_proxy_weights(name: str, imported: Path) -> None:
+def test_paper_pipelines_take_imported_proxy_and_mm_weights(name: str, imported: Path, tmp_path: Path) -> None:
     path = REPO / "conf" / "pipelines" / f"{name}.yaml"
     plain = load_pipeline(path)
-    assert plain.stages[0].name == "proxy" and plain.stages[0].final_weights is None
-    given = load_pipeline(path, [f"proxy_weights={imported}"])
-    assert given.stages[0].final_weights == str(imported)
-    assert [s.config for s in given.stages] == [s.config for s in plain.stages]
-    assert given.stages[1].init_from == "proxy"
+    assert [s.name for s in plain.stages] == ["proxy", "mix_match", "finetune"]
+    assert not any(s.final_weights for s in plain.stages)
+    for var, given_stage, not_run in (("proxy_weights", "proxy", {"proxy"}), ("mm_weights", "mix_match", {"proxy", "mix_match"})):
+        given = load_pipeline(path, [f"{var}={imported}"], out_dir=str(tmp_path / var))
+        assert [s.final_weights for s in given.stages if s.name == given_stage] == [str(imported)]
+        assert [s.config for s in given.stages] == [s.config for s in plain.stages]
+        assert PipelineRunner(given).stages_not_run() == not_run

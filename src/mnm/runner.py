@@ -109,16 +109,27 @@ class PipelineRunner:
         """
         hashes = stage_hashes(self.p.stages)
         problems = []
+        not_run = self.stages_not_run()
         for spec in self.p.stages:
             if spec.final_weights:
                 problems += [f"stage {spec.name!r} ({spec.kind}): final_weights: {p}" for p in _weights_problems(spec)]
-            if spec.final_weights or (only and spec.name not in only) or self._finished(spec, hashes[spec.name]):
+            if spec.name in not_run or (only and spec.name not in only) or self._finished(spec, hashes[spec.name]):
                 continue
             problems += [f"stage {spec.name!r} ({spec.kind}): {p}" for p in self._stage_problems(spec)]
         if len(problems) == 1:
             raise ConfigError(problems[0])
         if problems:
             raise ConfigError(f"{len(problems)} problems, found before any stage started:\n  " + "\n  ".join(problems))
+
+    def stages_not_run(self) -> set[str]:
+        """Stages that do not run: those a ``final_weights`` file stands for, and those whose weights only
+        such stages would take (``proxy`` before a given ``mix_match``), unless they are evaluated."""
+        skip: set[str] = set()
+        for spec in reversed(self.p.stages):
+            takers = [s.name for s in self.p.stages if s.init_from == spec.name]
+            if spec.final_weights or (takers and all(t in skip for t in takers) and not spec.evaluate):
+                skip.add(spec.name)
+        return skip
 
     def _given_weights(self, name: str | None) -> str | None:
         """The ``final_weights`` file that stands for stage ``name``, if one does."""
@@ -161,10 +172,14 @@ class PipelineRunner:
         self.check(only)
         hashes = stage_hashes(self.p.stages)
         ckpts: dict[str, str] = {}
+        not_run = self.stages_not_run()
         for spec in self.p.stages:
             h = hashes[spec.name]
             if spec.final_weights:
                 ckpts[spec.name] = self._stand_in(spec, h)
+                continue
+            if spec.name in not_run:
+                print(f"[mnm] stage {spec.name}: not run; the stages that start from it are given as weights files")
                 continue
             if only and spec.name not in only:
                 entry = self.manifest["stages"].get(spec.name, {})

@@ -255,13 +255,21 @@ def test_a_shape_mismatch_and_an_unmapped_layer_are_listed_in_one_error(tmp_path
     assert "fc6" not in message  # layers after the backbone are not the error
 
 
-def test_jigsaw_names_and_a_different_conv_geometry(tmp_path: Path) -> None:
-    """Noroozi & Favaro's tower names (``conv1_s1``) map; a pad the backbone does not have is a warning."""
+def test_jigsaw_names_shared_towers_and_a_different_conv_geometry(tmp_path: Path) -> None:
+    """Noroozi & Favaro's tower names (``conv1_s1``) map, a second tower sharing the weights (``conv2_s2``)
+    is loaded once, and a pad the backbone does not have is a warning."""
     layers = alexnet(suffix="_s1")
     layers[0].conv = (0, 4)  # classic AlexNet's conv1: pad 0; the release's (and the backbone's) is 5
+    conv2 = next(layer for layer in layers if layer.name == "conv2_s1")
+    layers.insert(layers.index(conv2) + 1, Layer("conv2_s2", "Convolution", "x", "y", conv2.blobs))
     result = map_onto_backbone(read_caffemodel(write(tmp_path / "j.caffemodel", layers))[0], "alexnet_caffe")
     assert_imported(result.backbone.state_dict(), layers, [c[0] for c in ALEXNET], suffix="_s1")
     assert result.warnings[0] == "conv1_s1: stride 4 pad 0 in the file, stride 4 pad 5 in the backbone"
+    assert result.warnings[1].endswith("(siamese towers), loaded once: conv2_s2")
+    # a tower whose weights differ is not the same network: it maps to nothing
+    layers[layers.index(conv2) + 1].blobs = [-b for b in conv2.blobs]
+    with pytest.raises(CaffeImportError, match=r"weighted layers that map to nothing: conv2_s2 \(Convolution\)$"):
+        map_onto_backbone(read_caffemodel(write(tmp_path / "k.caffemodel", layers))[0], "alexnet_caffe")
 
 
 # -- the checkpoint in use ---------------------------------------------------------------------------------

@@ -333,13 +333,13 @@ def _find_conv(layers: list[CaffeLayer], label: str) -> int | None:
 
 def _norm_layers(layers: list[CaffeLayer], conv: int) -> tuple[int | None, int | None]:
     """The batch norm (and the ``Scale`` after a ``BatchNorm``) that read conv ``conv``'s output, by the
-    net's wiring (layers without bottoms match by order), up to the next weighted layer."""
+    net's wiring (layers without bottoms match by order), up to the next weighted layer on that path."""
     chain, norm, scale = set(layers[conv].tops), None, None
     for i in range(conv + 1, len(layers)):
         layer = layers[i]
-        if layer.type in _WEIGHTED:
-            break
         reads = not layer.bottoms or layer.bottoms[0] in chain
+        if layer.type in _WEIGHTED and reads:
+            break  # the next conv on this path: any batch norm of this one came before it
         if norm is None and layer.type in _BATCH_NORMS and reads:
             norm, chain = i, chain | set(layer.tops)
         elif norm is not None and scale is None and layers[norm].type == "BatchNorm" and layer.type == "Scale" and reads:
@@ -366,6 +366,13 @@ def _bn_values(norm: CaffeLayer, scale: CaffeLayer | None) -> tuple[dict[str, np
         values["weight"] = gamma
         values["bias"] = scale.blobs[1].data if len(scale.blobs) > 1 else np.zeros_like(gamma)
     return values, None
+
+
+def _same_blobs(a: CaffeLayer, b: CaffeLayer) -> bool:
+    """Whether two layers hold equal blobs (weights shared between siamese towers)."""
+    return len(a.blobs) == len(b.blobs) and all(
+        x.shape == y.shape and np.array_equal(x.data, y.data) for x, y in zip(a.blobs, b.blobs, strict=True)
+    )
 
 
 def _as_convolution(layer: CaffeLayer, in_channels: int) -> list[torch.Tensor]:
@@ -463,6 +470,12 @@ def map_onto_backbone(
                 builder.put(f"body.{j + 1}.{key}", value, layers[norm].name)
     problems += builder.problems
     last = max(used, default=-1)
+    shared = {i for i, layer in enumerate(layers) if layer.blobs and i not in used
+              and any(_same_blobs(layer, layers[k]) for k in used)}  # fmt: skip
+    if shared:
+        warnings.append(f"layers sharing the weights of mapped ones (siamese towers), loaded once: "
+                        f"{_named([layers[i].name for i in sorted(shared)])}")
+    used |= shared
     weighted = [(i, f"{layer.name} ({layer.type})") for i, layer in enumerate(layers) if layer.blobs]
     inside = [text for i, text in weighted if i not in used and i < last]
     if problems or inside:
@@ -473,7 +486,7 @@ def map_onto_backbone(
         )
     backbone.load_state_dict(builder.state)
     extra = {layer.name: _as_convolution(layer, backbone.out_channels[-1])
-             for i, layer in enumerate(layers) if layer.blobs and i > last}
+             for i, layer in enumerate(layers) if layer.blobs and i > last and i not in used}
     if extra:
         shapes = [f"{k} ({_shape(tuple(v[0].shape)) if v else 'no blobs'})" for k, v in extra.items()]
         warnings.append(f"layers after the backbone, kept under '{EXTRA_KEY}' and loaded by no stage: {_named(shapes)}")

@@ -174,6 +174,7 @@ def test_caffe_alexnet_with_grouped_convs_imports_exactly(tmp_path: Path, norm: 
     # fc6 (an InnerProduct over pool5) is kept as the 6×6 convolution the FCN head uses; both head layers warn
     fc6 = result.extra["fc6"][0]
     assert fc6.shape == (8, 256, 6, 6) and torch.equal(fc6.flatten(1), torch.from_numpy(layers[-2].blobs[0]).float())
+    assert result.extra["fc8"][0].shape == (3, 8, 1, 1)  # the layers after fc6 read vectors: 1×1
     assert "fc6" in result.warnings[-1] and "fc8" in result.warnings[-1] and EXTRA_KEY in result.warnings[-1]
 
 

@@ -375,18 +375,16 @@ def _same_blobs(a: CaffeLayer, b: CaffeLayer) -> bool:
     )
 
 
-def _as_convolution(layer: CaffeLayer, in_channels: int) -> list[torch.Tensor]:
-    """A layer's blobs as tensors; an fc6/fc7 ``InnerProduct`` weight reshaped into the convolution that
-    replaces it on ``in_channels``-channel maps (fc6: k×k over pool5, fc7: 1×1)."""
+def _as_convolution(layer: CaffeLayer, in_channels: int | None) -> list[torch.Tensor]:
+    """A layer's blobs as tensors; an ``InnerProduct`` weight reshaped into the convolution that replaces it:
+    k×k over ``in_channels``-channel maps for the one that reads pool5 (fc6), 1×1 for the others (fc7)."""
     tensors = [torch.from_numpy(b.data.copy()) for b in layer.blobs]
     if layer.type == "InnerProduct" and tensors and tensors[0].numel():
         weight = tensors[0].reshape(-1, tensors[0].shape[-1])
-        fan_in = weight.shape[1]
-        for channels in (in_channels, fan_in):
-            side = round((fan_in / channels) ** 0.5)
-            if side * side * channels == fan_in:
-                tensors[0] = weight.reshape(weight.shape[0], channels, side, side)
-                break
+        out, fan_in = weight.shape
+        side = round((fan_in / in_channels) ** 0.5) if in_channels else 0
+        square = side > 0 and side * side * in_channels == fan_in
+        tensors[0] = weight.reshape((out, in_channels, side, side) if square else (out, fan_in, 1, 1))
     return tensors
 
 
@@ -485,8 +483,9 @@ def map_onto_backbone(
             + "; ".join(problems + ([f"weighted layers that map to nothing: {_named(unmapped)}"] if unmapped else []))
         )
     backbone.load_state_dict(builder.state)
-    extra = {layer.name: _as_convolution(layer, backbone.out_channels[-1])
-             for i, layer in enumerate(layers) if layer.blobs and i > last and i not in used}
+    after = [layer for i, layer in enumerate(layers) if layer.blobs and i > last and i not in used]
+    extra = {layer.name: _as_convolution(layer, backbone.out_channels[-1] if k == 0 else None)
+             for k, layer in enumerate(after)}  # fmt: skip
     if extra:
         shapes = [f"{k} ({_shape(tuple(v[0].shape)) if v else 'no blobs'})" for k, v in extra.items()]
         warnings.append(f"layers after the backbone, kept under '{EXTRA_KEY}' and loaded by no stage: {_named(shapes)}")

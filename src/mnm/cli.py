@@ -5,7 +5,7 @@
 runs a whole pipeline; ``mnm data synth`` writes the synthetic dataset;
 ``mnm compare`` plots runs side by side; ``mnm speed`` times the training
 steps (``mnm bench`` is its old name); ``mnm benchmark``/``demo`` run experiment
-arms and report them.
+arms and report them; ``mnm import-caffe`` writes Caffe weights as a checkpoint.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def usage() -> str:
         "  mnm predict STAGE_DIR IMAGES --out DIR            masks (input size) from a trained segment stage\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
-        "  mnm import-caffe MODEL.caffemodel --backbone B --out F.ckpt   Caffe weights as an mnm checkpoint\n"
+        "  mnm import-caffe MODEL --backbone B --out CKPT   a Caffe .caffemodel as an mnm checkpoint\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
         "  mnm protocol FILE [--fractions F] [--seeds S]     a benchmark over label fractions x seeds\n"
         "  mnm unsupervised FILE [--seeds S]                 clustering arms: matched mIoU, linear probe, cluster maps\n"

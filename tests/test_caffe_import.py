@@ -384,3 +384,17 @@ def test_paper_pipelines_take_imported_proxy_and_mm_weights(name: str, imported:
         assert [s.final_weights for s in given.stages if s.name == given_stage] == [str(imported)]
         assert [s.config for s in given.stages] == [s.config for s in plain.stages]
         assert PipelineRunner(given).stages_not_run() == not_run
+
+
+@pytest.mark.parametrize(("name", "fits"), [("voc_jigsaw_alexnet_graph", True), ("voc_colorize_alexnet_graph", False)])
+def test_a_paper_pipeline_checks_the_imported_proxy_before_it_runs(name: str, fits: bool, imported: Path,
+                                                                    tmp_path: Path) -> None:
+    """The imported RGB jigsaw net fits the jigsaw pipeline's M&M stage; the gray colorization pipeline refuses it
+    (the pre-flight check lists it with the problems of the missing VOC data and GPU)."""
+    pipeline = load_pipeline(REPO / "conf" / "pipelines" / f"{name}.yaml", [f"proxy_weights={imported}"],
+                             out_dir=str(tmp_path / "run"))
+    with pytest.raises(ValueError) as err:
+        PipelineRunner(pipeline).check()
+    refusal = f"stage 'mix_match' (mix-match): pretrained_backbone {imported} was trained with"
+    assert (refusal in str(err.value)) is not fits
+    assert "stage 'proxy'" not in str(err.value)  # not run: its data is not needed

@@ -175,7 +175,7 @@ def _read_blob(buf: bytes, start: int, end: int) -> CaffeBlob:
         elif number == _BLOB_DOUBLE:
             chunks.append(np.asarray(_repeated_numbers(buf, wire, value, "<f8"), dtype=np.float32))
     shape = dims if dims is not None else [legacy[n] for n in _BLOB_LEGACY_DIMS]
-    data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    data = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if int(np.prod(shape)) != data.size:
         raise CaffeImportError(f"a blob of shape {tuple(shape)} holds {data.size} values")
     return CaffeBlob(data.reshape(shape).copy())
@@ -378,7 +378,7 @@ def _same_blobs(a: CaffeLayer, b: CaffeLayer) -> bool:
 def _as_convolution(layer: CaffeLayer, in_channels: int | None) -> list[torch.Tensor]:
     """A layer's blobs as tensors; an ``InnerProduct`` weight reshaped into the convolution that replaces it:
     k×k over ``in_channels``-channel maps for the one that reads pool5 (fc6), 1×1 for the others (fc7)."""
-    tensors = [torch.from_numpy(b.data.copy()) for b in layer.blobs]
+    tensors = [torch.from_numpy(b.data) for b in layer.blobs]  # each blob's array is its own copy
     if layer.type == "InnerProduct" and tensors and tensors[0].numel():
         weight = tensors[0].reshape(-1, tensors[0].shape[-1])
         out, fan_in = weight.shape

@@ -18,7 +18,8 @@ standard deviation over seeds (``ddof=1``).
 
 Arms are also compared seed by seed: ``report.pairs`` lists ``[arm, against]`` stage pairs (default:
 every arm against the first), and the report gives the mean ± std of the paired differences of the
-main metric with a verdict (:func:`paired_verdict`).
+main metric, the 95 % confidence interval of the mean difference and the verdict it gives
+(:func:`mnm.paired.paired_interval`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mnm.backbones import build_backbone
 from mnm.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
 from mnm.checkpoints import atomic_write_text
 from mnm.config import ConfigError, Pipeline
+from mnm.paired import paired_interval
 from mnm.probe import RepresentationProbe, score_backbone
 from mnm.report import init_chain
 from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
@@ -193,18 +195,6 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
     return {"summary": summary, "paired": paired, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
 
 
-def paired_verdict(differences: Sequence[float], spreads: Sequence[float]) -> str:
-    """``higher``/``lower`` when every seed's difference has the same sign and the mean difference is
-    larger than each arm's own seed std (``spreads``); ``no difference`` otherwise; ``too few seeds`` below 2."""
-    if len(differences) < 2:
-        return "too few seeds"
-    mean = float(np.mean(differences))
-    agree = all(d > 0 for d in differences) or all(d < 0 for d in differences)
-    if agree and abs(mean) > max(spreads):
-        return "higher" if mean > 0 else "lower"
-    return "no difference"
-
-
 def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]],
                        key: str) -> dict[str, list[dict[str, Any]]]:
     """Per fraction, ``arm − against`` of ``key`` over the seeds where both finished (arms by label)."""
@@ -220,9 +210,8 @@ def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]
             a = [c["arms"][arm][key] for c in both]
             b = [c["arms"][against][key] for c in both]
             differences = [x - y for x, y in zip(a, b, strict=True)]
-            spreads = [float(np.std(v, ddof=1)) for v in (a, b)] if len(both) > 1 else [math.nan]
             rows.append({"arm": arm, "against": against, "seeds": [c["seed"] for c in both],
-                         **mean_std(differences), "verdict": paired_verdict(differences, spreads)})
+                         **paired_interval(differences)})
         if rows:
             out[f"{fraction:g}"] = rows
     return out
@@ -278,14 +267,19 @@ def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
     """Lines of the paired-difference table of one fraction (empty without rows)."""
     if not rows:
         return []
-    lines = [f"Paired by seed, {name} of the arm minus {name} of the arm it is compared against (points); "
-             "a verdict needs every seed on one side and a mean beyond both arms' seed std.\n",
-             "| arm | against | difference | per seed | verdict |", "|---|---|---:|---|---|"]
+    lines = [f"Paired by seed, {name} of the arm minus {name} of the arm it is compared against (points): "
+             "mean ± std, the 95 % confidence interval of the mean (Student's t over seeds); the verdict follows "
+             "the interval (above 0: higher, below: lower, else no difference). *Detectable*: the true difference "
+             "a paired t-test finds with 80 % power at this spread (`mnm.paired`); smaller gains could go unseen.\n",
+             "| arm | against | difference | 95 % CI | detectable | per seed | verdict |",
+             "|---|---|---:|---:|---:|---|---|"]
     for r in rows:
         per_seed = ", ".join(f"s{s}: {100 * v:+.2f}" for s, v in zip(r["seeds"], r["values"], strict=True))
-        std = "" if math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}"
-        lines.append(f"| {r['arm']} | {r['against']} | {100 * r['mean']:+.2f}{std} (n={r['n']}) | {per_seed} | "
-                     f"{r['verdict']} |")
+        std = "" if r.get("std") is None or math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}"
+        ci = "–" if r.get("ci_low") is None else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
+        detectable = "–" if r.get("detectable") is None else f"±{100 * r['detectable']:.2f}"
+        lines.append(f"| {r['arm']} | {r['against']} | {100 * r['mean']:+.2f}{std} (n={r['n']}) | {ci} | "
+                     f"{detectable} | {per_seed} | {r['verdict']} |")
     return [*lines, ""]
 
 

@@ -1,5 +1,8 @@
 """ListedSegmentationDataModule: the images/ labels/ split-list layout, on hand-made sets and on MSRC-21."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,24 @@ def test_msrc_layout_and_fractions_keep_every_class(msrc_root: Path, tmp_path: P
     dm.write_label_split(tmp_path)
     assert len((tmp_path / "labeled.txt").read_text().split()) == len(labelled)
     assert len((tmp_path / "unlabeled.txt").read_text().split()) == 276 - len(labelled)
+
+
+def test_msrc_protocol_evaluates_on_test_of_a_root_that_has_one(tmp_path: Path, repo_root: Path) -> None:
+    """`mnm protocol conf/benchmarks/msrc_label_efficient.yaml --set data.root=ROOT --eval-split test`."""
+    samples = [[0, 1], [0, 2], [1, 3], [0, 1], [1, 2], [0, 1, 2], [3, 0], [1, 1]]
+    root = write_listed(tmp_path / "set", {"train": samples, "val": [[0, 1, 2, 3]], "test": [[2, 3], [0, 1]]},
+                        shape=(72, 80))
+    out = tmp_path / "out"
+    sets = [f"data.root={root}", "data.crop_size=[64,64]", "data.num_workers=0", "ft_steps=2", "ft_drop=1",
+            "wandb.enabled=false"]
+    cmd = [sys.executable, "-m", "mnm", "protocol", "conf/benchmarks/msrc_label_efficient.yaml", "--out", str(out),
+           "--fractions", "1.0", "--seeds", "0", "--arms", "ft_random", "--eval-split", "test",
+           *[a for s in sets for a in ("--set", s)]]
+    done = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "protocol.json").read_text())
+    assert report["eval_split"] == "test"
+    (row,) = report["cells"]["f1-s0"]["arms"].values()
+    assert 0.0 <= row["miou"] <= 1.0
+    metrics = json.loads((out / "f1-s0" / "ft_random" / "metrics.json").read_text())
+    assert metrics["eval"]["split"] == "test"

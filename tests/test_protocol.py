@@ -80,6 +80,19 @@ def test_arms_are_paired_by_seed_against_the_first_arm(protocol: tuple[Path, dic
     assert "| random → M&M graph → fine-tune | random → fine-tune |" in (out / "protocol.md").read_text()
 
 
+def test_the_first_pair_is_compared_class_by_class(protocol: tuple[Path, dict]) -> None:
+    out, report = protocol
+    per_class = report["per_class"]
+    assert (per_class["arm"], per_class["against"]) == ("random → M&M graph → fine-tune", "random → fine-tune")
+    rows = {r["class"]: r for r in per_class["by_fraction"]["0.5"]}
+    cells = [report["cells"][cell_name(0.5, s)]["per_class"] for s in (0, 1)]
+    name = next(n for n in rows if all(np.isfinite(c[per_class["arm"]][n]) for c in cells))
+    expected = [c[per_class["arm"]][name] - c[per_class["against"]][name] for c in cells]
+    assert rows[name]["values"] == pytest.approx(expected)
+    assert rows[name]["arm_mean"] == pytest.approx(np.mean([c[per_class["arm"]][name] for c in cells]))
+    assert f"| {name} |" in (out / "protocol.md").read_text()
+
+
 def test_paired_differences_use_only_seeds_where_both_arms_finished() -> None:
     cells = {
         "f0.5-s0": {"fraction": 0.5, "seed": 0, "arms": {"a": {"miou": 0.50}, "b": {"miou": 0.40}}},

@@ -183,6 +183,9 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             row["total_time_s"] = sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)
             row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
             cell["arms"][label] = row
+            if "per_class_iou" in evaluation:
+                per_class = zip(evaluation["class_names"], evaluation["per_class_iou"], strict=True)
+                cell.setdefault("per_class", {})[label] = {name: float(v) for name, v in per_class}
             table.setdefault(label, {}).setdefault(f"{fraction:g}", []).append(row)
     summary = {
         label: {
@@ -192,7 +195,9 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
         for label, by_fraction in table.items()
     }
     paired = paired_differences(per_cell, pairs, next(iter(metrics), "miou"))
-    return {"summary": summary, "paired": paired, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
+    per_class = per_class_differences(per_cell, pairs[0]) if pairs else {}
+    return {"summary": summary, "paired": paired, "per_class": per_class, "cells": per_cell, "wall_time_s": wall_time,
+            "metrics": metrics}
 
 
 def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]],
@@ -215,6 +220,42 @@ def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]
         if rows:
             out[f"{fraction:g}"] = rows
     return out
+
+
+def per_class_differences(per_cell: dict[str, Any], pair: tuple[str, str]) -> dict[str, Any]:
+    """``arm``, ``against`` and, per fraction (``by_fraction``) and class, the IoU of the arm and of the arm it is
+    compared against (means over the seeds where both finished and the class was scored) and their paired
+    difference (:func:`paired_interval`)."""
+    arm, against = pair
+    out: dict[str, list[dict[str, Any]]] = {}
+    for fraction in sorted({cell["fraction"] for cell in per_cell.values()}):
+        both = [c["per_class"] for c in per_cell.values() if c["fraction"] == fraction
+                and arm in c.get("per_class", {}) and against in c.get("per_class", {})]
+        rows = []
+        for name in both[0][arm] if both else []:
+            scored = [(c[arm][name], c[against][name]) for c in both
+                      if math.isfinite(c[arm][name]) and math.isfinite(c[against][name])]
+            if scored:
+                a, b = zip(*scored, strict=True)
+                rows.append({"class": name, "arm_mean": float(np.mean(a)), "against_mean": float(np.mean(b)),
+                             **paired_interval([x - y for x, y in scored])})
+        if rows:
+            out[f"{fraction:g}"] = rows
+    return {"arm": arm, "against": against, "by_fraction": out}
+
+
+def per_class_markdown(rows: Sequence[dict[str, Any]], arm: str, against: str) -> list[str]:
+    """Lines of the per-class IoU table of the first pair at one fraction (empty without rows)."""
+    if not rows:
+        return []
+    lines = [f"Per class, IoU (%) of *{arm}* and of *{against}* (means over seeds), and their paired difference "
+             "with its 95 % confidence interval:\n",
+             "| class | arm | against | difference | 95 % CI |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = "–" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+        lines.append(f"| {r['class']} | {100 * r['arm_mean']:.1f} | {100 * r['against_mean']:.1f} | "
+                     f"{100 * r['mean']:+.1f} (n={r['n']}) | {ci} |")
+    return [*lines, ""]
 
 
 def format_mean_std(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
@@ -259,6 +300,9 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}")
         parts.append("")
         parts += paired_markdown(report.get("paired", {}).get(fraction, []), name)
+        per_class = report.get("per_class") or {}
+        parts += per_class_markdown(per_class.get("by_fraction", {}).get(fraction, []), per_class.get("arm"),
+                                    per_class.get("against"))
     parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
 

@@ -84,5 +84,5 @@ def main(argv: list[str]) -> dict[str, Any]:
     print(per_class_table(result["per_class_iou"], result["class_names"], result["miou"]))
     if args.out:
         write_json(Path(args.out), result)
-        print(json.dumps({"miou": result["miou"]}))
+        print(json.dumps({"miou": result["miou"]}, allow_nan=False))
     return result

@@ -194,6 +194,9 @@ class PipelineRunner:
                     "save_top_k": ck["keep_last"],
                     "every_n_train_steps": ck["every_n_train_steps"],
                     "save_last": True,
+                    # save when due: otherwise a save due at an epoch's last batch waits for the next
+                    # validation (every val_check_interval steps, or never)
+                    "save_on_train_epoch_end": True,
                 },
             }
         ]

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable, read_checkpoint
 from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.errors import error_message
+from mnm.interrupt import CtrlC
 from mnm.rundir import (
     StageDir,
     config_changes,
@@ -36,6 +38,7 @@ from mnm.rundir import (
     update_manifest,
     write_json,
 )
+from mnm.runlock import lock_stages
 from mnm.stage_cli import build_stage, instantiate_datamodule, parse_stage, stage_class
 
 __all__ = ["PipelineRunner", "evaluate", "wandb_offline"]
@@ -144,7 +147,16 @@ class PipelineRunner:
         return problems
 
     def run(self, only: list[str] | None = None) -> dict[str, Any]:
-        """Check every stage, then run (or skip, or resume) them in order; returns the manifest."""
+        """Check every stage, then run (or skip, or resume) them in order; returns the manifest.
+
+        The stages in scope (``only``, or all) stay locked for the whole run (:mod:`mnm.runlock`): another
+        command that wants one of them stops at once.
+        """
+        scope = [spec.name for spec in self.p.stages if not only or spec.name in only]
+        with lock_stages(self.out, scope) if rank_zero_only.rank == 0 else nullcontext():
+            return self._run(only)
+
+    def _run(self, only: list[str] | None) -> dict[str, Any]:
         self.check(only)
         hashes = stage_hashes(self.p.stages)
         ckpts: dict[str, str] = {}
@@ -158,22 +170,27 @@ class PipelineRunner:
             ckpts[spec.name] = self.run_stage(spec, h, ckpts.get(spec.init_from) if spec.init_from else None)
         return self.manifest
 
-    def _resume_checkpoint(self, stage: StageDir) -> str | None:
+    def _resume_checkpoint(self, stage: StageDir, entry: dict[str, Any]) -> str | None:
+        """The training state an unfinished stage resumes from: ``last.ckpt``, else the newest readable step
+        checkpoint; ``None`` (said aloud, with the progress lost) when there is none."""
         last = stage.last_checkpoint
-        if not last.exists():
-            return None
-        try:
-            read_checkpoint(last)
-            return str(last)
-        except CheckpointError as err:
-            if not self.fallback_checkpoint:
-                raise CheckpointError(
-                    f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
-                    f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
-                ) from None
-            good, _ = newest_loadable(stage.step_checkpoints())
-            log.warning("%s is unreadable; falling back to %s", last, good)
-            return str(good) if good else None
+        if last.exists():
+            try:
+                read_checkpoint(last)
+                return str(last)
+            except CheckpointError as err:
+                if not self.fallback_checkpoint:
+                    raise CheckpointError(
+                        f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
+                        f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
+                    ) from None
+                log.warning("%s is unreadable; falling back to a step checkpoint", last)
+        good, _ = newest_loadable(stage.step_checkpoints())
+        if good:
+            return str(good)
+        lost = f"{entry['step']} steps of earlier progress lost" if entry.get("step") else "its earlier attempt saved none"
+        print(f"[mnm] stage {stage.name}: no checkpoint: starting from step 0 ({lost})")
+        return None
 
     def _stage_config(self, spec: StageSpec, stage: StageDir, pretrained_backbone: str | None, wandb_id: str) -> dict:
         cfg = copy.deepcopy(spec.config)
@@ -237,7 +254,7 @@ class PipelineRunner:
             print(f"[mnm] stage {spec.name}: not the config of its earlier run ({reason}); "
                   f"that run is moved to {dest} and the stage starts anew")
             entry = {}
-        resume = self._resume_checkpoint(stage) if entry else None
+        resume = self._resume_checkpoint(stage, entry) if entry else None
         if resume:
             set_aside_csv_log(stage)
         wandb_id = entry.get("wandb_id") or f"{self.p.name}-{spec.name}-{h[:8]}".replace("/", "-")
@@ -259,24 +276,31 @@ class PipelineRunner:
         print(f"[mnm] stage {spec.name} ({spec.kind})" + (f": resuming from {resume}" if resume else ""))
         t0 = time.perf_counter()
         trainer, model = cli.trainer, cli.model
-        try:
-            trainer.fit(model, datamodule=cli.datamodule, ckpt_path=resume)
-            if trainer.interrupted:
-                raise KeyboardInterrupt
-            trainer.save_checkpoint(final, weights_only=True)
-            metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
-            if spec.evaluate:
-                metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
-        except (SIGTERMException, KeyboardInterrupt):
-            entry.update(status="interrupted", step=trainer.global_step)
-            self._save_manifest(spec.name)
-            raise
-        except BaseException as err:
-            entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}", step=trainer.global_step)
-            self._save_manifest(spec.name)
-            raise
-        finally:
-            _finish_wandb()
+        with CtrlC() as ctrl_c:
+            try:
+                trainer.fit(model, datamodule=cli.datamodule, ckpt_path=resume)
+                if trainer.interrupted:
+                    raise KeyboardInterrupt
+                trainer.save_checkpoint(final, weights_only=True)
+                metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
+                if spec.evaluate:
+                    metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
+            except BaseException as err:
+                stopped = ctrl_c.pressed or isinstance(err, SIGTERMException | KeyboardInterrupt)
+                if stopped:
+                    entry.update(status="interrupted", step=trainer.global_step)
+                else:
+                    entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}",
+                                 step=trainer.global_step)
+                self._save_manifest(spec.name)
+                if stopped:
+                    print(f"[mnm] stage {spec.name}: stopped at step {trainer.global_step}; "
+                          f"{_resume_point(stage)}", file=sys.stderr)
+                if ctrl_c.pressed and not isinstance(err, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None  # Lightning's SystemExit(1) or SIGTERMException: a Ctrl-C
+                raise
+            finally:
+                _finish_wandb()
         merge_csv_logs(stage)
         metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=time.perf_counter() - t0,
                        steps=trainer.global_step)
@@ -301,6 +325,14 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str,
     run = trainer.validate if split == "val" else trainer.test
     run(model, datamodule=datamodule, verbose=False)
     return model.read_evaluation(trainer.callback_metrics, split)
+
+
+def _resume_point(stage: StageDir) -> str:
+    """What a rerun of a stopped stage resumes from, as a sentence."""
+    last = stage.last_checkpoint
+    steps = sorted(stage.step_checkpoints())
+    point = last if last.exists() else (steps[-1] if steps else None)
+    return f"a rerun resumes from {point}" if point else "no checkpoint yet: a rerun starts the stage from step 0"
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

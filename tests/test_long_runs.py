@@ -160,3 +160,16 @@ def test_a_stage_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp
     with pytest.raises(RunFolderInUse, match=rf"may be in use by PID 1 on elsewhere .* delete {lock_file}"):
         with lock_stages(run, ["a"]):
             pass
+
+
+def test_wandb_online_without_a_reachable_server_logs_offline_with_a_warning(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**subprocess_env(), "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_SILENT": "true"}
+    done = subprocess.run(mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--only", "mix_match",
+                                  "--set", f"data_root={tmp_path / 'data'}", "--set", "steps=1",
+                                  "--set", "wandb.enabled=true"),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("[mnm] warning: W&B is set up to log online but its server takes no connection (127.0.0.1:9: "
+            "Connection refused); logging offline instead") in done.stderr
+    assert len(list((out / "mix_match" / "wandb").glob("offline-run-*"))) == 1

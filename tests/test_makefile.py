@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 OFFLINE_RUN = "import sys, wandb; wandb.init(mode='offline', dir=sys.argv[1], project='mnm', id=sys.argv[2]); wandb.finish()"
 
 
-def make(*args: str) -> subprocess.CompletedProcess:
+def make(*args: str, wandb: str = "echo") -> subprocess.CompletedProcess:
     """``make -s`` in the repository, never reinstalling (``-o`` the install stamp); ``wandb`` replaced by echo."""
-    return subprocess.run(["make", "-s", "-o", ".venv/.mnm-installed", *args, "WANDB=echo"], cwd=REPO,
+    return subprocess.run(["make", "-s", "-o", ".venv/.mnm-installed", *args, f"WANDB={wandb}"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -33,3 +33,14 @@ def test_wandb_sync_finds_the_offline_runs_of_every_stage(tmp_path: Path) -> Non
     assert [Path(p).parent.parent for p in one.stdout.splitlines()[-1].split()[1:]] == [runs / "b" / "finetune"]
     none = make("wandb-sync", f"RUN={tmp_path / 'empty'}")
     assert none.returncode == 2 and "no offline W&B runs under" in none.stdout
+
+
+def test_wandb_sync_gives_up_after_its_timeout_with_a_message(tmp_path: Path) -> None:
+    """A ``wandb sync`` that hangs (no network) is stopped after ``WANDB_SYNC_TIMEOUT`` seconds."""
+    (tmp_path / "runs" / "a" / "finetune" / "wandb" / "offline-run-20260101_000000-aft").mkdir(parents=True)
+    hanging = tmp_path / "wandb"
+    hanging.write_text("#!/bin/sh\nsleep 60\n")
+    hanging.chmod(0o755)
+    done = make("wandb-sync", f"RUN={tmp_path / 'runs'}", "WANDB_SYNC_TIMEOUT=1", wandb=str(hanging))
+    assert done.returncode != 0
+    assert "error: wandb sync did not end within WANDB_SYNC_TIMEOUT=1 s" in done.stdout

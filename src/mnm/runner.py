@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import sys
 import time
@@ -40,16 +39,11 @@ from mnm.rundir import (
 )
 from mnm.runlock import lock_stages
 from mnm.stage_cli import build_stage, instantiate_datamodule, parse_stage, stage_class
+from mnm.wandb_mode import wandb_offline, wandb_unreachable
 
-__all__ = ["PipelineRunner", "evaluate", "wandb_offline"]
+__all__ = ["PipelineRunner", "evaluate"]
 
 log = logging.getLogger(__name__)
-
-
-def wandb_offline() -> bool:
-    """W&B stays offline unless the user has set it up (an API key or ``WANDB_MODE=online``)."""
-    mode = os.environ.get("WANDB_MODE", "")
-    return mode != "online" and not (os.environ.get("WANDB_API_KEY") and mode != "offline")
 
 
 def _grew_from(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -66,6 +60,7 @@ class PipelineRunner:
         self.p = pipeline
         self.overwrite = overwrite
         self.fallback_checkpoint = fallback_checkpoint
+        self._offline: bool | None = None
         self.out = pipeline.out_dir
         self.manifest = read_manifest(self.out)
         self._guard_run_dir()
@@ -192,6 +187,17 @@ class PipelineRunner:
         print(f"[mnm] stage {stage.name}: no checkpoint: starting from step 0 ({lost})")
         return None
 
+    def _wandb_offline(self) -> bool:
+        """Offline unless set up (:func:`wandb_offline`), and offline with a warning when the server is out of reach
+        (asked once per runner) instead of a long wait and a traceback at the first stage."""
+        if self._offline is None:
+            reason = None if wandb_offline() else wandb_unreachable()
+            if reason:
+                print(f"[mnm] warning: W&B is set up to log online but its server takes no connection ({reason}); "
+                      "logging offline instead (upload later with make wandb-sync)", file=sys.stderr)
+            self._offline = wandb_offline() or reason is not None
+        return self._offline
+
     def _stage_config(self, spec: StageSpec, stage: StageDir, pretrained_backbone: str | None, wandb_id: str) -> dict:
         cfg = copy.deepcopy(spec.config)
         model = cfg.setdefault("model", {})
@@ -229,7 +235,7 @@ class PipelineRunner:
                     "init_args": {
                         "save_dir": str(stage.root), "project": wb.pop("project"), "group": self.p.name,
                         "job_type": spec.kind, "name": f"{self.p.name}/{spec.name}", "id": wandb_id,
-                        "offline": wandb_offline(), "tags": tags, "resume": "allow", **wb,
+                        "offline": self._wandb_offline(), "tags": tags, "resume": "allow", **wb,
                     },
                 }
             )

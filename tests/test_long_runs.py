@@ -25,6 +25,9 @@ FIVE_BATCHES_PER_EPOCH = ("data.init_args.num_train=20", "trainer.val_check_inte
                           "trainer.check_val_every_n_epoch=null")
 
 
+EARLIER_TIME = 1000.0  # the wall time an earlier attempt recorded, in seconds
+
+
 def pause(stage: str, step: int, marker: Path) -> str:
     """A ``--set`` that holds ``stage`` at the start of ``step`` (once: while ``marker`` does not exist)."""
     callback = {"class_path": "faults.PauseOnceAt", "init_args": {"step": step, "marker": str(marker)}}
@@ -63,7 +66,7 @@ def test_step_checkpoints_are_written_when_due_at_an_epochs_last_batch(five_per_
 def _rerun_interrupted(base: Path, step: int, capsys: pytest.CaptureFixture) -> tuple[dict, str]:
     out = base / "run"
     m = manifest(out)
-    m["stages"]["mix_match"].update(status="interrupted", step=step)
+    m["stages"]["mix_match"].update(status="interrupted", step=step, wall_time_s=EARLIER_TIME)
     (out / "manifest.json").write_text(json.dumps(m))
     pipeline = load_pipeline(TINY, [f"data_root={base / 'data'}", "steps=10", *FIVE_BATCHES_PER_EPOCH,
                                     "checkpoint.every_n_train_steps=5", "checkpoint.keep_last=3"], out_dir=str(out))
@@ -79,11 +82,13 @@ def test_a_stage_resumes_from_a_step_checkpoint_and_says_when_it_must_start_over
     entry, printed = _rerun_interrupted(five_per_epoch, 7, capsys)  # no last.ckpt: the newest step checkpoint
     assert entry["resumed_from"] == str(checkpoints / "step=0000005.ckpt"), printed
     assert entry["status"] == "finished" and entry["steps"] == 10
+    assert EARLIER_TIME < entry["wall_time_s"] < EARLIER_TIME + 300  # the time of both attempts
     for ckpt in checkpoints.glob("*.ckpt"):
         ckpt.unlink()
     entry, printed = _rerun_interrupted(five_per_epoch, 7, capsys)
     assert "stage mix_match: no checkpoint: starting from step 0 (7 steps of earlier progress lost)" in printed
     assert entry["resumed_from"] is None and entry["status"] == "finished"
+    assert entry["wall_time_s"] < EARLIER_TIME  # started over: the lost attempt does not count
 
 
 def test_ctrl_c_saves_a_checkpoint_and_records_an_interruption(tmp_path: Path) -> None:
@@ -129,13 +134,17 @@ def test_a_killed_protocol_cell_resumes_from_its_last_step_checkpoint_and_refuse
     assert second.stderr.startswith(f"mnm: error: {cell} is in use by PID {first.pid} on {socket.gethostname()} "
                                      "since "), second.stderr
     assert step_files(cell / "ft_random") == ["step=0000005.ckpt", "step=0000010.ckpt"]
-    assert manifest(cell)["stages"]["ft_random"]["status"] == "running"  # what a SIGKILL leaves
+    killed = manifest(cell)["stages"]["ft_random"]
+    assert killed["status"] == "running"  # what a SIGKILL leaves
+    started = time.mktime(time.strptime(killed["started"], "%Y-%m-%dT%H:%M:%S"))
+    killed_time = (cell / "ft_random" / "checkpoints" / "last.ckpt").stat().st_mtime - started
 
     rerun = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"taking over the lock of stage 'ft_random' left by PID {first.pid}" in rerun.stderr
     entry = manifest(cell)["stages"]["ft_random"]
     assert entry["status"] == "finished" and entry["steps"] == 15
+    assert entry["wall_time_s"] > killed_time > 0  # the killed attempt's time up to step 10 counts
     assert entry["resumed_from"] == str(cell / "ft_random" / "checkpoints" / "last.ckpt")
     assert f"stage ft_random (segment): resuming from {entry['resumed_from']}" in rerun.stdout
 
@@ -173,3 +182,19 @@ def test_wandb_online_without_a_reachable_server_logs_offline_with_a_warning(tmp
     assert ("[mnm] warning: W&B is set up to log online but its server takes no connection (127.0.0.1:9: "
             "Connection refused); logging offline instead") in done.stderr
     assert len(list((out / "mix_match" / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_status_of_a_protocol_folder_points_to_its_cells(tmp_path: Path, capsys) -> None:
+    from mnm.cli import main
+    from mnm.rundir import update_manifest
+
+    root = tmp_path / "protocol"
+    identity = {"name": "p", "stages": [["mm", "mix-match"], ["ft", "segment"]]}
+    update_manifest(root / "f0.5-s0", {"identity": identity}, "mm", {"status": "finished"})
+    update_manifest(root / "f1-s0", {"identity": identity}, "mm", {"status": "running"})
+    main(["pipeline", "status", str(root)])
+    assert capsys.readouterr().out.splitlines() == [
+        f"{root} holds 2 run folders (a protocol's cells); `mnm pipeline status FOLDER` shows one:",
+        f"  {root / 'f0.5-s0'}  1/2 stages finished",
+        f"  {root / 'f1-s0'}  0/2 stages finished",
+    ]

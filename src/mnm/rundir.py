@@ -133,9 +133,12 @@ def status_table(run_dir: Path) -> str:
     """The stages of a run as a text table: stage, kind, status, steps, wall time, key metric (and any error)."""
     manifest = read_manifest(run_dir)
     if not manifest:
+        inner = sorted(p.parent for p in Path(run_dir).glob(f"*/{MANIFEST}"))
+        if inner:
+            return _inner_runs_table(Path(run_dir), inner)
         raise FileNotFoundError(f"{run_dir}: not a run folder (no {MANIFEST})")
     entries = manifest.get("stages", {})
-    order = [name for name, _ in manifest.get("identity", {}).get("stages", [])] or list(entries)
+    order = _stage_order(manifest)
     rows = [("stage", "kind", "status", "steps", "time", "result")]
     errors = []
     for name in order:
@@ -148,6 +151,22 @@ def status_table(run_dir: Path) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([f"{manifest.get('pipeline', run_dir)} ({run_dir})", *lines, *errors]) + "\n"
+
+
+def _stage_order(manifest: dict[str, Any]) -> list[str]:
+    """The stages of a run in pipeline order (in the order of their entries for manifests without an identity)."""
+    return [name for name, _ in manifest.get("identity", {}).get("stages", [])] or list(manifest.get("stages", {}))
+
+
+def _inner_runs_table(folder: Path, runs: list[Path]) -> str:
+    """The run folders inside ``folder`` (a protocol's cells), each with its stages finished."""
+    lines = [f"{folder} holds {len(runs)} run folders (a protocol's cells); `mnm pipeline status FOLDER` shows one:"]
+    for run in runs:
+        manifest = read_manifest(run)
+        names = _stage_order(manifest)
+        done = sum(manifest.get("stages", {}).get(name, {}).get("status") == "finished" for name in names)
+        lines.append(f"  {run}  {done}/{len(names)} stages finished")
+    return "\n".join(lines) + "\n"
 
 
 @rank_zero_only

@@ -44,6 +44,8 @@ from mnm.wandb_mode import wandb_offline, wandb_unreachable
 __all__ = ["PipelineRunner", "evaluate"]
 
 log = logging.getLogger(__name__)
+#: how the manifest writes times (local time)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def _grew_from(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -272,10 +274,12 @@ class PipelineRunner:
         stage.root.mkdir(parents=True, exist_ok=True)
         if rank_zero_only.rank == 0:
             atomic_write_text(stage.config, cli.parser.dump(cli.config, skip_none=False))
+        earlier = _earlier_wall_time(entry, resume)
         entry = {
             "stage": spec.kind, "status": "running", "config_hash": h, "wandb_id": wandb_id,
             "init_from": spec.init_from, "pretrained_backbone": cfg["model"].get("pretrained_backbone"),
-            "resumed_from": resume, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "dir": str(stage.root),
+            "resumed_from": resume, "started": time.strftime(TIME_FORMAT), "dir": str(stage.root),
+            **({"wall_time_s": earlier} if earlier else {}),
         }
         self.manifest["stages"][spec.name] = entry
         self._save_manifest(spec.name)
@@ -293,6 +297,7 @@ class PipelineRunner:
                     metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
             except BaseException as err:
                 stopped = ctrl_c.pressed or isinstance(err, SIGTERMException | KeyboardInterrupt)
+                entry["wall_time_s"] = earlier + time.perf_counter() - t0
                 if stopped:
                     entry.update(status="interrupted", step=trainer.global_step)
                 else:
@@ -308,10 +313,10 @@ class PipelineRunner:
             finally:
                 _finish_wandb()
         merge_csv_logs(stage)
-        metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=time.perf_counter() - t0,
+        metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=earlier + time.perf_counter() - t0,
                        steps=trainer.global_step)
         write_json(stage.metrics, metrics)
-        entry.update(status="finished", checkpoint=str(final), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        entry.update(status="finished", checkpoint=str(final), finished=time.strftime(TIME_FORMAT),
                      wall_time_s=metrics["wall_time_s"], steps=trainer.global_step)
         if "eval" in metrics:
             key, label = next(iter(type(model).evaluation_metrics.items()))
@@ -331,6 +336,18 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str,
     run = trainer.validate if split == "val" else trainer.test
     run(model, datamodule=datamodule, verbose=False)
     return model.read_evaluation(trainer.callback_metrics, split)
+
+
+def _earlier_wall_time(entry: dict[str, Any], resume: str | None) -> float:
+    """Wall time of the earlier attempts a resumed stage builds on (0 when it starts anew): their recorded sum, and for
+    an attempt killed without a word (still ``running``), its time up to the checkpoint it is resumed from."""
+    if not resume:
+        return 0.0
+    recorded = float(entry.get("wall_time_s") or 0.0)
+    if entry.get("status") != "running" or "started" not in entry:
+        return recorded
+    started = time.mktime(time.strptime(entry["started"], TIME_FORMAT))
+    return recorded + max(0.0, Path(resume).stat().st_mtime - started)
 
 
 def _resume_point(stage: StageDir) -> str:

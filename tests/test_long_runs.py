@@ -16,7 +16,8 @@ from test_pipeline import REPO, TINY, manifest, mnm_cmd, start_and_signal, subpr
 
 from mnm.checkpoints import read_checkpoint
 from mnm.config import load_pipeline
-from mnm.runlock import LOCKS, RunFolderInUse, lock_stages
+from mnm.rundir import stage_lock_file
+from mnm.runlock import RunFolderInUse, lock_stages
 from mnm.runner import PipelineRunner
 
 PROTOCOL = REPO / "conf" / "benchmarks" / "tiny_protocol.yaml"
@@ -160,7 +161,7 @@ def test_a_stage_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp
             pass
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(gone.stdout)
-    lock_file = run / LOCKS / "a.lock"
+    lock_file = stage_lock_file(run, "a")
     lock_file.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "since": "2026-01-01T00:00:00"}))
     with lock_stages(run, ["a"]):
         assert json.loads(lock_file.read_text())["pid"] == os.getpid()

@@ -7,6 +7,8 @@ A run folder holds ``manifest.json`` (one entry per stage) and a folder per stag
     <run>/<stage>/metrics.json           fit scalars, evaluation, wall time, steps
     <run>/<stage>/csv/metrics.csv        the CSV log (attempts merged after a resume)
     <run>/<stage>/checkpoints/           step=*.ckpt and last.ckpt (training states), final.ckpt (weights)
+    <run>/.locks/<stage>.lock            who runs the stage now (mnm.runlock; outside the stage folder,
+                                         which a changed config moves aside)
 
 Report, compare, ensemble and the runner read and write runs through this module only.
 """
@@ -30,10 +32,11 @@ from mnm.config import ConfigError, StageSpec
 
 __all__ = [
     "MANIFEST", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
-    "set_aside_csv_log", "stage_hash", "status_table", "stage_hashes", "write_json",
+    "set_aside_csv_log", "stage_hash", "stage_lock_file", "status_table", "stage_hashes", "write_json",
 ]
 
 MANIFEST = "manifest.json"
+LOCKS = ".locks"
 CSV_LOGGER_NAME = "csv"  # Lightning's CSVLogger writes <save_dir>/<name>/metrics.csv (version "")
 
 
@@ -97,6 +100,11 @@ class StageDir:
 
     def _csv_parts(self) -> list[Path]:
         return sorted(self.csv_log.parent.glob("metrics.part*.csv"), key=lambda p: int(p.stem[len("metrics.part"):]))
+
+
+def stage_lock_file(run_dir: str | Path, stage: str) -> Path:
+    """The lock file of ``stage`` in ``run_dir`` (see :mod:`mnm.runlock`)."""
+    return Path(run_dir) / LOCKS / f"{stage}.lock"
 
 
 # -- manifest and JSON ----------------------------------------------------------------------------------

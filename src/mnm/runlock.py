@@ -1,6 +1,6 @@
 """One run per run folder: a lock per stage, held by the process that runs it for the whole run.
 
-A lock is a file ``<run>/.locks/<stage>.lock`` locked with ``flock`` (the kernel drops the lock when
+A lock is a file (:func:`mnm.rundir.stage_lock_file`) locked with ``flock`` (the kernel drops the lock when
 its holder dies, however it dies) that names its holder: PID, host and start time. A second command
 that wants a stage someone holds stops at once with :class:`RunFolderInUse`; a lock file left by a
 process that is gone (the file names it, but nobody holds the ``flock``) is taken over with a message.
@@ -20,9 +20,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["LOCKS", "RunFolderInUse", "lock_stages"]
+from mnm.rundir import stage_lock_file
 
-LOCKS = ".locks"
+__all__ = ["RunFolderInUse", "lock_stages"]
 
 
 class RunFolderInUse(RuntimeError):
@@ -44,7 +44,7 @@ def _read_holder(fh: IO[str]) -> dict[str, Any]:
 
 @contextmanager
 def _stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
-    path = run_dir / LOCKS / f"{stage}.lock"
+    path = stage_lock_file(run_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:

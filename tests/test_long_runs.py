@@ -199,3 +199,18 @@ def test_status_of_a_protocol_folder_points_to_its_cells(tmp_path: Path, capsys)
         f"  {root / 'f0.5-s0'}  1/2 stages finished",
         f"  {root / 'f1-s0'}  0/2 stages finished",
     ]
+
+
+def test_overwrite_does_not_move_a_run_folder_that_is_in_use(tmp_path: Path) -> None:
+    from mnm.rundir import update_manifest
+
+    out = tmp_path / "run"
+    update_manifest(out, {"identity": {"name": "other", "stages": [["finetune", "segment"]]}}, "finetune",
+                    {"status": "running"})
+    pipeline = load_pipeline(TINY, [f"data_root={tmp_path / 'data'}"], out_dir=str(out))
+    with lock_stages(out, ["finetune"]):
+        with pytest.raises(RunFolderInUse, match=rf"^{out} is in use by PID {os.getpid()}"):
+            PipelineRunner(pipeline, overwrite=True)
+    assert (out / "manifest.json").is_file()
+    PipelineRunner(pipeline, overwrite=True)
+    assert not out.exists() and (tmp_path / ".superseded-run").is_dir()

@@ -78,7 +78,8 @@ class PipelineRunner:
                 f"run directory {self.out} belongs to another pipeline ({old['name']}: "
                 f"{[s[0] for s in old['stages']]}); use a new name/--out, or --overwrite to replace it"
             )
-        self._supersede(self.out, "overwrite")
+        with lock_stages(self.out, [name for name, _ in old["stages"]]):  # nobody runs what is moved aside
+            self._supersede(self.out, "overwrite")
         self.manifest = {}
 
     def _supersede(self, folder: Path, tag: str) -> Path:

@@ -7,7 +7,7 @@ A run folder holds ``manifest.json`` (one entry per stage) and a folder per stag
     <run>/<stage>/metrics.json           fit scalars, evaluation, wall time, steps
     <run>/<stage>/csv/metrics.csv        the CSV log (attempts merged after a resume)
     <run>/<stage>/checkpoints/           step=*.ckpt and last.ckpt (training states), final.ckpt (weights)
-    <run>/.locks/<stage>.lock            who runs the stage now (mnm.runlock; outside the stage folder,
+    <run>/.stage-<stage>.lock            who runs the stage now (mnm.runlock; outside the stage folder,
                                          which a changed config moves aside)
 
 Report, compare, ensemble and the runner read and write runs through this module only.
@@ -36,7 +36,6 @@ __all__ = [
 ]
 
 MANIFEST = "manifest.json"
-LOCKS = ".locks"
 CSV_LOGGER_NAME = "csv"  # Lightning's CSVLogger writes <save_dir>/<name>/metrics.csv (version "")
 
 
@@ -104,7 +103,7 @@ class StageDir:
 
 def stage_lock_file(run_dir: str | Path, stage: str) -> Path:
     """The lock file of ``stage`` in ``run_dir`` (see :mod:`mnm.runlock`)."""
-    return Path(run_dir) / LOCKS / f"{stage}.lock"
+    return Path(run_dir) / f".stage-{stage}.lock"
 
 
 # -- manifest and JSON ----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_pipeline import REPO, TINY, manifest, mnm_cmd, start_and_signal, subprocess_env
+from test_pipeline import REPO, TINY, manifest, mnm_cmd, subprocess_env
 
 from mnm.checkpoints import read_checkpoint
 from mnm.config import load_pipeline
@@ -93,11 +93,15 @@ def test_a_stage_resumes_from_a_step_checkpoint_and_says_when_it_must_start_over
 
 
 def test_ctrl_c_saves_a_checkpoint_and_records_an_interruption(tmp_path: Path) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group, DataLoader workers included."""
     out, marker = tmp_path / "run", tmp_path / "paused"
     cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={tmp_path / 'data'}",
-                  "--set", "steps=20", "--set", pause("mix_match", 3, marker))
-    proc = start_and_signal(cmd, marker, signal.SIGINT, tmp_path / "log.txt")
-    output = (tmp_path / "log.txt").read_text()
+                  "--set", "steps=20", "--set", "data.init_args.num_workers=2", "--set", pause("mix_match", 3, marker))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    wait_for(marker, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 130, output[-2000:]
     entry = manifest(out)["stages"]["mix_match"]
     assert entry["status"] == "interrupted" and "error" not in entry
@@ -107,6 +111,7 @@ def test_ctrl_c_saves_a_checkpoint_and_records_an_interruption(tmp_path: Path) -
     assert "optimizer_states" in state
     assert f"stage mix_match: stopped at step 4; a rerun resumes from {last}" in output
     assert "mnm: interrupted; rerun the same command to resume" in output
+    assert output.count("[mnm] Ctrl-C: stopping after this step") == 1  # said by the main process, not by workers
 
 
 def test_a_killed_protocol_cell_resumes_from_its_last_step_checkpoint_and_refuses_a_second_command(

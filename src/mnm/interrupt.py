@@ -16,6 +16,7 @@ class CtrlC:
     """While the ``with`` block runs (in the main thread), the first Ctrl-C (SIGINT) is sent on as a SIGTERM to
     this process: Lightning ends the step, ``SigtermCheckpoint`` saves ``last.ckpt`` and ``SIGTERMException``
     stops the fit. A second Ctrl-C, or one while Lightning does not listen for SIGTERM, interrupts at once.
+    Forked DataLoader workers, which inherit the handler, ignore Ctrl-C: the main process stops them.
 
     ``pressed`` counts the Ctrl-Cs, so a caller can tell a stop the user asked for from a failure.
     """
@@ -23,8 +24,11 @@ class CtrlC:
     def __init__(self) -> None:
         self.pressed = 0
         self._previous: Any = None
+        self._pid = os.getpid()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker (a terminal's Ctrl-C reaches the whole group):
+            return  # it keeps serving batches until the main process ends the step and stops it
         self.pressed += 1
         if self.pressed > 1 or signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
             raise KeyboardInterrupt
@@ -33,6 +37,7 @@ class CtrlC:
         os.kill(os.getpid(), signal.SIGTERM)
 
     def __enter__(self) -> CtrlC:
+        self._pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self

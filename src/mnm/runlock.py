@@ -39,7 +39,7 @@ def _read_holder(fh: IO[str]) -> dict[str, Any]:
     try:
         return json.loads(text) if text else {}
     except json.JSONDecodeError:
-        return {"pid": "?", "host": "?", "since": f"? (unreadable lock file: {text[:40]!r})"}
+        return {"pid": "?", "since": f"? (unreadable lock file: {text[:40]!r})"}  # no host: taken over when free
 
 
 @contextmanager

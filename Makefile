@@ -22,6 +22,7 @@ STAGES ?=
 MM_SWEEP_STAGES := $(shell sed -n 's/^ *- *{\{0,1\}name: \(mm_[a-z0-9_]*\).*/\1/p' conf/benchmarks/camvid_mm_sweep.yaml 2>/dev/null)
 RUN ?= runs
 WANDB ?= $(BIN)/wandb
+WANDB_SYNC_TIMEOUT ?= 900
 export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
@@ -140,11 +141,13 @@ cityscapes-random: $(STAMP) ## Cityscapes: random init -> M&M -> fine-tune (CITY
 colorize jigsaw mix-match segment: $(STAMP) ## one stage: make <stage> ARGS="fit -c conf/..."
 	$(MNM) $@ $(ARGS)
 
-wandb-sync: $(STAMP) ## upload the pipelines' offline W&B runs, runs/*/*/wandb (RUN=runs/<pipeline> for one; needs `wandb login`)
+wandb-sync: $(STAMP) ## upload the pipelines' offline W&B runs, runs/*/*/wandb (RUN=runs/<pipeline> for one; needs `wandb login`; gives up after WANDB_SYNC_TIMEOUT s)
 	@dirs=$$(find "$(RUN)" -name '.superseded-*' -prune -o -type d -path '*/wandb/offline-run-*' -print -prune 2>/dev/null | sort); \
 	test -n "$$dirs" || { echo "error: no offline W&B runs under $(RUN)/ (pipelines write <run>/<stage>/wandb/offline-run-*)"; exit 2; }; \
 	echo "syncing $$(echo "$$dirs" | wc -l) offline W&B run(s) under $(RUN)/"; \
-	$(WANDB) sync $$dirs
+	timeout -k 10 $(WANDB_SYNC_TIMEOUT) $(WANDB) sync $$dirs; rc=$$?; \
+	if [ $$rc = 124 ]; then echo "error: wandb sync did not end within WANDB_SYNC_TIMEOUT=$(WANDB_SYNC_TIMEOUT) s (no network, or the W&B server out of reach?); the offline runs are kept: rerun make wandb-sync later"; fi; \
+	exit $$rc
 
 clean: ## remove runs/, wandb/ and caches (keeps .venv)
 	rm -rf runs wandb lightning_logs .pytest_cache .ruff_cache

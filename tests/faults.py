@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -18,3 +21,21 @@ class PoisonWeightsAt(Callback):
             with torch.no_grad():
                 for p in pl_module.parameters():
                     p.fill_(float("nan"))
+
+
+class PauseOnceAt(Callback):
+    """At the start of training step ``step``, create ``marker`` and wait (up to ``seconds``) until the process
+    is signalled; only when ``marker`` does not exist yet, so a rerun with the same config runs through."""
+
+    def __init__(self, step: int, marker: str, seconds: float = 120.0) -> None:
+        self.step = step
+        self.marker = Path(marker)
+        self.seconds = seconds
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        if trainer.global_step != self.step or self.marker.exists():
+            return
+        self.marker.touch()
+        deadline = time.monotonic() + self.seconds
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.05)

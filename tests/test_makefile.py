@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 OFFLINE_RUN = "import sys, wandb; wandb.init(mode='offline', dir=sys.argv[1], project='mnm', id=sys.argv[2]); wandb.finish()"
 
 
-def make(*args: str) -> subprocess.CompletedProcess:
+def make(*args: str, wandb: str = "echo") -> subprocess.CompletedProcess:
     """``make -s`` in the repository, never reinstalling (``-o`` the install stamp); ``wandb`` replaced by echo."""
-    return subprocess.run(["make", "-s", "-o", ".venv/.mnm-installed", *args, "WANDB=echo"], cwd=REPO,
+    return subprocess.run(["make", "-s", "-o", ".venv/.mnm-installed", *args, f"WANDB={wandb}"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -43,3 +43,14 @@ def test_make_help_describes_the_label_efficient_protocol_of_its_file() -> None:
     fractions = [f"1/{round(1 / f)}" if f < 1 else "all" for f in pipeline.protocol["fractions"]]
     assert f"{', '.join(fractions[:-1])} and {fractions[-1]} labels x {len(pipeline.protocol['seeds'])} seeds" in line
     assert f"{len(pipeline.report['arms'])} arms" in line
+
+
+def test_wandb_sync_gives_up_after_its_timeout_with_a_message(tmp_path: Path) -> None:
+    """A ``wandb sync`` that hangs (no network) is stopped after ``WANDB_SYNC_TIMEOUT`` seconds."""
+    (tmp_path / "runs" / "a" / "finetune" / "wandb" / "offline-run-20260101_000000-aft").mkdir(parents=True)
+    hanging = tmp_path / "wandb"
+    hanging.write_text("#!/bin/sh\nsleep 60\n")
+    hanging.chmod(0o755)
+    done = make("wandb-sync", f"RUN={tmp_path / 'runs'}", "WANDB_SYNC_TIMEOUT=1", wandb=str(hanging))
+    assert done.returncode != 0
+    assert "error: wandb sync did not end within WANDB_SYNC_TIMEOUT=1 s" in done.stdout

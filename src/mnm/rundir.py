@@ -7,6 +7,8 @@ A run folder holds ``manifest.json`` (one entry per stage) and a folder per stag
     <run>/<stage>/metrics.json           fit scalars, evaluation, wall time, steps
     <run>/<stage>/csv/metrics.csv        the CSV log (attempts merged after a resume)
     <run>/<stage>/checkpoints/           step=*.ckpt and last.ckpt (training states), final.ckpt (weights)
+    <run>/.stage-<stage>.lock            who runs the stage now (mnm.runlock; outside the stage folder,
+                                         which a changed config moves aside)
 
 Report, compare, ensemble and the runner read and write runs through this module only.
 """
@@ -30,7 +32,7 @@ from mnm.config import ConfigError, StageSpec
 
 __all__ = [
     "MANIFEST", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
-    "set_aside_csv_log", "stage_hash", "status_table", "stage_hashes", "write_json",
+    "set_aside_csv_log", "stage_hash", "stage_lock_file", "status_table", "stage_hashes", "write_json",
 ]
 
 MANIFEST = "manifest.json"
@@ -99,6 +101,11 @@ class StageDir:
         return sorted(self.csv_log.parent.glob("metrics.part*.csv"), key=lambda p: int(p.stem[len("metrics.part"):]))
 
 
+def stage_lock_file(run_dir: str | Path, stage: str) -> Path:
+    """The lock file of ``stage`` in ``run_dir`` (see :mod:`mnm.runlock`)."""
+    return Path(run_dir) / f".stage-{stage}.lock"
+
+
 # -- manifest and JSON ----------------------------------------------------------------------------------
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """``manifest.json`` of a run folder ({} when there is none)."""
@@ -133,9 +140,12 @@ def status_table(run_dir: Path) -> str:
     """The stages of a run as a text table: stage, kind, status, steps, wall time, key metric (and any error)."""
     manifest = read_manifest(run_dir)
     if not manifest:
+        inner = sorted(p.parent for p in Path(run_dir).glob(f"*/{MANIFEST}"))
+        if inner:
+            return _inner_runs_table(Path(run_dir), inner)
         raise FileNotFoundError(f"{run_dir}: not a run folder (no {MANIFEST})")
     entries = manifest.get("stages", {})
-    order = [name for name, _ in manifest.get("identity", {}).get("stages", [])] or list(entries)
+    order = _stage_order(manifest)
     rows = [("stage", "kind", "status", "steps", "time", "result")]
     errors = []
     for name in order:
@@ -148,6 +158,22 @@ def status_table(run_dir: Path) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join([f"{manifest.get('pipeline', run_dir)} ({run_dir})", *lines, *errors]) + "\n"
+
+
+def _stage_order(manifest: dict[str, Any]) -> list[str]:
+    """The stages of a run in pipeline order (in the order of their entries for manifests without an identity)."""
+    return [name for name, _ in manifest.get("identity", {}).get("stages", [])] or list(manifest.get("stages", {}))
+
+
+def _inner_runs_table(folder: Path, runs: list[Path]) -> str:
+    """The run folders inside ``folder`` (a protocol's cells), each with its stages finished."""
+    lines = [f"{folder} holds {len(runs)} run folders (a protocol's cells); `mnm pipeline status FOLDER` shows one:"]
+    for run in runs:
+        manifest = read_manifest(run)
+        names = _stage_order(manifest)
+        done = sum(manifest.get("stages", {}).get(name, {}).get("status") == "finished" for name in names)
+        lines.append(f"  {run}  {done}/{len(names)} stages finished")
+    return "\n".join(lines) + "\n"
 
 
 @rank_zero_only

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable, read_checkpoint
 from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.errors import error_message
+from mnm.interrupt import CtrlC
 from mnm.rundir import (
     StageDir,
     config_changes,
@@ -36,17 +37,15 @@ from mnm.rundir import (
     update_manifest,
     write_json,
 )
+from mnm.runlock import lock_stages
 from mnm.stage_cli import build_stage, instantiate_datamodule, parse_stage, stage_class
+from mnm.wandb_mode import wandb_offline, wandb_unreachable
 
-__all__ = ["PipelineRunner", "evaluate", "wandb_offline"]
+__all__ = ["PipelineRunner", "evaluate"]
 
 log = logging.getLogger(__name__)
-
-
-def wandb_offline() -> bool:
-    """W&B stays offline unless the user has set it up (an API key or ``WANDB_MODE=online``)."""
-    mode = os.environ.get("WANDB_MODE", "")
-    return mode != "online" and not (os.environ.get("WANDB_API_KEY") and mode != "offline")
+#: how the manifest writes times (local time)
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def _grew_from(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -63,6 +62,7 @@ class PipelineRunner:
         self.p = pipeline
         self.overwrite = overwrite
         self.fallback_checkpoint = fallback_checkpoint
+        self._offline: bool | None = None
         self.out = pipeline.out_dir
         self.manifest = read_manifest(self.out)
         self._guard_run_dir()
@@ -78,7 +78,8 @@ class PipelineRunner:
                 f"run directory {self.out} belongs to another pipeline ({old['name']}: "
                 f"{[s[0] for s in old['stages']]}); use a new name/--out, or --overwrite to replace it"
             )
-        self._supersede(self.out, "overwrite")
+        with lock_stages(self.out, [name for name, _ in old["stages"]]):  # nobody runs what is moved aside
+            self._supersede(self.out, "overwrite")
         self.manifest = {}
 
     def _supersede(self, folder: Path, tag: str) -> Path:
@@ -168,7 +169,16 @@ class PipelineRunner:
         return problems
 
     def run(self, only: list[str] | None = None) -> dict[str, Any]:
-        """Check every stage, then run (or skip, or resume) them in order; returns the manifest."""
+        """Check every stage, then run (or skip, or resume) them in order; returns the manifest.
+
+        The stages in scope (``only``, or all) stay locked for the whole run (:mod:`mnm.runlock`): another
+        command that wants one of them stops at once.
+        """
+        scope = [spec.name for spec in self.p.stages if not only or spec.name in only]
+        with lock_stages(self.out, scope) if rank_zero_only.rank == 0 else nullcontext():
+            return self._run(only)
+
+    def _run(self, only: list[str] | None) -> dict[str, Any]:
         self.check(only)
         hashes = stage_hashes(self.p.stages)
         ckpts: dict[str, str] = {}
@@ -197,22 +207,38 @@ class PipelineRunner:
         self._save_manifest(spec.name)
         return str(spec.final_weights)
 
-    def _resume_checkpoint(self, stage: StageDir) -> str | None:
+    def _resume_checkpoint(self, stage: StageDir, entry: dict[str, Any]) -> str | None:
+        """The training state an unfinished stage resumes from: ``last.ckpt``, else the newest readable step
+        checkpoint; ``None`` (said aloud, with the progress lost) when there is none."""
         last = stage.last_checkpoint
-        if not last.exists():
-            return None
-        try:
-            read_checkpoint(last)
-            return str(last)
-        except CheckpointError as err:
-            if not self.fallback_checkpoint:
-                raise CheckpointError(
-                    f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
-                    f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
-                ) from None
-            good, _ = newest_loadable(stage.step_checkpoints())
-            log.warning("%s is unreadable; falling back to %s", last, good)
-            return str(good) if good else None
+        if last.exists():
+            try:
+                read_checkpoint(last)
+                return str(last)
+            except CheckpointError as err:
+                if not self.fallback_checkpoint:
+                    raise CheckpointError(
+                        f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
+                        f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
+                    ) from None
+                log.warning("%s is unreadable; falling back to a step checkpoint", last)
+        good, _ = newest_loadable(stage.step_checkpoints())
+        if good:
+            return str(good)
+        lost = f"{entry['step']} steps of earlier progress lost" if entry.get("step") else "its earlier attempt saved none"
+        print(f"[mnm] stage {stage.name}: no checkpoint: starting from step 0 ({lost})")
+        return None
+
+    def _wandb_offline(self) -> bool:
+        """Offline unless set up (:func:`wandb_offline`), and offline with a warning when the server is out of reach
+        (asked once per runner) instead of a long wait and a traceback at the first stage."""
+        if self._offline is None:
+            reason = None if wandb_offline() else wandb_unreachable()
+            if reason:
+                print(f"[mnm] warning: W&B is set up to log online but its server takes no connection ({reason}); "
+                      "logging offline instead (upload later with make wandb-sync)", file=sys.stderr)
+            self._offline = wandb_offline() or reason is not None
+        return self._offline
 
     def _stage_config(self, spec: StageSpec, stage: StageDir, pretrained_backbone: str | None, wandb_id: str) -> dict:
         cfg = copy.deepcopy(spec.config)
@@ -233,6 +259,9 @@ class PipelineRunner:
                     "save_top_k": ck["keep_last"],
                     "every_n_train_steps": ck["every_n_train_steps"],
                     "save_last": True,
+                    # save when due: otherwise a save due at an epoch's last batch waits for the next
+                    # validation (every val_check_interval steps, or never)
+                    "save_on_train_epoch_end": True,
                 },
             }
         ]
@@ -248,7 +277,7 @@ class PipelineRunner:
                     "init_args": {
                         "save_dir": str(stage.root), "project": wb.pop("project"), "group": self.p.name,
                         "job_type": spec.kind, "name": f"{self.p.name}/{spec.name}", "id": wandb_id,
-                        "offline": wandb_offline(), "tags": tags, "resume": "allow", **wb,
+                        "offline": self._wandb_offline(), "tags": tags, "resume": "allow", **wb,
                     },
                 }
             )
@@ -273,7 +302,7 @@ class PipelineRunner:
             print(f"[mnm] stage {spec.name}: not the config of its earlier run ({reason}); "
                   f"that run is moved to {dest} and the stage starts anew")
             entry = {}
-        resume = self._resume_checkpoint(stage) if entry else None
+        resume = self._resume_checkpoint(stage, entry) if entry else None
         if resume:
             set_aside_csv_log(stage)
         wandb_id = entry.get("wandb_id") or f"{self.p.name}-{spec.name}-{h[:8]}".replace("/", "-")
@@ -285,39 +314,49 @@ class PipelineRunner:
         stage.root.mkdir(parents=True, exist_ok=True)
         if rank_zero_only.rank == 0:
             atomic_write_text(stage.config, cli.parser.dump(cli.config, skip_none=False))
+        earlier = _earlier_wall_time(entry, resume)
         entry = {
             "stage": spec.kind, "status": "running", "config_hash": h, "wandb_id": wandb_id,
             "init_from": spec.init_from, "pretrained_backbone": cfg["model"].get("pretrained_backbone"),
-            "resumed_from": resume, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "dir": str(stage.root),
+            "resumed_from": resume, "started": time.strftime(TIME_FORMAT), "dir": str(stage.root),
+            **({"wall_time_s": earlier} if earlier else {}),
         }
         self.manifest["stages"][spec.name] = entry
         self._save_manifest(spec.name)
         print(f"[mnm] stage {spec.name} ({spec.kind})" + (f": resuming from {resume}" if resume else ""))
         t0 = time.perf_counter()
         trainer, model = cli.trainer, cli.model
-        try:
-            trainer.fit(model, datamodule=cli.datamodule, ckpt_path=resume)
-            if trainer.interrupted:
-                raise KeyboardInterrupt
-            trainer.save_checkpoint(final, weights_only=True)
-            metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
-            if spec.evaluate:
-                metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
-        except (SIGTERMException, KeyboardInterrupt):
-            entry.update(status="interrupted", step=trainer.global_step)
-            self._save_manifest(spec.name)
-            raise
-        except BaseException as err:
-            entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}", step=trainer.global_step)
-            self._save_manifest(spec.name)
-            raise
-        finally:
-            _finish_wandb()
+        with CtrlC() as ctrl_c:
+            try:
+                trainer.fit(model, datamodule=cli.datamodule, ckpt_path=resume)
+                if trainer.interrupted:
+                    raise KeyboardInterrupt
+                trainer.save_checkpoint(final, weights_only=True)
+                metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
+                if spec.evaluate:
+                    metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)
+            except BaseException as err:
+                stopped = ctrl_c.pressed or isinstance(err, SIGTERMException | KeyboardInterrupt)
+                entry["wall_time_s"] = earlier + time.perf_counter() - t0
+                if stopped:
+                    entry.update(status="interrupted", step=trainer.global_step)
+                else:
+                    entry.update(status="failed", error=f"{type(err).__name__}: {error_message(err)}",
+                                 step=trainer.global_step)
+                self._save_manifest(spec.name)
+                if stopped:
+                    print(f"[mnm] stage {spec.name}: stopped at step {trainer.global_step}; "
+                          f"{_resume_point(stage)}", file=sys.stderr)
+                if ctrl_c.pressed and not isinstance(err, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None  # Lightning's SystemExit(1) or SIGTERMException: a Ctrl-C
+                raise
+            finally:
+                _finish_wandb()
         merge_csv_logs(stage)
-        metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=time.perf_counter() - t0,
+        metrics.update(stage=spec.name, kind=spec.kind, wall_time_s=earlier + time.perf_counter() - t0,
                        steps=trainer.global_step)
         write_json(stage.metrics, metrics)
-        entry.update(status="finished", checkpoint=str(final), finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        entry.update(status="finished", checkpoint=str(final), finished=time.strftime(TIME_FORMAT),
                      wall_time_s=metrics["wall_time_s"], steps=trainer.global_step)
         if "eval" in metrics:
             key, label = next(iter(type(model).evaluation_metrics.items()))
@@ -359,6 +398,26 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str,
     run = trainer.validate if split == "val" else trainer.test
     run(model, datamodule=datamodule, verbose=False)
     return model.read_evaluation(trainer.callback_metrics, split)
+
+
+def _earlier_wall_time(entry: dict[str, Any], resume: str | None) -> float:
+    """Wall time of the earlier attempts a resumed stage builds on (0 when it starts anew): their recorded sum, and for
+    an attempt killed without a word (still ``running``), its time up to the checkpoint it is resumed from."""
+    if not resume:
+        return 0.0
+    recorded = float(entry.get("wall_time_s") or 0.0)
+    if entry.get("status") != "running" or "started" not in entry:
+        return recorded
+    started = time.mktime(time.strptime(entry["started"], TIME_FORMAT))
+    return recorded + max(0.0, Path(resume).stat().st_mtime - started)
+
+
+def _resume_point(stage: StageDir) -> str:
+    """What a rerun of a stopped stage resumes from, as a sentence."""
+    last = stage.last_checkpoint
+    steps = sorted(stage.step_checkpoints())
+    point = last if last.exists() else (steps[-1] if steps else None)
+    return f"a rerun resumes from {point}" if point else "no checkpoint yet: a rerun starts the stage from step 0"
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

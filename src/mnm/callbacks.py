@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
-import math
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +25,64 @@ class FiniteLossGuard(Callback):
 
     The check runs before ``backward``, so no weight is touched by the bad
     step and no checkpoint is written after it: the last good one is kept.
+    Under DDP the ranks decide together (one gathered scalar per step), so a
+    NaN on one rank stops every rank instead of leaving the others waiting.
     """
 
     def __init__(self, stage: str = "") -> None:
         self.stage = stage
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            where = f"stage {self.stage!r}" if self.stage else type(pl_module).__name__
-            ckpt = trainer.checkpoint_callback
-            kept = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
-            raise NonFiniteLossError(
-                f"{where}: loss is {value} at step {trainer.global_step}; training stopped. "
-                f"Last good checkpoint: {kept}"
-            )
+        values = loss.detach().float().reshape(1)
+        if trainer.world_size > 1:
+            values = trainer.strategy.all_gather(values).flatten()
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        rank = int((~finite).nonzero()[0])
+        where = f"stage {self.stage!r}" if self.stage else type(pl_module).__name__
+        on_rank = f" on rank {rank} of {trainer.world_size}" if trainer.world_size > 1 else ""
+        ckpt = trainer.checkpoint_callback
+        kept = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
+        raise NonFiniteLossError(
+            f"{where}: loss is {float(values[rank])} at step {trainer.global_step}{on_rank}; training stopped. "
+            f"Last good checkpoint: {kept}"
+        )
 
 
 class SigtermCheckpoint(Callback):
     """On SIGTERM (what schedulers send before a kill), save ``last.ckpt`` so a rerun resumes.
 
     Lightning notices the signal and raises ``SIGTERMException`` after the
-    batch; this callback writes the checkpoint first.
+    batch; this callback writes the checkpoint first. Under DDP a signal may
+    reach one rank only, so the ranks decide together after each batch (any
+    rank signalled: all save, all stop); the signal handler then only records
+    the signal (Lightning's own one starts a collective from inside the handler,
+    which hangs when the other ranks are not signalled).
     """
 
     def __init__(self, filename: str = "last.ckpt") -> None:
         self.filename = filename
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: _record_sigterm(trainer, True))
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not trainer.received_sigterm:
+        stop = trainer.received_sigterm
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            _record_sigterm(trainer, stop)  # every rank raises SIGTERMException after this batch
+        if not stop:
             return
         ckpt = trainer.checkpoint_callback
         folder = Path(getattr(ckpt, "dirpath", None) or trainer.default_root_dir)
         trainer.save_checkpoint(folder / self.filename, weights_only=False)
+
+
+def _record_sigterm(trainer: L.Trainer, received: bool) -> None:
+    """Set the flag ``trainer.received_sigterm`` reads (Lightning's signal connector has no setter)."""
+    trainer._signal_connector.received_sigterm = received
 
 
 class RNGStateCheckpoint(Callback):

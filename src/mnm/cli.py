@@ -112,6 +112,12 @@ def _is_sigterm(err: SystemExit) -> bool:
     return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
 
 
+def _on_rank_zero() -> bool:
+    """Whether this process is the first of a distributed run, or not in one (every rank reports the same error)."""
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return rank_zero is None or getattr(rank_zero.rank_zero_only, "rank", 0) == 0
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mnm`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -140,8 +146,9 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as err:
         if not _is_sigterm(err):
             raise
-        print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
-              file=sys.stderr)
+        if _on_rank_zero():
+            print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
+                  file=sys.stderr)
         raise SystemExit(143) from None
     except KeyboardInterrupt:
         print("mnm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
@@ -151,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from mnm.datamodules.errors import error_message
 
-        print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        if _on_rank_zero():
+            print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -49,3 +49,12 @@ def test_nan_on_one_rank_ends_both_with_one_line(tmp_path: Path) -> None:
     assert manifest(out)["stages"]["mix_match"]["status"] == "failed"
     good = read_checkpoint(out / "mix_match" / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+
+
+def test_pixel_contrast_with_a_layer_it_never_uses_runs_under_ddp(tmp_path: Path) -> None:
+    """tiny_pixcon (feature_maps: [3], conv5 unused) on 2 ranks without find_unused_parameters."""
+    out = tmp_path / "run"
+    done = run_two_ranks(out, tmp_path / "data", "steps=2", pipeline=TINY.with_name("tiny_pixcon.yaml"),
+                         only="pixel_contrast")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert manifest(out)["stages"]["pixel_contrast"]["status"] == "finished"

@@ -242,6 +242,21 @@ def test_semi_stage_terms_have_gradient(data: dict, trainer: dict) -> None:
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
+def test_mim_without_class_views_still_reaches_every_decoder_parameter(data: dict, trainer: dict) -> None:
+    """No (confident) class in a batch: the zero reconstruction loss touches the whole decoder, as DDP needs."""
+    cli = build_stage("semi", {"model": {"backbone": "alexnet", "threshold": 1.0, **MIM}, "data": data,
+                               "trainer": trainer})  # fmt: skip
+    dm, model = cli.datamodule, cli.model
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    batch["labeled"]["mask"].fill_(255)
+    target = pseudo_labels(model(batch["unlabeled"]["image"]), ~batch["unlabeled"]["padding"])
+    terms = model.mim_losses(batch["labeled"], batch["unlabeled"], target)
+    assert float(terms["mim_views"]) == 0 and float(terms["mim_recon"]) == 0
+    (terms["mim_recon"] + terms["mim_aggregate"]).backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
+
+
 def test_semi_stage_refuses_labelled_only_data(data: dict, trainer: dict) -> None:
     plain = {**data, "init_args": {**data["init_args"], "train_on": "labeled"}}
     cli = build_stage("semi", {"model": {"backbone": "alexnet"}, "data": plain, "trainer": trainer})

@@ -58,3 +58,5 @@ def test_pixel_contrast_with_a_layer_it_never_uses_runs_under_ddp(tmp_path: Path
                          only="pixel_contrast")
     assert done.returncode == 0, done.stderr[-3000:]
     assert manifest(out)["stages"]["pixel_contrast"]["status"] == "finished"
+    ranks = read_checkpoint(out / "pixel_contrast" / "checkpoints" / "last.ckpt")["callbacks"]["RNGStateCheckpoint"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])  # each rank its own stream

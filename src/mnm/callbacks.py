@@ -86,25 +86,61 @@ def _record_sigterm(trainer: L.Trainer, received: bool) -> None:
 
 
 class RNGStateCheckpoint(Callback):
-    """Store the torch, numpy and Python RNG states in every checkpoint and restore them on resume.
+    """Give each rank its own random stream, store every rank's torch (CPU and CUDA), numpy and Python
+    RNG states in each checkpoint, and restore them on resume.
 
     Lightning restores weights, optimiser and loop state but not the random
     generators, so without this a resumed run would draw other dropout masks
-    than an uninterrupted one.
+    than an uninterrupted one. Every rank starts from the same ``seed_everything``
+    seed; at setup rank ``r > 0`` reseeds with ``seed + r`` so ranks draw different
+    dropout masks (data order and augmentation are keyed by the data modules' own
+    seeds and ranks, :mod:`mnm.datamodules.sampling`). A resume on more ranks than
+    were saved keeps that seeding on the extra ranks.
     """
 
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        if trainer.global_rank > 0:  # before a resume restores the saved states
+            L.seed_everything(torch.initial_seed() + trainer.global_rank, verbose=False)
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]),
-            "python": repr(random.getstate()),
-        }
+        state = _rng_state()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return {"ranks": [state]}
+        ranks: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, state)  # every rank is in save_checkpoint (SigtermCheckpoint)
+        return {"ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-        random.setstate(ast.literal_eval(state["python"]))
+        ranks = state.get("ranks", [state])  # a checkpoint from before per-rank states holds one flat state
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if rank < len(ranks):
+            _set_rng_state(ranks[rank])
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's random states: torch CPU, the current CUDA device's (if CUDA is in use), numpy, Python."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 class PaletteMaskWriter(BasePredictionWriter):

@@ -82,6 +82,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "protocol": _lazy("mnm.protocol"),
     "unsupervised": _lazy("mnm.unsupervised"),
     "predict": _lazy("mnm.predict"),
+    "gpu-check": _lazy("mnm.gpu_check"),
 }
 
 
@@ -100,6 +101,7 @@ def usage() -> str:
         "  mnm protocol FILE [--fractions F] [--seeds S]     a benchmark over label fractions x seeds\n"
         "  mnm unsupervised FILE [--seeds S]                 clustering arms: matched mIoU, linear probe, cluster maps\n"
         "  mnm speed [--only mnm graph finetune data]        speed and cost of the training steps (make speed)\n"
+        "  mnm gpu-check [--out DIR]                         a first GPU session's checks, ~10 min (make gpu-check)\n"
         "  mnm benchmark FILE --out DIR                      run experiment arms and report them (make camvid-cpu)\n"
         "  mnm demo                                          the synthetic benchmark behind make demo\n"
         "\nAdd --help to any command; --debug shows tracebacks."

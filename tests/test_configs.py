@@ -325,3 +325,11 @@ def test_ddp_profile_refuses_an_uneven_or_unknown_device_count() -> None:
     tiny = {s.name: s.config["trainer"] for s in load_pipeline(CONF / "pipelines/tiny.yaml", ["trainer=ddp"]).stages}
     assert all(t["precision"] == "bf16-mixed" and t["sync_batchnorm"] and "accumulate_grad_batches" not in t
                for t in tiny.values())  # not a release pipeline: the profile's numerics, a batch per process
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
+def test_every_gpu_stage_pins_its_batches(path: Path) -> None:
+    """A stage whose data section is another class (the proxy's image folder) sets pin_memory itself."""
+    for spec in load_pipeline(path).stages:
+        if spec.config["trainer"].get("accelerator") == "gpu":
+            assert spec.config["data"]["init_args"].get("pin_memory") is True, spec.name

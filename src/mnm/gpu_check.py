@@ -71,12 +71,13 @@ def synthetic_batch(images: int, size: int, classes: int = 5, seed: int = 0) -> 
 
 
 def _mix_match(backbone: str, patches_per_image: int, out_size: int = 128) -> Any:
+    """An M&M stage with the release's settings: its patch quota, mean fill, loss / 2N and Caffe BGR input."""
     from mnm.stages.mix_match import MixMatchStage
 
-    kwargs = {"backbone_kwargs": {"bn_affine": False, "input_norm": "caffe_bgr"}} if backbone == "alexnet_caffe" else {}
+    options = {"input_norm": "caffe_bgr", **({"bn_affine": False} if backbone == "alexnet_caffe" else {})}
     return MixMatchStage(backbone=backbone, patches_per_image=patches_per_image, patch_quota="release",
                          patch_fill="mean", loss_normalization="release", patch_out_size=out_size, knn_probe=False,
-                         **kwargs)  # fmt: skip
+                         backbone_kwargs=options)  # fmt: skip
 
 
 def check_agreement(device: str, images: int = 8, size: int = 256, patches_per_image: int = 9) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import random
 import signal
 import threading
@@ -103,8 +104,11 @@ class RNGStateCheckpoint(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
-        if trainer.global_rank > 0:  # before a resume restores the saved states
-            L.seed_everything(torch.initial_seed() + trainer.global_rank, verbose=False)
+        if stage == "fit" and trainer.global_rank > 0:  # before a resume restores the saved states
+            seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + trainer.global_rank  # seed_everything's
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
 
     def state_dict(self) -> dict[str, Any]:
         state = _rng_state()

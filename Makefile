@@ -8,6 +8,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 MNM := $(BIN)/mnm
 SHARED ?= ../shared
 CAMVID_ROOT ?= $(SHARED)/data/camvid
+MSRC_ROOT ?= $(SHARED)/data/msrc
 EVAL_SPLIT ?= val
 MARGIN ?= 2.1
 VOC_ROOT ?=
@@ -25,7 +26,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data gpu-check bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient camvid-semi camvid-semi-600 camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data gpu-check bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient msrc-label-efficient camvid-semi camvid-semi-600 camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -77,6 +78,11 @@ camvid-cpu-margin: $(STAMP) ## margin ablation of camvid-cpu: its M&M graph arm 
 camvid-label-efficient: $(STAMP) ## CamVid, 1/8 and all labels x 3 seeds, 5 arms, probe (resumable; FRACTIONS=, SEEDS=, ARMS= restrict) -> runs/camvid-label-efficient/protocol.md
 	@test -d "$(CAMVID_ROOT)" || { echo "CAMVID_ROOT=$(CAMVID_ROOT) is not a folder"; exit 2; }
 	$(MNM) protocol conf/benchmarks/camvid_label_efficient.yaml --set data.root=$(CAMVID_ROOT) --eval-split $(EVAL_SPLIT) \
+		$(if $(FRACTIONS),--fractions $(FRACTIONS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
+
+msrc-label-efficient: $(STAMP) ## MSRC-21, label fractions x 5 seeds, fine-tuning and frozen read-outs, 95% CIs (resumable; FRACTIONS=, SEEDS=, ARMS= restrict) -> runs/msrc-label-efficient/protocol.md
+	@test -d "$(MSRC_ROOT)" || { echo "MSRC_ROOT=$(MSRC_ROOT) is not a folder"; exit 2; }
+	$(MNM) protocol conf/benchmarks/msrc_label_efficient.yaml --set data.root=$(MSRC_ROOT) --eval-split $(EVAL_SPLIT) \
 		$(if $(FRACTIONS),--fractions $(FRACTIONS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(ARMS),--arms $(ARMS))
 
 camvid-semi: $(STAMP) ## CamVid, 1/8 labels x 3 seeds: supervised-only, M&M, semi, semi + class-wise MIM (SEEDS=, ARMS= restrict) -> runs/camvid-semi/protocol.md

@@ -1,5 +1,5 @@
-"""LightningDataModules for VOC, Cityscapes, CamVid, image folders and synthetic data; classification data
-(including crops of a segmentation set labelled by their majority class)."""
+"""LightningDataModules for VOC, Cityscapes, CamVid, MSRC-21 (any images/labels/split-list layout), image
+folders and synthetic data; classification data (including crops of a segmentation set labelled by their majority class)."""
 
 from mnm.datamodules.base import DataError, SegmentationDataModule, loader_throughput
 from mnm.datamodules.camvid import CamVidDataModule
@@ -16,6 +16,7 @@ from mnm.datamodules.classification import (
 )
 from mnm.datamodules.cocostuff import CocoStuff27DataModule
 from mnm.datamodules.folder import ImageFolderDataModule
+from mnm.datamodules.listed import ListedSegmentationDataModule
 from mnm.datamodules.segmentation_crops import SegmentationCropsDataModule
 from mnm.datamodules.synthetic import SyntheticDataModule
 from mnm.datamodules.voc import VOCDataModule
@@ -35,6 +36,7 @@ __all__ = [
     "CityscapesDataModule",
     "DataError",
     "ImageFolderDataModule",
+    "ListedSegmentationDataModule",
     "SegmentationCropsDataModule",
     "SegmentationDataModule",
     "SyntheticDataModule",

@@ -78,6 +78,8 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         eval_size: side of the ``pad`` square (release: 512).
         eval_window: side of the ``sliding`` crops (release: 512).
         eval_stride: step of the ``sliding`` crops (release: 256).
+        freeze_backbone: train the head alone on a fixed backbone (weights and batch-norm statistics): the
+            frozen read-out of what a pre-trained representation carries, beside full fine-tuning.
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 
@@ -100,6 +102,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         eval_size: int = 512,
         eval_window: int = 512,
         eval_stride: int = 256,
+        freeze_backbone: bool = False,
         **kwargs: Any,
     ) -> None:
         if eval_mode not in EVAL_MODES:
@@ -116,12 +119,26 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         )
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index)
         self.test_metrics = SegmentationMetrics(num_classes, ignore_index=ignore_index)
+        if freeze_backbone:
+            self.backbone.requires_grad_(False).eval()
         #: the last evaluation's results (``miou``, ``per_class_iou``, ``pixel_acc``), for reports
         self.last_eval: dict[str, Any] = {}
 
+    def train(self, mode: bool = True) -> SegmentStage:
+        """As :meth:`torch.nn.Module.train`, but a frozen backbone stays in eval mode (fixed BN statistics)."""
+        super().train(mode)
+        if self.hparams.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, image: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's feature maps; without autograd when the backbone is frozen."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):
+            return self.backbone.features(image)
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class logits at the input resolution."""
-        return self.head(self.backbone.features(image), image.shape[-2:])
+        return self.head(self.features(image), image.shape[-2:])
 
     def predict_probs(self, image: torch.Tensor) -> torch.Tensor:
         """Class probabilities at the image's size, fed as ``eval_mode`` says, with the configured test-time
@@ -158,7 +175,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         with self.phase_timer("forward"):
             if isinstance(self.head, SparseHypercolumnHead):  # scores and labels at random points only
                 points = self.head.training_points(len(image), image.shape[-2:], self.training_generator(batch_idx))
-                logits = self.head(self.backbone.features(image), image.shape[-2:], points)
+                logits = self.head(self.features(image), image.shape[-2:], points)
                 index = points.long().to(mask.device)
                 mask = mask[torch.arange(len(mask), device=mask.device)[:, None], index[..., 0], index[..., 1]]
             else:

@@ -27,3 +27,11 @@ def camvid_root() -> Path:
     root = SHARED / "data" / "camvid"
     assert root.is_dir(), f"the shared CamVid copy is missing: {root} (CI runs with ../shared beside the repo)"
     return root
+
+
+@pytest.fixture(scope="session")
+def msrc_root() -> Path:
+    """The real MSRC-21 copy beside the repo; tests that need it fail (not skip) when it is missing."""
+    root = SHARED / "data" / "msrc"
+    assert root.is_dir(), f"the shared MSRC-21 copy is missing: {root} (CI runs with ../shared beside the repo)"
+    return root

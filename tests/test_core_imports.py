@@ -9,7 +9,7 @@ CORE = (
     "mnm.backbones", "mnm.heads", "mnm.losses", "mnm.mix", "mnm.match", "mnm.metrics", "mnm.rng",
     "mnm.colorization", "mnm.jigsaw", "mnm.checkpoints", "mnm.phases", "mnm.probe", "mnm.param_groups",
     "mnm.eval_views", "mnm.semi", "mnm.mim",
-    "mnm.clustering", "mnm.hungarian", "mnm.linear_probe",
+    "mnm.clustering", "mnm.hungarian", "mnm.linear_probe", "mnm.caffe_import",
 )  # fmt: skip
 
 

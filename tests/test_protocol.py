@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mnm.config import ConfigError
-from mnm.protocol import cell_name, load_cell, paired_differences, paired_verdict, run_protocol
+from mnm.protocol import cell_name, load_cell, paired_differences, run_protocol
 
 FILE = "conf/benchmarks/tiny_protocol.yaml"
 
@@ -80,12 +80,17 @@ def test_arms_are_paired_by_seed_against_the_first_arm(protocol: tuple[Path, dic
     assert "| random → M&M graph → fine-tune | random → fine-tune |" in (out / "protocol.md").read_text()
 
 
-def test_paired_verdict_needs_every_seed_on_one_side_and_a_mean_beyond_the_spread() -> None:
-    assert paired_verdict([0.03, 0.02, 0.04], [0.01, 0.02]) == "higher"
-    assert paired_verdict([-0.03, -0.02, -0.04], [0.01, 0.02]) == "lower"
-    assert paired_verdict([0.03, 0.02, 0.04], [0.01, 0.05]) == "no difference"  # an arm's spread is larger
-    assert paired_verdict([0.06, -0.01, 0.04], [0.01, 0.01]) == "no difference"  # seeds disagree
-    assert paired_verdict([0.05], [float("nan")]) == "too few seeds"
+def test_the_first_pair_is_compared_class_by_class(protocol: tuple[Path, dict]) -> None:
+    out, report = protocol
+    per_class = report["per_class"]
+    assert (per_class["arm"], per_class["against"]) == ("random → M&M graph → fine-tune", "random → fine-tune")
+    rows = {r["class"]: r for r in per_class["by_fraction"]["0.5"]}
+    cells = [report["cells"][cell_name(0.5, s)]["per_class"] for s in (0, 1)]
+    name = next(n for n in rows if all(np.isfinite(c[per_class["arm"]][n]) for c in cells))
+    expected = [c[per_class["arm"]][name] - c[per_class["against"]][name] for c in cells]
+    assert rows[name]["values"] == pytest.approx(expected)
+    assert rows[name]["arm_mean"] == pytest.approx(np.mean([c[per_class["arm"]][name] for c in cells]))
+    assert f"| {name} |" in (out / "protocol.md").read_text()
 
 
 def test_paired_differences_use_only_seeds_where_both_arms_finished() -> None:
@@ -99,6 +104,7 @@ def test_paired_differences_use_only_seeds_where_both_arms_finished() -> None:
     assert list(paired) == ["0.5"]
     (row,) = paired["0.5"]
     assert row["seeds"] == [0, 1] and row["values"] == pytest.approx([0.10, 0.05]) and row["n"] == 2
+    assert row["ci_low"] < row["mean"] < row["ci_high"] and row["verdict"] in ("higher", "no difference")
 
 
 def test_report_pairs_must_name_arms(tmp_path: Path, repo_root: Path, monkeypatch) -> None:

@@ -113,6 +113,20 @@ def test_segment_trains_the_sparse_hypercolumn_head_on_points(data: dict) -> Non
     assert np.isfinite(float(logged["train/loss"])) and 0 <= float(logged["val/miou"]) <= 1
 
 
+def test_frozen_read_out_trains_the_head_alone(data: dict) -> None:
+    """``freeze_backbone``: after fitting, every backbone tensor (weights and BN statistics) is as it started."""
+    cli = build_stage("segment", {"model": {"backbone": "alexnet", "freeze_backbone": True}, "data": data,
+                                  "trainer": TRAINER})
+    backbone = {k: v.clone() for k, v in cli.model.backbone.state_dict().items()}
+    head = {k: v.clone() for k, v in cli.model.head.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    after = cli.model.backbone.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in backbone.items())
+    assert any(not torch.equal(v, cli.model.head.state_dict()[k]) for k, v in head.items())
+    cli.model.train()
+    assert cli.model.head.training and not cli.model.backbone.training  # BN statistics stay fixed
+
+
 def test_accumulated_batches_of_one_step_draw_differently(data: dict) -> None:
     """Under ``accumulate_grad_batches`` the batches of one optimiser step get their own draws; without, the step's."""
     cli = build_stage("mix-match", {"model": MODELS["mix-match"], "data": data,

@@ -5,7 +5,7 @@
 runs a whole pipeline; ``mnm data synth`` writes the synthetic dataset;
 ``mnm compare`` plots runs side by side; ``mnm speed`` times the training
 steps (``mnm bench`` is its old name); ``mnm benchmark``/``demo`` run experiment
-arms and report them.
+arms and report them; ``mnm import-caffe`` writes Caffe weights as a checkpoint.
 """
 
 from __future__ import annotations
@@ -60,6 +60,38 @@ def _data(argv: list[str]) -> None:
     main(argv[1:])
 
 
+def _import_caffe(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="mnm import-caffe",
+        description="Write a Caffe .caffemodel's weights as an mnm checkpoint (for model.pretrained_backbone, "
+        "mnm probe and the pipelines' proxy_weights).",
+    )
+    parser.add_argument("caffemodel", help="binary Caffe weights (NetParameter; current or legacy V1 layers)")
+    parser.add_argument("--backbone", required=True, help="alexnet_caffe, vgg16_bn or alexnet")
+    parser.add_argument("--out", required=True, help="checkpoint to write (FILE.ckpt)")
+    parser.add_argument("--input-norm", default="caffe_bgr",
+                        help="input normalisation the weights expect (default caffe_bgr: BGR 0..255 minus the mean)")
+    parser.add_argument("--bn-affine", choices=("true", "false"),
+                        help="batch norm with scale and shift (default: as the file's batch norms)")
+    parser.add_argument("--identity-bn", action="store_true",
+                        help="give convs without a batch norm in the file an identity one")
+    args = parser.parse_args(argv)
+    from mnm.caffe_import import EXTRA_KEY, map_onto_backbone, read_caffemodel
+    from mnm.checkpoints import atomic_torch_save
+    from mnm.stages.base import ARCH_KEY
+
+    layers, form = read_caffemodel(args.caffemodel)
+    affine = None if args.bn_affine is None else args.bn_affine == "true"
+    result = map_onto_backbone(layers, args.backbone, args.input_norm, affine, args.identity_bn)
+    for warning in result.warnings:
+        print(f"mnm: warning: {warning}", file=sys.stderr)
+    state = {f"backbone.{k}": v for k, v in result.backbone.state_dict().items()}
+    atomic_torch_save({"state_dict": state, ARCH_KEY: result.arch, EXTRA_KEY: result.extra,
+                       "caffe_source": {"file": args.caffemodel, "format": form, "mapping": result.mapping}}, args.out)
+    settings = " ".join(f"{k}={v}" for k, v in result.arch.items())
+    print(f"[mnm] {args.out}: {len(result.mapping)} convs of {args.caffemodel} ({form} format) as {settings}")
+
+
 def _lazy(module: str, func: str = "main") -> Callable[[list[str]], None]:
     def call(argv: list[str]) -> None:
         import importlib
@@ -72,6 +104,7 @@ def _lazy(module: str, func: str = "main") -> Callable[[list[str]], None]:
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "pipeline": _pipeline,
     "data": _data,
+    "import-caffe": _import_caffe,
     "compare": _lazy("mnm.compare"),
     "demo": _lazy("mnm.demo"),
     "speed": _lazy("mnm.speed"),
@@ -97,6 +130,7 @@ def usage() -> str:
         "  mnm predict STAGE_DIR IMAGES --out DIR            masks (input size) from a trained segment stage\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
+        "  mnm import-caffe MODEL --backbone B --out CKPT   a Caffe .caffemodel as an mnm checkpoint\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
         "  mnm protocol FILE [--fractions F] [--seeds S]     a benchmark over label fractions x seeds\n"
         "  mnm unsupervised FILE [--seeds S]                 clustering arms: matched mIoU, linear probe, cluster maps\n"

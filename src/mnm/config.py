@@ -16,7 +16,9 @@ Config files are LightningCLI configs (top-level ``model``/``data``/``trainer``)
 so the same files serve ``mnm <stage> fit -c FILE``. ``init_from`` names the
 stage whose final weights start this one (default: the previous stage; ``none``:
 random init); the runner passes them as ``model.pretrained_backbone``.
-``evaluate`` defaults to the stage class's ``evaluation_split``.
+``evaluate`` defaults to the stage class's ``evaluation_split``. ``final_weights: FILE`` (e.g.
+``"${proxy_weights}"``, null by default) stands for the stage's final weights: the stage is not run and
+the stages that start from it get FILE (an imported model: ``mnm import-caffe``).
 
 The language is small and hand-rolled (see the commit message of its split from
 the runner): a ``class_path`` that changes replaces a whole sub-mapping, a whole
@@ -39,7 +41,8 @@ from mnm.stage_cli import STAGES, stage_class
 
 PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report",
                  "protocol"}
-STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data", "trainer", "seed_everything"}
+STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data", "trainer", "seed_everything",
+              "final_weights"}
 SECTIONS = ("model", "data", "trainer")
 #: pipeline settings a ``--set`` may change (besides vars, config sections and ``stages.<name>.``)
 SETTABLE = ("name", "seed", "deterministic", "out_dir", "wandb", "checkpoint")
@@ -145,6 +148,8 @@ class StageSpec:
     config: dict[str, Any]
     init_from: str | None
     evaluate: str | None
+    #: a weights file that stands for the stage's final weights: the stage is not run
+    final_weights: str | None = None
 
 
 @dataclass
@@ -352,7 +357,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         own = deep_merge(_load_layers(entry.get("config", []), base_dir, f"{where}.config"),
                          {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
         config = deep_merge({k: v for k, v in defaults.items() if k in SECTIONS}, own)
-        file_text.append(yaml.safe_dump(config))
+        file_text.append(yaml.safe_dump([config, entry.get("final_weights")]))
         if hardware is not None:
             trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in HARDWARE_KEYS}
             config["trainer"] = {**trainer, **hardware, **fixed, **_experiment_settings(own)}
@@ -370,6 +375,7 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
                 config=config,
                 init_from=None if init_from == "none" else init_from,
                 evaluate=entry.get("evaluate", stage_class(entry["stage"]).evaluation_split),
+                final_weights=entry.get("final_weights"),
             )
         )
     for name in overrides.stages:
@@ -381,13 +387,16 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         if not used:
             raise ConfigError(f"--set {key}: changes no stage (each replaces {key.split('.')[0]} with another class); "
                               f"use --set stages.<name>.{key} (stages: {sorted(names)})")
-    used_text = yaml.safe_dump([[s.config for s in stages], raw.get("report"), raw.get("out_dir")])
+    used_text = yaml.safe_dump([[[s.config, s.final_weights] for s in stages], raw.get("report"), raw.get("out_dir")])
     for var in overrides.variables:
         if f"${{{var}}}" not in used_text:
             raise ConfigError(f"--set {var}: the pipeline never uses ${{{var}}}, so it would change nothing")
     seed = int(raw.get("seed", 0))
     for s in stages:
         s.config = _substitute(s.config, variables, f"{path}: stage {s.name}")
+        s.final_weights = _substitute(s.final_weights, variables, f"{path}: stage {s.name}")
+        if s.final_weights is not None and not isinstance(s.final_weights, str):
+            raise ConfigError(f"{path}: stage {s.name}: final_weights must be a file path, got {s.final_weights!r}")
         s.config.setdefault("seed_everything", seed)
         s.config.setdefault("model", {}).setdefault("seed", seed)
         trainer = s.config.setdefault("trainer", {})

@@ -18,7 +18,8 @@ standard deviation over seeds (``ddof=1``).
 
 Arms are also compared seed by seed: ``report.pairs`` lists ``[arm, against]`` stage pairs (default:
 every arm against the first), and the report gives the mean ± std of the paired differences of the
-main metric with a verdict (:func:`paired_verdict`).
+main metric, the 95 % confidence interval of the mean difference and the verdict it gives
+(:func:`mnm.paired.paired_interval`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mnm.backbones import build_backbone
 from mnm.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
 from mnm.checkpoints import atomic_write_text
 from mnm.config import ConfigError, Pipeline
+from mnm.paired import paired_interval
 from mnm.probe import RepresentationProbe, score_backbone
 from mnm.report import init_chain
 from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
@@ -181,6 +183,9 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             row["total_time_s"] = sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)
             row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
             cell["arms"][label] = row
+            if "per_class_iou" in evaluation:
+                per_class = zip(evaluation["class_names"], evaluation["per_class_iou"], strict=True)
+                cell.setdefault("per_class", {})[label] = {name: float(v) for name, v in per_class}
             table.setdefault(label, {}).setdefault(f"{fraction:g}", []).append(row)
     summary = {
         label: {
@@ -190,19 +195,9 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
         for label, by_fraction in table.items()
     }
     paired = paired_differences(per_cell, pairs, next(iter(metrics), "miou"))
-    return {"summary": summary, "paired": paired, "cells": per_cell, "wall_time_s": wall_time, "metrics": metrics}
-
-
-def paired_verdict(differences: Sequence[float], spreads: Sequence[float]) -> str:
-    """``higher``/``lower`` when every seed's difference has the same sign and the mean difference is
-    larger than each arm's own seed std (``spreads``); ``no difference`` otherwise; ``too few seeds`` below 2."""
-    if len(differences) < 2:
-        return "too few seeds"
-    mean = float(np.mean(differences))
-    agree = all(d > 0 for d in differences) or all(d < 0 for d in differences)
-    if agree and abs(mean) > max(spreads):
-        return "higher" if mean > 0 else "lower"
-    return "no difference"
+    per_class = per_class_differences(per_cell, pairs[0]) if pairs else {}
+    return {"summary": summary, "paired": paired, "per_class": per_class, "cells": per_cell, "wall_time_s": wall_time,
+            "metrics": metrics}
 
 
 def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]],
@@ -220,12 +215,47 @@ def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]
             a = [c["arms"][arm][key] for c in both]
             b = [c["arms"][against][key] for c in both]
             differences = [x - y for x, y in zip(a, b, strict=True)]
-            spreads = [float(np.std(v, ddof=1)) for v in (a, b)] if len(both) > 1 else [math.nan]
             rows.append({"arm": arm, "against": against, "seeds": [c["seed"] for c in both],
-                         **mean_std(differences), "verdict": paired_verdict(differences, spreads)})
+                         **paired_interval(differences)})
         if rows:
             out[f"{fraction:g}"] = rows
     return out
+
+
+def per_class_differences(per_cell: dict[str, Any], pair: tuple[str, str]) -> dict[str, Any]:
+    """``arm``, ``against`` and, per fraction (``by_fraction``) and class, the IoU of the arm and of the arm it is
+    compared against (means over the seeds where both finished and the class was scored) and their paired
+    difference (:func:`paired_interval`)."""
+    arm, against = pair
+    out: dict[str, list[dict[str, Any]]] = {}
+    for fraction in sorted({cell["fraction"] for cell in per_cell.values()}):
+        both = [c["per_class"] for c in per_cell.values() if c["fraction"] == fraction
+                and arm in c.get("per_class", {}) and against in c.get("per_class", {})]
+        rows = []
+        for name in both[0][arm] if both else []:
+            scored = [(c[arm][name], c[against][name]) for c in both
+                      if math.isfinite(c[arm][name]) and math.isfinite(c[against][name])]
+            if scored:
+                a, b = zip(*scored, strict=True)
+                rows.append({"class": name, "arm_mean": float(np.mean(a)), "against_mean": float(np.mean(b)),
+                             **paired_interval([x - y for x, y in scored])})
+        if rows:
+            out[f"{fraction:g}"] = rows
+    return {"arm": arm, "against": against, "by_fraction": out}
+
+
+def per_class_markdown(rows: Sequence[dict[str, Any]], arm: str, against: str) -> list[str]:
+    """Lines of the per-class IoU table of the first pair at one fraction (empty without rows)."""
+    if not rows:
+        return []
+    lines = [f"Per class, IoU (%) of *{arm}* and of *{against}* (means over seeds), and their paired difference "
+             "with its 95 % confidence interval:\n",
+             "| class | arm | against | difference | 95 % CI |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ci = "–" if r["ci_low"] is None else f"[{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}]"
+        lines.append(f"| {r['class']} | {100 * r['arm_mean']:.1f} | {100 * r['against_mean']:.1f} | "
+                     f"{100 * r['mean']:+.1f} (n={r['n']}) | {ci} |")
+    return [*lines, ""]
 
 
 def format_mean_std(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
@@ -270,6 +300,9 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}")
         parts.append("")
         parts += paired_markdown(report.get("paired", {}).get(fraction, []), name)
+        per_class = report.get("per_class") or {}
+        parts += per_class_markdown(per_class.get("by_fraction", {}).get(fraction, []), per_class.get("arm"),
+                                    per_class.get("against"))
     parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
 
@@ -278,14 +311,19 @@ def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
     """Lines of the paired-difference table of one fraction (empty without rows)."""
     if not rows:
         return []
-    lines = [f"Paired by seed, {name} of the arm minus {name} of the arm it is compared against (points); "
-             "a verdict needs every seed on one side and a mean beyond both arms' seed std.\n",
-             "| arm | against | difference | per seed | verdict |", "|---|---|---:|---|---|"]
+    lines = [f"Paired by seed, {name} of the arm minus {name} of the arm it is compared against (points): "
+             "mean ± std, the 95 % confidence interval of the mean (Student's t over seeds); the verdict follows "
+             "the interval (above 0: higher, below: lower, else no difference). *Detectable*: the true difference "
+             "a paired t-test finds with 80 % power at this spread (`mnm.paired`); smaller gains could go unseen.\n",
+             "| arm | against | difference | 95 % CI | detectable | per seed | verdict |",
+             "|---|---|---:|---:|---:|---|---|"]
     for r in rows:
         per_seed = ", ".join(f"s{s}: {100 * v:+.2f}" for s, v in zip(r["seeds"], r["values"], strict=True))
-        std = "" if math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}"
-        lines.append(f"| {r['arm']} | {r['against']} | {100 * r['mean']:+.2f}{std} (n={r['n']}) | {per_seed} | "
-                     f"{r['verdict']} |")
+        std = "" if r.get("std") is None or math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}"
+        ci = "–" if r.get("ci_low") is None else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
+        detectable = "–" if r.get("detectable") is None else f"±{100 * r['detectable']:.2f}"
+        lines.append(f"| {r['arm']} | {r['against']} | {100 * r['mean']:+.2f}{std} (n={r['n']}) | {ci} | "
+                     f"{detectable} | {per_seed} | {r['verdict']} |")
     return [*lines, ""]
 
 

@@ -224,6 +224,9 @@ def stage_hashes(stages: Iterable[StageSpec], config_of: Callable[[StageSpec], d
     """:func:`stage_hash` of every stage of a pipeline, in order; ``config_of`` picks what of the config counts."""
     hashes: dict[str, str] = {}
     for spec in stages:
+        if spec.final_weights:  # not run: the file is what it hands on
+            hashes[spec.name] = stage_hash(spec.kind, {"final_weights": spec.final_weights}, None, None)
+            continue
         config = spec.config if config_of is None else config_of(spec)
         hashes[spec.name] = stage_hash(spec.kind, config, spec.evaluate, hashes.get(spec.init_from or ""))
     return hashes

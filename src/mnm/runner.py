@@ -109,8 +109,11 @@ class PipelineRunner:
         """
         hashes = stage_hashes(self.p.stages)
         problems = []
+        not_run = self.stages_not_run()
         for spec in self.p.stages:
-            if (only and spec.name not in only) or self._finished(spec, hashes[spec.name]):
+            if spec.final_weights:
+                problems += [f"stage {spec.name!r} ({spec.kind}): final_weights: {p}" for p in _weights_problems(spec)]
+            if spec.name in not_run or (only and spec.name not in only) or self._finished(spec, hashes[spec.name]):
                 continue
             problems += [f"stage {spec.name!r} ({spec.kind}): {p}" for p in self._stage_problems(spec)]
         if len(problems) == 1:
@@ -118,9 +121,27 @@ class PipelineRunner:
         if problems:
             raise ConfigError(f"{len(problems)} problems, found before any stage started:\n  " + "\n  ".join(problems))
 
+    def stages_not_run(self) -> set[str]:
+        """Stages that do not run: those a ``final_weights`` file stands for, and those whose weights only
+        such stages would take (``proxy`` before a given ``mix_match``), unless they are evaluated."""
+        skip: set[str] = set()
+        for spec in reversed(self.p.stages):
+            takers = [s.name for s in self.p.stages if s.init_from == spec.name]
+            if spec.final_weights or (takers and all(t in skip for t in takers) and not spec.evaluate):
+                skip.add(spec.name)
+        return skip
+
+    def _given_weights(self, name: str | None) -> str | None:
+        """The ``final_weights`` file that stands for stage ``name``, if one does."""
+        return next((s.final_weights for s in self.p.stages if s.name == name), None)
+
+    def _final_weights(self, name: str) -> str:
+        """Where stage ``name``'s final weights are (or will be): its ``final_weights`` file or its run folder."""
+        return self._given_weights(name) or str(StageDir.of(self.out, name).final_checkpoint)
+
     def _stage_problems(self, spec: StageSpec) -> list[str]:
-        upstream = StageDir.of(self.out, spec.init_from).final_checkpoint if spec.init_from else None
-        cfg = self._stage_config(spec, StageDir.of(self.out, spec.name), upstream and str(upstream), "check")
+        upstream = self._final_weights(spec.init_from) if spec.init_from else None
+        cfg = self._stage_config(spec, StageDir.of(self.out, spec.name), upstream, "check")
         try:
             parsed = parse_stage(spec.kind, cfg, label=spec.name)
         except Exception as err:  # jsonargparse errors name the key
@@ -131,6 +152,9 @@ class PipelineRunner:
         weights = (spec.config.get("model") or {}).get("pretrained_backbone")
         if weights and not Path(weights).is_file():
             problems.append(f"model.pretrained_backbone: file not found: {weights}")
+        given = self._given_weights(spec.init_from)
+        if given and not weights and Path(given).is_file():
+            problems += _handoff_problems(given, parsed.model.as_dict())
         try:
             instantiate_datamodule(parsed.data.as_dict()).check_source()
         except Exception as err:  # bad settings or a missing data root
@@ -148,8 +172,15 @@ class PipelineRunner:
         self.check(only)
         hashes = stage_hashes(self.p.stages)
         ckpts: dict[str, str] = {}
+        not_run = self.stages_not_run()
         for spec in self.p.stages:
             h = hashes[spec.name]
+            if spec.final_weights:
+                ckpts[spec.name] = self._stand_in(spec, h)
+                continue
+            if spec.name in not_run:
+                print(f"[mnm] stage {spec.name}: not run; the stages that start from it are given as weights files")
+                continue
             if only and spec.name not in only:
                 entry = self.manifest["stages"].get(spec.name, {})
                 if entry.get("status") == "finished":
@@ -157,6 +188,14 @@ class PipelineRunner:
                 continue
             ckpts[spec.name] = self.run_stage(spec, h, ckpts.get(spec.init_from) if spec.init_from else None)
         return self.manifest
+
+    def _stand_in(self, spec: StageSpec, h: str) -> str:
+        """Record that ``spec.final_weights`` stands for the stage (it is not run); returns the file."""
+        print(f"[mnm] stage {spec.name}: not run; its final weights are {spec.final_weights}")
+        self.manifest["stages"][spec.name] = {"stage": spec.kind, "status": "given", "config_hash": h,
+                                              "checkpoint": spec.final_weights}
+        self._save_manifest(spec.name)
+        return str(spec.final_weights)
 
     def _resume_checkpoint(self, stage: StageDir) -> str | None:
         last = stage.last_checkpoint
@@ -289,6 +328,28 @@ class PipelineRunner:
             entry["score"] = {"metric": label, "value": metrics["eval"][key]}
         self._save_manifest(spec.name)
         return str(final)
+
+
+def _weights_problems(spec: StageSpec) -> list[str]:
+    """Why ``spec.final_weights`` cannot start the next stage (a missing or unreadable file), if it cannot."""
+    try:
+        read_checkpoint(str(spec.final_weights))
+    except (FileNotFoundError, CheckpointError) as err:
+        return [str(err)]
+    return []
+
+
+def _handoff_problems(path: str, model: dict[str, Any]) -> list[str]:
+    """Why the weights file ``path`` cannot start a stage of these model settings (another backbone,
+    ``in_chans``, ``bn_affine`` or ``input_norm``), if it cannot."""
+    from mnm.stages.base import check_backbone_matches
+
+    try:
+        check_backbone_matches(path, read_checkpoint(path), model["backbone"], model["in_chans"],
+                               model.get("backbone_kwargs"))
+    except (ValueError, FileNotFoundError) as err:
+        return [str(err)]
+    return []
 
 
 def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast lint demo speed speed-data bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient msrc-label-efficient camvid-semi camvid-semi-600 camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
+.PHONY: help install test test-fast lint demo speed speed-data gpu-check bench bench-data camvid-cpu camvid-cpu-margin camvid-label-efficient msrc-label-efficient camvid-semi camvid-semi-600 camvid-mm-sweep camvid-unsupervised classify-cpu classify-camvid voc-colorize voc-random \
 	cityscapes-colorize cityscapes-random colorize jigsaw mix-match segment wandb-sync clean
 
 help: ## list the targets
@@ -59,6 +59,9 @@ speed: $(STAMP) ## speed and cost of an M&M step, graph scaling, fine-tune, load
 
 speed-data: $(STAMP) ## data-loader images/s on CamVid (0 and 2 workers)
 	$(MNM) speed --out runs/speed --camvid-root $(CAMVID_ROOT) --only data
+
+gpu-check: $(STAMP) ## on a CUDA machine: environment, CPU/GPU agreement, M&M step times vs the paper, tiny on the GPU (~10 min) -> runs/gpu-check/gpu_check.md
+	$(MNM) gpu-check --out runs/gpu-check
 
 bench: speed ## old name of `make speed` (kept for one release)
 

@@ -144,20 +144,21 @@ class BaseStage(ScalarLogging, L.LightningModule):
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones or []), gamma=hp.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def step_generator(self, step: int, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded by ``(seed, step, rank, salt)``.
+    def step_generator(self, step: int, salt: int = 0, per_rank: bool = True) -> torch.Generator:
+        """A CPU generator seeded by ``(seed, step, rank, salt)`` (without the rank: the same on every rank).
 
         Draws made from it depend only on the step, so a run resumed from a
         checkpoint makes the same draws as an uninterrupted one.
         """
-        seed = self.hparams.seed * 1_000_003 + step * 7_919 + self.global_rank * 104_729 + salt * 15_485_863
+        rank = self.global_rank if per_rank else 0
+        seed = self.hparams.seed * 1_000_003 + step * 7_919 + rank * 104_729 + salt * 15_485_863
         return torch.Generator().manual_seed(seed % (2**63))
 
-    def training_generator(self, batch_idx: int) -> torch.Generator:
+    def training_generator(self, batch_idx: int, per_rank: bool = True) -> torch.Generator:
         """:meth:`step_generator` of a training batch, keyed by the optimiser step and, under gradient
         accumulation, the batch's place in it (so the batches of one step draw differently)."""
         accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
-        return self.step_generator(self.global_step * accumulate + batch_idx % accumulate)
+        return self.step_generator(self.global_step * accumulate + batch_idx % accumulate, per_rank=per_rank)
 
     def probe_scores(self) -> dict[str, float]:
         """kNN probe of the backbone (:mod:`mnm.probe`) on fixed patch sets of the data module.

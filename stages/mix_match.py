@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from mnm.backbones import EMBEDDINGS
 from mnm.losses import REDUCTIONS, TripletLoss, TripletStats
-from mnm.match import graph_triplets, random_triplets
+from mnm.match import gather_nodes, graph_triplets, random_triplets
 from mnm.mix import PatchBatch, PatchSampler
 from mnm.stages.base import LabelledPretrainingStage
 
@@ -39,7 +38,9 @@ class MixMatchStage(LabelledPretrainingStage):
         max_overlap: reject a patch overlapping a chosen one by more than this share.
         ignore_index: label value never used as a patch centre (linked from data).
         global_graph: build one graph over the patches of all devices (embeddings all-gathered
-            with gradient), so the graph grows with the number of devices.
+            with gradient), so the graph grows with the number of devices. Every rank draws the
+            same training triplets (a generator keyed by the step, not the rank), so the loss is
+            that one graph's and DDP's gradient is its gradient (:func:`mnm.match.gather_nodes`).
         knn_probe: at the end of each validation, log the kNN probe of the backbone
             (``val/knn_acc``, ``val/knn_acc_balanced``, ``val/effective_rank``; see :mod:`mnm.probe`).
         loss_normalization: ``mean`` (the summed hinge over N triplets / N) or ``release``
@@ -120,17 +121,24 @@ class MixMatchStage(LabelledPretrainingStage):
         with self.phase_timer("loss"):
             return self.loss_fn(embeddings, triplets.to(embeddings.device))
 
-    def _step(self, batch: dict[str, Any], generator: torch.Generator, prefix: str) -> torch.Tensor | None:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        graph = self.training_generator(batch_idx, per_rank=False) if self.hparams.global_graph else None
+        return self._step(batch, self.training_generator(batch_idx), "train", graph)
+
+    def _step(
+        self, batch: dict[str, Any], generator: torch.Generator, prefix: str, graph: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """Mix with ``generator`` (this rank's), match with ``graph`` where given (the same on every rank)."""
         with self.phase_timer("mix"):
             patches = self.mix(batch, generator)
         with self.phase_timer("forward"):
             embeddings, labels = self.backbone.embed(patches.patches, self.hparams.embedding), patches.labels
         if self.hparams.global_graph and self.trainer.world_size > 1:
-            embeddings, labels = self._gather_nodes(embeddings, labels)
+            embeddings, labels = gather_nodes(embeddings, labels)
         if labels.numel() < 2:
             # nothing to match: a zero loss that still touches every parameter keeps DDP ranks in step
             return sum(p.sum() * 0.0 for p in self.parameters())
-        stats = self.match_and_score(embeddings, labels, generator)
+        stats = self.match_and_score(embeddings, labels, graph or generator)
         self.log_scalars(
             prefix,
             {
@@ -144,14 +152,3 @@ class MixMatchStage(LabelledPretrainingStage):
             batch_size=len(batch["image"]),
         )
         return stats.loss
-
-    def _gather_nodes(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """All-gather the nodes of every device (with gradient); ranks may hold different counts."""
-        counts = self.all_gather(torch.tensor([labels.numel()], device=labels.device)).flatten()
-        pad = int(counts.max()) - labels.numel()
-        embeddings = F.pad(embeddings, (0, 0, 0, pad))
-        labels = F.pad(labels, (0, pad), value=-1)
-        embeddings = self.all_gather(embeddings, sync_grads=True).flatten(0, 1)
-        labels = self.all_gather(labels).flatten(0, 1)
-        keep = labels >= 0
-        return embeddings[keep], labels[keep]

@@ -16,9 +16,12 @@ from mnm.losses import (
     pixel_contrast_stats,
     within_image_pixel_contrastive_loss,
 )
+from mnm.param_groups import freeze_unreached
 from mnm.stages.base import LabelledPretrainingStage
 
 MODES = ("within", "cross")
+#: side of the grey image that finds the parameters the loss cannot reach (:func:`mnm.param_groups.freeze_unreached`)
+PROBE_SIZE = 96
 
 
 class PixelContrastStage(LabelledPretrainingStage):
@@ -77,6 +80,8 @@ class PixelContrastStage(LabelledPretrainingStage):
         in_channels = sum(self.backbone.out_channels[i] for i in self.feature_maps)
         self.head = ProjectionHead(in_channels, projection_layers, projection_channels)
         self.distortion = ColorDistortion(distortion_strength)
+        # layers past the last map used (conv5 with feature_maps: [3]) get no gradient: frozen, DDP runs without them
+        self.unreached_parameters = freeze_unreached(self, lambda: self(torch.full((1, 3, PROBE_SIZE, PROBE_SIZE), 0.5)))
 
     def grid_size(self, image: torch.Tensor) -> tuple[int, int]:
         """The loss grid of an input batch: its size over ``grid_stride`` (at least 1×1)."""

@@ -147,7 +147,7 @@ class SemiStage(SegmentStage):
                 recon = reconstruction_loss(self.decoder(features, (h, w)), normalised, views.masked)
                 aggregate = aggregation_loss(features, views.masked, views.visible)
             else:  # no (confident) class anywhere in the batch
-                recon = aggregate = self.decoder.project.weight.sum() * 0.0
+                recon = aggregate = sum(p.sum() for p in self.decoder.parameters()) * 0.0  # DDP: every one used
             masked_weak = torch.where(mask[len(labeled["image"]) :, None], fill, unlabeled["image"])
             semantic = unlabelled_loss(self(masked_weak), target, hp.threshold)
         return {"mim_recon": recon, "mim_aggregate": aggregate, "mim_semantic": semantic,

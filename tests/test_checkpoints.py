@@ -71,3 +71,24 @@ def test_atomic_files_get_the_mode_of_the_users_umask(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o640
+
+
+def test_rng_states_restore_draws_in_the_per_rank_and_the_older_flat_format() -> None:
+    import random
+
+    import numpy as np
+
+    from mnm.callbacks import RNGStateCheckpoint
+
+    def draws() -> tuple:
+        return torch.rand(3).tolist(), float(np.random.rand()), random.random()
+
+    callback = RNGStateCheckpoint()
+    torch.manual_seed(3)
+    saved = callback.state_dict()
+    assert len(saved["ranks"]) == 1 and ("cuda" in saved["ranks"][0]) == torch.cuda.is_initialized()
+    expected = draws()
+    callback.load_state_dict(saved)
+    assert draws() == expected
+    callback.load_state_dict(saved["ranks"][0])  # a checkpoint written before per-rank states
+    assert draws() == expected

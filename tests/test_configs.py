@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from mnm.cli import main
-from mnm.config import ConfigError, load_pipeline
+from mnm.config import ConfigError, load_pipeline, read_pipeline_file
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import build_stage
 
@@ -215,7 +215,7 @@ def test_set_trainer_profile_replaces_the_hardware_settings_only() -> None:
     for spec in pipeline.stages:
         trainer = spec.config["trainer"]
         assert trainer["accelerator"] == "cpu" and trainer["precision"] == "32-true"
-        assert "sync_batchnorm" not in trainer and "benchmark" not in trainer and trainer["max_steps"] > 0
+        assert not trainer["sync_batchnorm"] and "benchmark" not in trainer and trainer["max_steps"] > 0
 
 
 @pytest.mark.parametrize(
@@ -278,3 +278,58 @@ def test_a_foreign_data_root_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"2 problems.*\n.*mix_match.*not an mnm synthetic dataset"):
         PipelineRunner(pipeline).run()
     assert not (tmp_path / "out").exists()
+
+
+# -- hardware profiles on GPUs ------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", PIPELINES + BENCHMARKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_gpu_profiles_never_enable_strict_determinism(path: Path) -> None:
+    """CUDA has no deterministic cross-entropy, pooling or resize backward: ``deterministic: true`` warns there."""
+    for profile in ("gpu", "ddp"):
+        for spec in load_pipeline(path, [f"trainer={profile}", "trainer.devices=1"]).stages:
+            assert spec.config["trainer"].get("deterministic") in (None, False, "warn"), (profile, spec.name)
+    strict = [s.config["trainer"].get("deterministic") for s in load_pipeline(path, ["trainer=cpu"]).stages]
+    assert set(strict) == ({True} if read_pipeline_file(path).get("deterministic") else {None})
+
+
+RELEASE = [p for p in PIPELINES if p.stem.endswith(("_graph", "_random"))]
+
+
+@pytest.mark.parametrize("path", RELEASE, ids=lambda p: p.stem)
+def test_ddp_profile_keeps_release_precision_batch_norm_and_images_per_update(path: Path) -> None:
+    alone = {s.name: s.config for s in load_pipeline(path).stages}
+    devices = 2 if "alexnet" in path.stem else 4  # the AlexNet fine-tuning accumulates 4, the VGG ones 4 and 8
+    sets = ["trainer=ddp", f"trainer.devices={devices}"]
+    if "alexnet" in path.stem:  # one 40-image graph per update: the release's batch on one GPU
+        with pytest.raises(ConfigError, match=r"--set trainer=ddp: stage 'mix_match' accumulates 1 batch\(es\).*"
+                                              r"2 processes cannot share them.*stages\.mix_match\.trainer\.devices=1"):
+            load_pipeline(path, sets)
+        sets.append("stages.mix_match.trainer.devices=1")
+    for spec in load_pipeline(path, sets).stages:
+        trainer, before = spec.config["trainer"], alone[spec.name]["trainer"]
+        assert trainer["strategy"] == "ddp" and trainer["precision"] == "32-true" and trainer["sync_batchnorm"] is False
+        batch = spec.config["data"]["init_args"]["batch_size"]
+        assert batch == alone[spec.name]["data"]["init_args"]["batch_size"]
+        if spec.name in ("mix_match", "finetune"):  # the release's batches; a proxy stage takes a batch per process
+            assert batch * trainer["accumulate_grad_batches"] * trainer["devices"] == batch * before["accumulate_grad_batches"]
+        else:
+            assert "accumulate_grad_batches" not in trainer
+
+
+def test_ddp_profile_refuses_an_uneven_or_unknown_device_count() -> None:
+    path = CONF / "pipelines/voc_random_vgg16_graph.yaml"
+    with pytest.raises(ConfigError, match=r"stage 'mix_match' accumulates 4 batch\(es\).*3 processes cannot share"):
+        load_pipeline(path, ["trainer=ddp", "trainer.devices=3"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"devices: -1 cannot be counted on this machine; set trainer.devices=N"):
+            load_pipeline(path, ["trainer=ddp"])
+    tiny = {s.name: s.config["trainer"] for s in load_pipeline(CONF / "pipelines/tiny.yaml", ["trainer=ddp"]).stages}
+    assert all(t["precision"] == "bf16-mixed" and t["sync_batchnorm"] and "accumulate_grad_batches" not in t
+               for t in tiny.values())  # not a release pipeline: the profile's numerics, a batch per process
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
+def test_every_gpu_stage_pins_its_batches(path: Path) -> None:
+    """A stage whose data section is another class (the proxy's image folder) sets pin_memory itself."""
+    for spec in load_pipeline(path).stages:
+        if spec.config["trainer"].get("accelerator") == "gpu":
+            assert spec.config["data"]["init_args"].get("pin_memory") is True, spec.name

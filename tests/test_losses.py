@@ -78,3 +78,22 @@ def test_release_normalisation_halves_the_mean() -> None:
     torch.testing.assert_close(TripletLoss(MARGIN)(e, triplets).loss, torch.tensor(2.1))
     with pytest.raises(ValueError, match="unknown reduction 'sum'"):
         TripletLoss(reduction="sum")
+
+
+def test_pixel_contrast_and_cluster_logits_stay_fp32_under_bf16_autocast() -> None:
+    """bf16 similarities at tau = 0.07 are off by ~0.06 in the logits: both are computed in fp32 instead."""
+    from mnm.clustering import distance_logits
+    from mnm.losses import within_image_pixel_contrastive_loss
+
+    generator = torch.Generator().manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(2, 300, 64, generator=generator), dim=2)
+    labels = torch.randint(0, 5, (2, 300), generator=generator)
+    maps, centroids = torch.randn(2, 64, 8, 8, generator=generator), torch.randn(10, 64, generator=generator)
+    loss, logits = within_image_pixel_contrastive_loss(features, labels, [255], 0.07), distance_logits(maps, centroids, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.bmm(features, features.transpose(1, 2)).dtype == torch.bfloat16  # what autocast would do
+        loss_bf16 = within_image_pixel_contrastive_loss(features, labels, [255], 0.07)
+        logits_bf16 = distance_logits(maps, centroids, 0.1)
+    assert logits_bf16.dtype == torch.float32
+    torch.testing.assert_close(loss_bf16, loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits_bf16, logits, rtol=0, atol=1e-6)

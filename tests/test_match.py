@@ -133,3 +133,15 @@ def test_random_triplets_can_disconnect_a_class_but_graph_never_does() -> None:
     graph_ok = [classes_connected(lab, graph_triplets(lab, generator=_gen(s))) for s in seeds]
     assert all(graph_ok)
     assert sum(random_ok) < len(seeds) // 2
+
+
+# -- one graph across ranks ------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_global_graph_on_two_ranks_is_the_single_process_graph(tmp_path) -> None:
+    """2 gloo ranks with 5 and 7 nodes under DDP: the same triplets on both, and the gradient is the whole graph's
+    (``mnm gpu-check`` runs the same check over NCCL)."""
+    from mnm.gpu_check import check_global_graph
+
+    result = check_global_graph("gloo", tmp_path)
+    assert result["triplets"] > 0 and result["gradient_max_error"] < 1e-6

@@ -115,6 +115,20 @@ def test_gradients_reach_head_and_backbone_and_skip_ignored_pixels() -> None:
                                within_image_pixel_contrastive_loss(z.detach(), labels, [255], 0.07))
 
 
+def test_layers_past_the_used_maps_are_frozen_and_every_other_parameter_gets_a_gradient() -> None:
+    """feature_maps: [3] on AlexNet never reaches conv5 + bn5: they are frozen, so DDP needs no unused-parameter search."""
+    from mnm.stages.pixel_contrast import PixelContrastStage
+
+    model = PixelContrastStage(backbone="alexnet", feature_maps=[3], projection_channels=16, mode="within")
+    assert model.unreached_parameters == ["backbone.body.14.weight", "backbone.body.14.bias",
+                                          "backbone.body.15.weight", "backbone.body.15.bias"]
+    assert PixelContrastStage(backbone="alexnet", projection_channels=16).unreached_parameters == []
+    batch = {"image": torch.rand(2, 3, 64, 64), "mask": torch.randint(0, 3, (2, 64, 64))}
+    model._step(batch, torch.Generator().manual_seed(0), "val").backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == p.requires_grad == (name not in model.unreached_parameters), name
+
+
 def test_projection_head_shape_and_unit_length() -> None:
     head = ProjectionHead(12, num_layers=3, channels=8)
     out = head([torch.randn(2, 5, 3, 4), torch.randn(2, 7, 6, 8)], (6, 8))

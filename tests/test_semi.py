@@ -226,13 +226,17 @@ def test_semi_stage_fast_dev_run_logs_every_term(model: dict, data: dict, traine
         assert float(logged["train/mim_recon"]) > 0 and float(logged["train/mim_views"]) > 0
 
 
-def test_semi_stage_terms_have_gradient(data: dict, trainer: dict) -> None:
-    cli = build_stage("semi", {"model": {"backbone": "alexnet", "threshold": 0.0, **MIM}, "data": data,
+def mim_model_and_batch(data: dict, trainer: dict, threshold: float) -> tuple:
+    """A semi stage with MIM, its first training batch and the pseudo-labels of its unlabelled images."""
+    cli = build_stage("semi", {"model": {"backbone": "alexnet", "threshold": threshold, **MIM}, "data": data,
                                "trainer": trainer})  # fmt: skip
-    dm, model = cli.datamodule, cli.model
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    target = pseudo_labels(model(batch["unlabeled"]["image"]), ~batch["unlabeled"]["padding"])
+    cli.datamodule.setup("fit")
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    return cli.model, batch, pseudo_labels(cli.model(batch["unlabeled"]["image"]), ~batch["unlabeled"]["padding"])
+
+
+def test_semi_stage_terms_have_gradient(data: dict, trainer: dict) -> None:
+    model, batch, target = mim_model_and_batch(data, trainer, threshold=0.0)
     for name in ("mim_recon", "mim_aggregate", "mim_semantic"):
         model.zero_grad()
         terms = model.mim_losses(batch["labeled"], batch["unlabeled"], target)
@@ -240,6 +244,16 @@ def test_semi_stage_terms_have_gradient(data: dict, trainer: dict) -> None:
         terms[name].backward()
         grads = [p.grad for p in model.backbone.parameters() if p.grad is not None]
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+def test_mim_without_class_views_still_reaches_every_decoder_parameter(data: dict, trainer: dict) -> None:
+    """No (confident) class in a batch: the zero reconstruction loss touches the whole decoder, as DDP needs."""
+    model, batch, target = mim_model_and_batch(data, trainer, threshold=1.0)  # no pseudo-label is that confident
+    batch["labeled"]["mask"].fill_(255)
+    terms = model.mim_losses(batch["labeled"], batch["unlabeled"], target)
+    assert float(terms["mim_views"]) == 0 and float(terms["mim_recon"]) == 0
+    (terms["mim_recon"] + terms["mim_aggregate"]).backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
 
 
 def test_semi_stage_refuses_labelled_only_data(data: dict, trainer: dict) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
-import math
+import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,61 +26,125 @@ class FiniteLossGuard(Callback):
 
     The check runs before ``backward``, so no weight is touched by the bad
     step and no checkpoint is written after it: the last good one is kept.
+    Under DDP the ranks decide together (one gathered scalar per step), so a
+    NaN on one rank stops every rank instead of leaving the others waiting.
     """
 
     def __init__(self, stage: str = "") -> None:
         self.stage = stage
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            where = f"stage {self.stage!r}" if self.stage else type(pl_module).__name__
-            ckpt = trainer.checkpoint_callback
-            kept = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
-            raise NonFiniteLossError(
-                f"{where}: loss is {value} at step {trainer.global_step}; training stopped. "
-                f"Last good checkpoint: {kept}"
-            )
+        values = loss.detach().float().reshape(1)
+        if trainer.world_size > 1:
+            values = trainer.strategy.all_gather(values).flatten()
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        rank = int((~finite).nonzero()[0])
+        where = f"stage {self.stage!r}" if self.stage else type(pl_module).__name__
+        on_rank = f" on rank {rank} of {trainer.world_size}" if trainer.world_size > 1 else ""
+        ckpt = trainer.checkpoint_callback
+        kept = getattr(ckpt, "last_model_path", "") or getattr(ckpt, "best_model_path", "") or "none yet"
+        raise NonFiniteLossError(
+            f"{where}: loss is {float(values[rank])} at step {trainer.global_step}{on_rank}; training stopped. "
+            f"Last good checkpoint: {kept}"
+        )
 
 
 class SigtermCheckpoint(Callback):
     """On SIGTERM (what schedulers send before a kill), save ``last.ckpt`` so a rerun resumes.
 
     Lightning notices the signal and raises ``SIGTERMException`` after the
-    batch; this callback writes the checkpoint first.
+    batch; this callback writes the checkpoint first. Under DDP a signal may
+    reach one rank only, so the ranks decide together after each batch (any
+    rank signalled: all save, all stop); the signal handler then only records
+    the signal (Lightning's own one starts a collective from inside the handler,
+    which hangs when the other ranks are not signalled).
     """
 
     def __init__(self, filename: str = "last.ckpt") -> None:
         self.filename = filename
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: _record_sigterm(trainer, True))
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not trainer.received_sigterm:
+        stop = trainer.received_sigterm
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            _record_sigterm(trainer, stop)  # every rank raises SIGTERMException after this batch
+        if not stop:
             return
         ckpt = trainer.checkpoint_callback
         folder = Path(getattr(ckpt, "dirpath", None) or trainer.default_root_dir)
         trainer.save_checkpoint(folder / self.filename, weights_only=False)
 
 
+def _record_sigterm(trainer: L.Trainer, received: bool) -> None:
+    """Set the flag ``trainer.received_sigterm`` reads (Lightning's signal connector has no setter)."""
+    trainer._signal_connector.received_sigterm = received
+
+
 class RNGStateCheckpoint(Callback):
-    """Store the torch, numpy and Python RNG states in every checkpoint and restore them on resume.
+    """Give each rank its own random stream, store every rank's torch (CPU and CUDA), numpy and Python
+    RNG states in each checkpoint, and restore them on resume.
 
     Lightning restores weights, optimiser and loop state but not the random
     generators, so without this a resumed run would draw other dropout masks
-    than an uninterrupted one.
+    than an uninterrupted one. Every rank starts from the same ``seed_everything``
+    seed; at setup rank ``r > 0`` reseeds with ``seed + r`` so ranks draw different
+    dropout masks (data order and augmentation are keyed by the data modules' own
+    seeds and ranks, :mod:`mnm.datamodules.sampling`). A resume on more ranks than
+    were saved keeps that seeding on the extra ranks.
     """
 
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        if stage == "fit" and trainer.global_rank > 0:  # before a resume restores the saved states
+            seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) + trainer.global_rank  # seed_everything's
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "torch": torch.get_rng_state(),
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]),
-            "python": repr(random.getstate()),
-        }
+        state = _rng_state()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return {"ranks": [state]}
+        ranks: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(ranks, state)  # every rank is in save_checkpoint (SigtermCheckpoint)
+        return {"ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        torch.set_rng_state(state["torch"])
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-        random.setstate(ast.literal_eval(state["python"]))
+        ranks = state.get("ranks", [state])  # a checkpoint from before per-rank states holds one flat state
+        rank = self._trainer.global_rank if self._trainer is not None else 0
+        if rank < len(ranks):
+            _set_rng_state(ranks[rank])
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's random states: torch CPU, the current CUDA device's (if CUDA is in use), numpy, Python."""
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"], torch.cuda.current_device())
 
 
 class PaletteMaskWriter(BasePredictionWriter):

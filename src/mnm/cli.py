@@ -115,6 +115,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "protocol": _lazy("mnm.protocol"),
     "unsupervised": _lazy("mnm.unsupervised"),
     "predict": _lazy("mnm.predict"),
+    "gpu-check": _lazy("mnm.gpu_check"),
 }
 
 
@@ -134,6 +135,7 @@ def usage() -> str:
         "  mnm protocol FILE [--fractions F] [--seeds S]     a benchmark over label fractions x seeds\n"
         "  mnm unsupervised FILE [--seeds S]                 clustering arms: matched mIoU, linear probe, cluster maps\n"
         "  mnm speed [--only mnm graph finetune data]        speed and cost of the training steps (make speed)\n"
+        "  mnm gpu-check [--out DIR]                         a first GPU session's checks, ~10 min (make gpu-check)\n"
         "  mnm benchmark FILE --out DIR                      run experiment arms and report them (make camvid-cpu)\n"
         "  mnm demo                                          the synthetic benchmark behind make demo\n"
         "\nAdd --help to any command; --debug shows tracebacks."
@@ -144,6 +146,12 @@ def _is_sigterm(err: SystemExit) -> bool:
     """Whether ``err`` is Lightning's SIGTERMException (looked up only if Lightning was loaded: ``--help`` stays fast)."""
     exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
     return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
+def _on_rank_zero() -> bool:
+    """Whether this process is the first of a distributed run, or not in one (every rank reports the same error)."""
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    return rank_zero is None or getattr(rank_zero.rank_zero_only, "rank", 0) == 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,8 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as err:
         if not _is_sigterm(err):
             raise
-        print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
-              file=sys.stderr)
+        if _on_rank_zero():
+            print("mnm: interrupted by SIGTERM; a checkpoint was saved — rerun the same command to resume",
+                  file=sys.stderr)
         raise SystemExit(143) from None
     except KeyboardInterrupt:
         print("mnm: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
@@ -185,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         from mnm.datamodules.errors import error_message
 
-        print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)
+        if _on_rank_zero():
+            print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)
         raise SystemExit(1) from None
 
 

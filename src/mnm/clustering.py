@@ -80,12 +80,16 @@ def fit_spherical_kmeans(samples: Tensor, num_clusters: int, seed: int, batch_si
 
 
 def distance_logits(features: Tensor, centroids: Tensor, temperature: float = 1.0) -> Tensor:
-    """``-‖f̂ - ĉ‖² / T`` for unit-length features and centroids: ``B×K×H×W`` from ``B×D×H×W`` (or ``N×K``)."""
-    f = F.normalize(features, dim=1)
-    c = F.normalize(centroids, dim=1).to(f)
-    if f.ndim == 2:
-        return -(2.0 - 2.0 * f @ c.T) / temperature
-    return -(2.0 - 2.0 * torch.einsum("bdhw,kd->bkhw", f, c)) / temperature
+    """``-‖f̂ - ĉ‖² / T`` for unit-length features and centroids: ``B×K×H×W`` from ``B×D×H×W`` (or ``N×K``).
+
+    Computed in fp32 under autocast too (a bf16 product would be off by ~1e-2 before the division by ``T``).
+    """
+    with torch.autocast(features.device.type, enabled=False):
+        f = F.normalize(features.float(), dim=1)
+        c = F.normalize(centroids.float(), dim=1).to(f.device)
+        if f.ndim == 2:
+            return -(2.0 - 2.0 * f @ c.T) / temperature
+        return -(2.0 - 2.0 * torch.einsum("bdhw,kd->bkhw", f, c)) / temperature
 
 
 def assign(features: Tensor, centroids: Tensor) -> Tensor:

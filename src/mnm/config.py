@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from mnm.paths import find_file, repo_relative_paths, where_to_run_hint
@@ -48,6 +49,9 @@ SECTIONS = ("model", "data", "trainer")
 SETTABLE = ("name", "seed", "deterministic", "out_dir", "wandb", "checkpoint")
 #: the trainer settings a hardware profile (``--set trainer=cpu`` -> ``conf/trainer/cpu.yaml``) replaces
 HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "sync_batchnorm", "benchmark")
+#: the numerics of an experiment: a setting of these outside ``conf/trainer/`` (``conf/release/training.yaml``)
+#: survives ``--set trainer=<profile>``
+EXPERIMENT_KEYS = ("precision", "sync_batchnorm")
 
 
 class ConfigError(ValueError):
@@ -255,13 +259,63 @@ def hardware_profile(name: str, base_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in trainer.items() if k in HARDWARE_KEYS}
 
 
+def _is_profile(ref: Any, base_dir: Path) -> bool:
+    """Whether a config layer is a hardware profile (a file in ``conf/trainer/``)."""
+    return isinstance(ref, str) and _resolve_file(ref, base_dir).resolve().parent == (
+        _resolve_file("conf/trainer", base_dir).resolve())
+
+
+def _experiment_settings(layers: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`EXPERIMENT_KEYS` a merged layer sets in its ``trainer`` section."""
+    return {k: v for k, v in (layers.get("trainer") or {}).items() if k in EXPERIMENT_KEYS}
+
+
+def _process_count(trainer: dict[str, Any]) -> int | None:
+    """Training processes of a trainer section (devices x num_nodes); None where only the machine knows."""
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, list):
+        count = len(devices)
+    elif str(devices).isdigit() and int(devices) > 0:
+        count = int(devices)
+    elif trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():  # -1 / "auto": every GPU
+        count = torch.cuda.device_count()
+    else:
+        return None
+    return count * int(trainer.get("num_nodes", 1))
+
+
+def keep_images_per_update(stage: StageSpec, profile: str) -> None:
+    """Divide a stage's ``accumulate_grad_batches`` by its processes so an update sees the pipeline's images.
+
+    A stage that sets ``accumulate_grad_batches`` (``A``, 1 included) fixes its images per update
+    as on one device; on ``W`` processes it accumulates ``A / W``, and a ``W`` that does not divide
+    ``A`` is refused. A stage that leaves it unset takes a batch per process.
+    """
+    trainer = stage.config.setdefault("trainer", {})
+    if "accumulate_grad_batches" not in trainer:
+        return
+    batches = int(trainer["accumulate_grad_batches"])
+    where = f"--set trainer={profile}: stage {stage.name!r} accumulates {batches} batch(es) per update as on one device"
+    processes = _process_count(trainer)
+    if processes is None:
+        raise ConfigError(f"{where}, and devices: {trainer.get('devices')} cannot be counted on this machine; "
+                          "set trainer.devices=N")
+    if batches % processes:
+        raise ConfigError(
+            f"{where}; {processes} processes cannot share them, so each update would see other images than the "
+            f"pipeline's (docs/release-fidelity.md); use a device count dividing {batches}, or "
+            f"--set stages.{stage.name}.trainer.devices=1")
+    trainer["accumulate_grad_batches"] = batches // processes
+
+
 def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str | None = None) -> Pipeline:
     """Parse a pipeline YAML, apply ``--set key=value`` overrides, and merge every stage's config layers.
 
     Every ``--set`` changes the run or raises :class:`ConfigError` naming the key: a var
     must be used as ``${var}`` somewhere; ``seed``, ``name``, ``wandb.*``, ... change the
     pipeline's settings; ``trainer=cpu`` replaces every stage's hardware settings with
-    ``conf/trainer/cpu.yaml``; ``model.*``/``data.*``/``trainer.*`` apply on top of every
+    ``conf/trainer/cpu.yaml`` (except :data:`EXPERIMENT_KEYS` set outside ``conf/trainer/``, and
+    dividing ``accumulate_grad_batches`` by the processes, :func:`keep_images_per_update`); ``model.*``/``data.*``/``trainer.*`` apply on top of every
     stage (except stages whose section is another class than the defaults'); and
     ``stages.<name>.*`` to that stage.
     """
@@ -273,6 +327,8 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
     variables = dict(raw.get("vars") or {})
     base_dir = path.resolve().parent
     defaults = _load_layers(raw.get("defaults") or [], base_dir, f"{path}: defaults")
+    fixed = _experiment_settings(_load_layers([ref for ref in raw.get("defaults") or [] if not _is_profile(ref, base_dir)],
+                                              base_dir, f"{path}: defaults"))
     file_text = [yaml.safe_dump([raw.get("report"), raw.get("out_dir")])]  # what the file uses, before any --set
     overrides = Overrides.parse(list(sets or []), variables)
     variables.update(overrides.variables)
@@ -300,14 +356,13 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         if init_from not in (None, "none") and init_from not in names:
             raise ConfigError(f"{where} ({entry['name']}): init_from {init_from!r} is not an earlier stage")
         names.add(entry["name"])
-        config = {k: v for k, v in defaults.items() if k in SECTIONS}
-        if "config" in entry:
-            config = deep_merge(config, _load_layers(entry["config"], base_dir, f"{where}.config"))
-        config = deep_merge(config, {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
+        own = deep_merge(_load_layers(entry.get("config", []), base_dir, f"{where}.config"),
+                         {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
+        config = deep_merge({k: v for k, v in defaults.items() if k in SECTIONS}, own)
         file_text.append(yaml.safe_dump([config, entry.get("final_weights")]))
         if hardware is not None:
             trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in HARDWARE_KEYS}
-            config["trainer"] = deep_merge(trainer, hardware)
+            config["trainer"] = {**trainer, **hardware, **fixed, **_experiment_settings(own)}
         for key, value in overrides.sections:
             section = key.split(".")[0]
             if _class_path(defaults.get(section)) in (None, _class_path(config.get(section))):
@@ -346,8 +401,11 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
             raise ConfigError(f"{path}: stage {s.name}: final_weights must be a file path, got {s.final_weights!r}")
         s.config.setdefault("seed_everything", seed)
         s.config.setdefault("model", {}).setdefault("seed", seed)
-        if raw.get("deterministic"):
-            s.config.setdefault("trainer", {})["deterministic"] = True
+        trainer = s.config.setdefault("trainer", {})
+        if raw.get("deterministic"):  # CUDA lacks deterministic kernels for cross-entropy, pooling and resize backward
+            trainer["deterministic"] = True if trainer.get("accelerator") == "cpu" else "warn"
+        if overrides.hardware:
+            keep_images_per_update(s, overrides.hardware)
     for var in _read_yaml(path, "pipeline").get("vars") or {}:  # the file's own vars (an inherited one may go unused)
         if not any(f"${{{var}}}" in text for text in file_text):
             raise ConfigError(f"{path}: vars.{var} is declared but no setting uses ${{{var}}}, so it changes nothing")

@@ -9,11 +9,30 @@ another class exists" (all labels equal).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed._functional_collectives import all_gather_single
 
 from mnm.rng import uniform_below
 
-__all__ = ["graph_triplets", "random_triplets"]
+__all__ = ["gather_nodes", "graph_triplets", "random_triplets"]
+
+
+def gather_nodes(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The nodes of every rank, in rank order, on every rank (embeddings keep their gradient).
+
+    Ranks may hold different counts. The backward sums each rank's gradient of
+    its own nodes over the ranks, so when every rank computes the same loss over
+    the whole graph, DDP's mean of the ranks' gradients is that loss's gradient.
+    """
+    count = torch.tensor([labels.numel()], device=labels.device)
+    counts = all_gather_single(count, 0, dist.group.WORLD)
+    pad = int(counts.max()) - labels.numel()
+    embeddings = all_gather_single(F.pad(embeddings, (0, 0, 0, pad)).contiguous(), 0, dist.group.WORLD)
+    labels = all_gather_single(F.pad(labels, (0, pad), value=-1).contiguous(), 0, dist.group.WORLD)
+    keep = labels >= 0
+    return embeddings[keep], labels[keep]
 
 
 class _ClassIndex:

@@ -1,12 +1,15 @@
-"""Optimiser parameter groups: backbone vs head learning rate, and Caffe-style bias and norm settings."""
+"""Optimiser parameter groups: backbone vs head learning rate, Caffe-style bias and norm settings, and
+freezing the parameters a loss never reaches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["NORM_LAYERS", "param_groups"]
+__all__ = ["NORM_LAYERS", "freeze_unreached", "param_groups"]
 
 #: layers whose parameters (scale and shift) follow ``norm_weight_decay``
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -47,3 +50,24 @@ def param_groups(
         groups.setdefault(key, {"params": [], "lr": group_lr, "weight_decay": decay})["params"].append(p)
     # backbone groups first, as the single-group layout always had them
     return [g for (part, *_), g in groups.items() if part] + [g for (part, *_), g in groups.items() if not part]
+
+
+def freeze_unreached(module: nn.Module, forward: Callable[[], torch.Tensor]) -> list[str]:
+    """Freeze (``requires_grad=False``) the parameters ``forward()``'s output does not depend on; their names.
+
+    Such parameters never get a gradient, which stops DDP ("parameters that were not used in
+    producing the loss"); frozen, DDP leaves them out and the optimiser never touches them, as
+    before. ``forward`` runs once in eval mode (batch-norm statistics are left alone).
+    """
+    named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    was_training = module.training
+    module.eval()
+    try:
+        output = forward()
+        grads = torch.autograd.grad(output.float().sum(), [p for _, p in named], allow_unused=True)
+    finally:
+        module.train(was_training)
+    unreached = [(name, p) for (name, p), grad in zip(named, grads, strict=True) if grad is None]
+    for _, p in unreached:
+        p.requires_grad_(False)
+    return [name for name, _ in unreached]

@@ -331,7 +331,12 @@ class PipelineRunner:
                 trainer.fit(model, datamodule=cli.datamodule, ckpt_path=resume)
                 if trainer.interrupted:
                     raise KeyboardInterrupt
-                trainer.save_checkpoint(final, weights_only=True)
+                trainer.save_checkpoint(final, weights_only=True)  # global rank 0 writes it, then every rank waits
+                if not final.is_file():  # the next stage on this node reads it
+                    raise RuntimeError(
+                        f"stage {spec.name!r}: {final}, written by global rank 0, is missing on node "
+                        f"{trainer.node_rank}: a multi-node run needs its run folder (--out) on a file system "
+                        "every node shares")
                 metrics: dict[str, Any] = {"fit": _scalars(trainer.callback_metrics)}
                 if spec.evaluate:
                     metrics["eval"] = evaluate(trainer, model, cli.datamodule, spec.evaluate)

@@ -174,12 +174,12 @@ class PipelineRunner:
         The stages in scope (``only``, or all) stay locked for the whole run (:mod:`mnm.runlock`): another
         command that wants one of them stops at once.
         """
+        self.check(only)  # before the locks: a run refused here leaves no trace in --out
         scope = [spec.name for spec in self.p.stages if not only or spec.name in only]
         with lock_stages(self.out, scope) if rank_zero_only.rank == 0 else nullcontext():
             return self._run(only)
 
     def _run(self, only: list[str] | None) -> dict[str, Any]:
-        self.check(only)
         hashes = stage_hashes(self.p.stages)
         ckpts: dict[str, str] = {}
         not_run = self.stages_not_run()

@@ -1,11 +1,15 @@
 """The "mix" step: sample labelled square patches from a batch of images.
 
 Each patch is labelled with the class of its centre pixel; patches of all
-images are pooled together. Centres are drawn without Python loops over pixels
-or patches, and all patches are cropped-and-resized with
+images are pooled together. Each step runs where it is cheap: centres are drawn
+where the labels are, without Python loops over pixels or patches (a few
+operations on large tensors); the greedy selection among the candidates, a loop
+of thousands of operations on tiny tensors over the candidate slots, runs on
+the CPU whatever the device (on a GPU it would be bound by kernel launches and
+a host sync per slot; only the B×M candidate boxes cross over, and the chosen
+ones back); all patches are cropped-and-resized where the images are, with
 :func:`torchvision.ops.roi_align` (one call on GPU; on CPU, whose kernel is
-single-threaded, the boxes are split over threads), so the same code runs on
-CPU and GPU.
+single-threaded, the boxes are split over threads).
 """
 
 from __future__ import annotations
@@ -264,7 +268,8 @@ def sample_patches(
     image without valid pixels yields none. Patches are resized bilinearly, with ``antialias``
     averaging several samples per output pixel (see :func:`crop_patches`). Random numbers are
     drawn on CPU from ``generator`` (a CPU generator, or torch's default one), so results are
-    reproducible on any device.
+    reproducible on any device; the selection runs on the CPU (see the module docstring), and every
+    tensor returned is on the images' device.
 
     ``quota="release"`` follows the Caffe release (``create_patch.py``): each image gets exactly
     ``max(1, floor(background_fraction * k))`` centres on ``background_class`` (no overlap filter)
@@ -314,8 +319,9 @@ def sample_patches(
     cy, cx = (pixel // w).to(images.dtype) + 0.5, (pixel % w).to(images.dtype) + 0.5
     half = side / 2
     boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=-1)  # B×M×4
+    boxes, found = boxes.cpu(), found.cpu()  # the selection runs on the CPU (see the module docstring)
     if k == 0 or m == 0:
-        keep = torch.zeros(b, m, dtype=torch.bool, device=device)
+        keep = torch.zeros(b, m, dtype=torch.bool)
     elif release:
         fg = _release_selection(boxes[:, :m_fg], found[:, :m_fg], k - n_bg, max_overlap, (h, w))
         keep = torch.cat([fg, found[:, m_fg:]], dim=1)
@@ -323,7 +329,8 @@ def sample_patches(
         keep = _greedy_overlap_filter(boxes, found, k, max_overlap)
 
     image_index, slot = keep.nonzero(as_tuple=True)
-    rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1)
+    rois = torch.cat([image_index[:, None].to(images.dtype), boxes[image_index, slot]], dim=1).to(device)
+    image_index, slot = image_index.to(device), slot.to(device)
     sampling_ratio = -1 if antialias else 1
     if fill is None:
         patches = crop_patches(images, rois, out_size, sampling_ratio=sampling_ratio)

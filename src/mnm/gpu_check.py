@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,20 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def host_syncs(call: Callable[[], Any], device: str) -> int | None:
+    """How many times ``call`` makes the host wait for ``device`` (CUDA's sync debug mode); None off CUDA."""
+    if torch.device(device).type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def time_release_step(name: str, device: str, size: int = 512, repeats: int = 3,
                       shape: tuple[str, int, int, int] | None = None) -> dict[str, Any]:
     """Mix / forward / backward seconds of one micro-batch of ``name``'s release M&M step, and its 8,000 iterations."""
@@ -148,8 +163,9 @@ def time_release_step(name: str, device: str, size: int = 512, repeats: int = 3,
                 laps[phase].append(end - begin)
     seconds = {phase: sorted(values)[len(values) // 2] for phase, values in laps.items()}
     step = sum(seconds.values()) * micro
+    syncs = host_syncs(lambda: stage.mix(batch, stage.step_generator(0)), device)
     return {"backbone": backbone, "images": images, "patches_per_image": per_image, "micro_batches": micro,
-            **{f"{k}_s": round(v, 4) for k, v in seconds.items()}, "update_s": round(step, 4),
+            **{f"{k}_s": round(v, 4) for k, v in seconds.items()}, "mix_host_syncs": syncs, "update_s": round(step, 4),
             "hours_8000": round(step * 8000 / 3600, 2), "paper_hours": PAPER_HOURS.get(name)}  # fmt: skip
 
 
@@ -270,11 +286,11 @@ def write_summary(results: dict[str, Any], out: Path) -> list[Path]:
             lines.append(f"| {name} | {'ok' if value.get('ok') else 'FAILED: ' + str(value.get('error'))} |")
     steps = results.get("steps", {})
     if steps.get("ok"):
-        lines += ["", "| network | mix s | forward s | backward s | update s | 8,000 iterations (h) | paper (h) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "| network | mix s | mix host syncs | forward s | backward s | update s | 8,000 iterations (h) "
+                  "| paper (h) |", "|---|---|---|---|---|---|---|---|"]
         for name in RELEASE_STEPS:
             s = steps[name]
-            lines.append(f"| {name} | {s['mix_s']} | {s['forward_s']} | {s['backward_s']} | {s['update_s']} | "
+            lines.append(f"| {name} | {s['mix_s']} | {s['mix_host_syncs']} | {s['forward_s']} | {s['backward_s']} | {s['update_s']} | "
                          f"{s['hours_8000']} | {s['paper_hours']} |")
     paths = [out / "gpu_check.json", out / "gpu_check.md"]
     atomic_write_text(paths[0], json.dumps(results, indent=1, default=str))

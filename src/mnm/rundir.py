@@ -31,11 +31,13 @@ from mnm.checkpoints import atomic_write_json, read_checkpoint
 from mnm.config import ConfigError, StageSpec
 
 __all__ = [
-    "MANIFEST", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
+    "MANIFEST", "TIME_FORMAT", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
     "set_aside_csv_log", "stage_hash", "stage_lock_file", "status_table", "stage_hashes", "write_json",
 ]
 
 MANIFEST = "manifest.json"
+#: how run folders write times (local time): the manifest's started/finished, a stage lock's holder
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 CSV_LOGGER_NAME = "csv"  # Lightning's CSVLogger writes <save_dir>/<name>/metrics.csv (version "")
 
 

@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from mnm.rundir import stage_lock_file
+from mnm.rundir import TIME_FORMAT, stage_lock_file
 
 __all__ = ["RunFolderInUse", "lock_stages"]
 
@@ -67,7 +67,7 @@ def _stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
                   "(that process is gone)", file=sys.stderr)
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps({"pid": os.getpid(), "host": host, "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        fh.write(json.dumps({"pid": os.getpid(), "host": host, "since": time.strftime(TIME_FORMAT)}) + "\n")
         fh.flush()
         try:
             yield

@@ -28,6 +28,7 @@ from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.errors import error_message
 from mnm.interrupt import CtrlC
 from mnm.rundir import (
+    TIME_FORMAT,
     StageDir,
     config_changes,
     merge_csv_logs,
@@ -44,8 +45,6 @@ from mnm.wandb_mode import wandb_offline, wandb_unreachable
 __all__ = ["PipelineRunner", "evaluate"]
 
 log = logging.getLogger(__name__)
-#: how the manifest writes times (local time)
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
 
 def _grew_from(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnm.losses import TripletLoss
+from mnm.match import Nodes, sample_triplets
 from mnm.metrics import ClassificationMetrics
 from mnm.stages.base import BaseStage, MetricEvaluation
-from mnm.stages.mix_match import TRIPLET_BUILDERS
 
 #: how the triplets of a batch are made: the class-wise connected graph, random triplets, or none (CE only)
 MATCHINGS = ("graph", "random", "none")
@@ -88,8 +88,9 @@ class ClassifyStage(MetricEvaluation, BaseStage):
         loss = ce
         if self.uses_triplets:
             with self.phase_timer("match"):
-                build = TRIPLET_BUILDERS[self.hparams.triplets]
-                triplets = build(label.cpu(), generator=self.step_generator(self.global_step))
+                nodes = Nodes(label.cpu(), torch.arange(len(label)), features.detach())  # a node per image
+                triplets = sample_triplets(self.hparams.triplets, nodes, self.hparams.margin,
+                                           self.step_generator(self.global_step))
             with self.phase_timer("loss"):
                 stats = self.loss_fn(features, triplets.to(features.device))
             loss = ce + self.hparams.mm_weight * stats.loss

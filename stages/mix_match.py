@@ -1,4 +1,4 @@
-"""Mix-and-Match tuning: patches mixed across images, triplets from a class-wise connected graph."""
+"""Mix-and-Match tuning: patches mixed across images, triplets from a class-wise connected graph (or a baseline)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,27 @@ import torch
 
 from mnm.backbones import EMBEDDINGS
 from mnm.losses import REDUCTIONS, TripletLoss, TripletStats
-from mnm.match import gather_nodes, graph_triplets, random_triplets
+from mnm.match import TRIPLET_SAMPLERS, Nodes, cross_image_fraction, gather_nodes, sample_triplets
 from mnm.mix import PatchBatch, PatchSampler
 from mnm.stages.base import LabelledPretrainingStage
 
-TRIPLET_BUILDERS = {"graph": graph_triplets, "random": random_triplets}
+TripletKind = Literal["graph", "random", "pairs", "graph_cross", "semihard"]
 
 
 class MixMatchStage(LabelledPretrainingStage):
-    """Mix (patch sampling) + match (graph or random triplets) + triplet loss on pool5 embeddings.
+    """Mix (patch sampling) + match (a triplet sampler) + triplet loss on pool5 embeddings.
 
-    Logs the loss, the fraction of active triplets, mean D(a,p) and D(a,n), the number of
+    Logs the loss, the number of triplets, the fraction of them active (positive hinge) and the
+    fraction whose positive comes from another image, mean D(a,p) and D(a,n), the number of
     nodes per graph, and after each validation the kNN probe of the backbone. Patch sampling
     is seeded by :meth:`BaseStage.step_generator` so that a resumed run draws the same
     patches as an uninterrupted one.
 
     Args:
-        triplets: ``graph`` (class-wise connected, the paper's) or ``random`` (FaceNet-style baseline).
+        triplets: the sampler (:data:`mnm.match.TRIPLET_SAMPLERS`): ``graph`` (class-wise connected, the
+            paper's), ``random`` (independent triplets, one per node), ``pairs`` (the paper's Fig. 3(a)
+            baseline: disjoint same-class pairs), ``graph_cross`` (the graph with cross-image positives)
+            or ``semihard`` (cross-image positives, semi-hard negatives on the detached embeddings).
         margin: triplet margin alpha (paper: 2.1).
         patches_per_image: patches sampled from each image (paper: 9-10).
         patch_size_range: side of the square patches before resizing, in pixels (paper: 64-256).
@@ -62,7 +66,7 @@ class MixMatchStage(LabelledPretrainingStage):
 
     def __init__(
         self,
-        triplets: Literal["graph", "random"] = "graph",
+        triplets: TripletKind = "graph",
         margin: float = 2.1,
         patches_per_image: int = 9,
         patch_size_range: tuple[int, int] = (64, 256),
@@ -81,8 +85,8 @@ class MixMatchStage(LabelledPretrainingStage):
         patch_fill: Literal["zero", "mean"] = "zero",
         **kwargs: Any,
     ) -> None:
-        if triplets not in TRIPLET_BUILDERS:
-            raise ValueError(f"model.triplets must be one of {sorted(TRIPLET_BUILDERS)}, got {triplets!r}")
+        if triplets not in TRIPLET_SAMPLERS:
+            raise ValueError(f"model.triplets must be one of {sorted(TRIPLET_SAMPLERS)}, got {triplets!r}")
         if embedding not in EMBEDDINGS:
             raise ValueError(f"model.embedding must be one of {list(EMBEDDINGS)}, got {embedding!r}")
         if loss_normalization not in REDUCTIONS:
@@ -113,13 +117,14 @@ class MixMatchStage(LabelledPretrainingStage):
         return self.sampler.sample(batch["image"], batch["mask"], generator)
 
     def match_and_score(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-    ) -> TripletStats:
-        """Build the triplets over the nodes and compute the triplet loss."""
+        self, embeddings: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[TripletStats, torch.Tensor]:
+        """Sample the triplets over the nodes (on the CPU) and compute the triplet loss; also returns the triplets."""
         with self.phase_timer("match"):
-            triplets = TRIPLET_BUILDERS[self.hparams.triplets](labels.cpu(), generator=generator)
+            nodes = Nodes(labels.cpu(), images.cpu(), embeddings.detach())
+            triplets = sample_triplets(self.hparams.triplets, nodes, self.hparams.margin, generator)
         with self.phase_timer("loss"):
-            return self.loss_fn(embeddings, triplets.to(embeddings.device))
+            return self.loss_fn(embeddings, triplets.to(embeddings.device)), triplets
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         graph = self.training_generator(batch_idx, per_rank=False) if self.hparams.global_graph else None
@@ -132,18 +137,21 @@ class MixMatchStage(LabelledPretrainingStage):
         with self.phase_timer("mix"):
             patches = self.mix(batch, generator)
         with self.phase_timer("forward"):
-            embeddings, labels = self.backbone.embed(patches.patches, self.hparams.embedding), patches.labels
+            embeddings = self.backbone.embed(patches.patches, self.hparams.embedding)
+        labels, images = patches.labels, patches.image_index
         if self.hparams.global_graph and self.trainer.world_size > 1:
-            embeddings, labels = gather_nodes(embeddings, labels)
+            embeddings, labels, images = gather_nodes(embeddings, labels, images)
         if labels.numel() < 2:
             # nothing to match: a zero loss that still touches every parameter keeps DDP ranks in step
             return sum(p.sum() * 0.0 for p in self.parameters())
-        stats = self.match_and_score(embeddings, labels, graph or generator)
+        stats, triplets = self.match_and_score(embeddings, labels, images, graph or generator)
         self.log_scalars(
             prefix,
             {
                 "loss": stats.loss,
+                "triplets": float((triplets[:, 2] >= 0).sum()),
                 "active_fraction": stats.active_fraction,
+                "cross_image_fraction": cross_image_fraction(triplets, images.cpu()),
                 "d_ap": stats.d_ap,
                 "d_an": stats.d_an,
                 "nodes": float(labels.numel()),

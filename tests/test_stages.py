@@ -223,6 +223,28 @@ def test_mid_epoch_resume_is_known_to_be_resumable(data: dict, tmp_path: Path, c
         assert ("other data settings" in caplog.text) == moved
 
 
+@pytest.mark.parametrize("sampler", ["pairs", "graph_cross", "semihard"])
+def test_mix_match_trains_with_each_triplet_sampler_and_logs_its_triplets(sampler: str, data: dict) -> None:
+    model = {**MODELS["mix-match"], "triplets": sampler, "margin": 0.5, "background_class": None, "knn_probe": False}
+    cli = build_stage("mix-match", {"model": model, "data": data, "trainer": TRAINER})
+    before = {k: v.clone() for k, v in cli.model.backbone.state_dict().items()}
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    logged = cli.trainer.callback_metrics
+    nodes = float(logged["train/nodes"])
+    expected = nodes // 2 + 1 if sampler == "pairs" else nodes  # pairs: about N/2 (one per complete pair)
+    assert 0 < float(logged["train/triplets"]) <= expected
+    assert 0 <= float(logged["train/active_fraction"]) <= 1
+    if sampler != "pairs":  # the synthetic classes recur across the batch's images: some positives cross over
+        assert float(logged["train/cross_image_fraction"]) > 0
+    assert any(not torch.equal(v, before[k]) for k, v in cli.model.backbone.state_dict().items())
+
+
+def test_mix_match_refuses_an_unknown_sampler(data: dict) -> None:
+    with pytest.raises((ValueError, ArgumentError), match="model.triplets"):
+        build_stage("mix-match", {"model": {**MODELS["mix-match"], "triplets": "hard"}, "data": data,
+                                  "trainer": TRAINER})
+
+
 @pytest.mark.parametrize("mode", ["within", "cross"])
 def test_pixel_contrast_fast_dev_run_each_mode(mode: str, data: dict) -> None:
     model = {"backbone": "alexnet", "mode": mode, "feature_maps": [3, -1], "projection_channels": 32}

@@ -36,7 +36,7 @@ import torch.multiprocessing as mp
 
 from mnm.checkpoints import atomic_write_text
 from mnm.losses import TripletLoss, within_image_pixel_contrastive_loss
-from mnm.match import gather_nodes, graph_triplets
+from mnm.match import Nodes, gather_nodes, graph_triplets, sample_triplets
 
 REPO = Path(__file__).resolve().parents[2]
 #: hours the paper reports for 8,000 M&M iterations (one update = 4 micro-batches for VGG-16)
@@ -187,7 +187,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _global_graph_rank(rank: int, world: int, port: int, backend: str, inputs: list, labels: list, out: str) -> None:
+def _global_graph_rank(
+    rank: int, world: int, port: int, backend: str, inputs: list, labels: list, out: str, sampler: str
+) -> None:
     """One rank of a DDP step over a graph gathered from every rank; gradients and triplets to ``out/<rank>.pt``."""
     from torch.nn.parallel import DistributedDataParallel
 
@@ -199,31 +201,42 @@ def _global_graph_rank(rank: int, world: int, port: int, backend: str, inputs: l
     torch.manual_seed(0)
     net = torch.nn.Linear(inputs[0].shape[1], 4).to(device)
     ddp = DistributedDataParallel(net)  # kept alive: its reducer averages the gradients in backward
-    embeddings, nodes = gather_nodes(ddp(inputs[rank].to(device)), labels[rank].to(device))
-    triplets = graph_triplets(nodes.cpu(), generator=torch.Generator().manual_seed(5))  # the step's seed, not the rank's
+    images = torch.arange(len(labels[rank]), device=device) // 2  # two patches per image
+    embeddings, nodes, images = gather_nodes(ddp(inputs[rank].to(device)), labels[rank].to(device), images)
+    generator = torch.Generator().manual_seed(5)  # the step's seed, not the rank's
+    triplets = sample_triplets(sampler, Nodes(nodes.cpu(), images.cpu(), embeddings.detach()), 2.1, generator)
     TripletLoss(margin=2.1)(embeddings, triplets.to(device)).loss.backward()
     torch.save({"grads": [p.grad.cpu() for p in net.parameters()], "triplets": triplets}, f"{out}/{rank}.pt")
     dist.destroy_process_group()
 
 
-def check_global_graph(backend: str, out: Path) -> dict[str, Any]:
-    """2 ranks with 5 and 7 nodes: the same triplets on both, and DDP's gradient equals the whole graph's."""
+def check_global_graph(backend: str, out: Path, sampler: str = "graph") -> dict[str, Any]:
+    """2 ranks with 5 and 7 nodes: the same triplets on both, and DDP's gradient equals the whole graph's.
+
+    ``sampler`` names the triplet sampler (:data:`mnm.match.TRIPLET_SAMPLERS`); ``semihard`` chooses its
+    negatives on the gathered embeddings, so it checks that the choice runs over every rank's nodes.
+    """
     generator = torch.Generator().manual_seed(1)
     inputs = [torch.randn(5, 8, generator=generator), torch.randn(7, 8, generator=generator)]
     labels = [torch.tensor([0, 1, 1, 2, 0]), torch.tensor([2, 2, 1, 0, 3, 3, 1])]
     out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_global_graph_rank, args=(2, _free_port(), backend, inputs, labels, str(out)), nprocs=2)
+    mp.spawn(_global_graph_rank, args=(2, _free_port(), backend, inputs, labels, str(out), sampler), nprocs=2)
     ranks = [torch.load(out / f"{r}.pt") for r in range(2)]
     torch.manual_seed(0)
     net = torch.nn.Linear(8, 4)
-    triplets = graph_triplets(torch.cat(labels), generator=torch.Generator().manual_seed(5))
-    TripletLoss(margin=2.1)(net(torch.cat(inputs)), triplets).loss.backward()
+    embeddings = net(torch.cat(inputs))
+    images = torch.cat([torch.arange(len(x)) // 2 * 2 + r for r, x in enumerate(labels)])  # image * world + rank
+    nodes = Nodes(torch.cat(labels), images, embeddings.detach())
+    triplets = sample_triplets(sampler, nodes, 2.1, torch.Generator().manual_seed(5))
+    TripletLoss(margin=2.1)(embeddings, triplets).loss.backward()
     error = max(float((got - p.grad).abs().max()) for r in ranks for got, p in zip(r["grads"], net.parameters(),
                                                                                       strict=True))
     same = all(torch.equal(r["triplets"], triplets) for r in ranks)
     if not same or error > 1e-4:
-        raise GpuCheckError(f"global_graph ({backend}): same triplets on every rank: {same}; gradient error {error:.2e}")
-    return {"backend": backend, "triplets": len(triplets), "gradient_max_error": error}
+        raise GpuCheckError(
+            f"global_graph ({backend}, {sampler}): same triplets on every rank: {same}; gradient error {error:.2e}"
+        )
+    return {"backend": backend, "sampler": sampler, "triplets": len(triplets), "gradient_max_error": error}
 
 
 def _mnm(out: Path, *args: str, timeout: int = 300) -> dict[str, Any]:
@@ -257,6 +270,7 @@ def run_checks(out: Path, device: str = "cuda") -> dict[str, Any]:
     }
     if torch.cuda.device_count() >= 2:
         checks["global_graph"] = lambda: check_global_graph("nccl", out / "global_graph")
+        checks["global_semihard"] = lambda: check_global_graph("nccl", out / "global_semihard", "semihard")
         checks["tiny_ddp"] = lambda: tiny_pipeline(out / "tiny_ddp", "trainer=ddp", "trainer.devices=2")
     results: dict[str, Any] = {"env": environment()}
     print(json.dumps(results["env"], indent=1), flush=True)

@@ -250,13 +250,14 @@ def bench_mnm(settings: Settings, pool: InputPool) -> dict[str, Any]:
 # -------------------------------------------------------------------------------- graph section
 def _graph_build_ms(stage: Any, batch: dict[str, Tensor], settings: Settings) -> float:
     """Median ms of the stage's triplet builder (on CPU, as the stage runs it) over its patches of ``batch``."""
-    from mnm.stages.mix_match import TRIPLET_BUILDERS
+    from mnm.match import Nodes, sample_triplets
 
     generator = torch.Generator().manual_seed(0)
-    labels = stage.sampler.sample(batch["image"], batch["mask"], generator).labels.cpu()
-    build = TRIPLET_BUILDERS[stage.hparams.triplets]
+    patches = stage.sampler.sample(batch["image"], batch["mask"], generator)
+    embeddings = torch.randn(len(patches.labels), 256, generator=generator)  # semihard's distances; no forward
+    nodes = Nodes(patches.labels.cpu(), patches.image_index.cpu(), embeddings)
     return time_call(
-        lambda: build(labels, generator=generator),
+        lambda: sample_triplets(stage.hparams.triplets, nodes, stage.hparams.margin, generator),
         torch.device("cpu"),
         warmup=settings.warmup,
         repeats=10 * settings.repeats,

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +48,35 @@ def seed_worker(worker_id: int) -> None:
     info = get_worker_info()
     if info is not None and hasattr(info.dataset, "set_seed"):
         info.dataset.set_seed(seed)
+
+
+def init_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: :func:`seed_worker`, and :func:`exit_on_parents_sigterm_only`."""
+    exit_on_parents_sigterm_only()
+    seed_worker(worker_id)
+
+
+def exit_on_parents_sigterm_only() -> None:
+    """In a DataLoader worker: exit at a SIGTERM from the main process, ignore one from anybody else.
+
+    A scheduler's SIGTERM (``kill -TERM -PGID``, SLURM, Kubernetes) reaches every process of the group. PyTorch's
+    worker dies of a SIGTERM its main process did not send, and the main process then fails with "DataLoader
+    worker ... is killed by signal" before it can save a checkpoint. Here SIGTERM is blocked in the worker and a
+    thread waits for it with ``sigwaitinfo``, which tells the sender: the main process's (its ``terminate()`` at
+    exit) ends the worker as before; any other is ignored, so the main process ends the step, saves
+    ``last.ckpt`` and stops the workers itself. Where ``sigwaitinfo`` does not exist (macOS) nothing changes.
+    """
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+
+    def wait_for_sigterm() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)  # what PyTorch's own worker handler does at its main process's SIGTERM
+
+    threading.Thread(target=wait_for_sigterm, name="mnm-worker-sigterm", daemon=True).start()
 
 
 class ResumableSampler(Sampler[int]):
@@ -176,7 +208,7 @@ def resumable_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        worker_init_fn=seed_worker,
+        worker_init_fn=init_worker,
         generator=torch.Generator().manual_seed(loader_seed),
         collate_fn=collate_fn,
     )

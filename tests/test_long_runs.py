@@ -114,6 +114,31 @@ def test_ctrl_c_saves_a_checkpoint_and_records_an_interruption(tmp_path: Path) -
     assert output.count("[mnm] Ctrl-C: stopping after this step") == 1  # said by the main process, not by workers
 
 
+def test_sigterm_to_the_process_group_saves_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """What ``kill -TERM -PGID``, SLURM and Kubernetes send: SIGTERM to every process, DataLoader workers included.
+    The stage checkpoints, exits 143 and is resumable; the rerun finishes from that step."""
+    out, marker = tmp_path / "run", tmp_path / "paused"
+    cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={tmp_path / 'data'}",
+                  "--set", "steps=8", "--set", "data.init_args.num_workers=2", "--set", pause("mix_match", 3, marker),
+                  "--only", "mix_match")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    wait_for(marker, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, output[-2000:]
+    assert "killed by signal" not in output
+    entry = manifest(out)["stages"]["mix_match"]
+    assert entry["status"] == "interrupted" and "error" not in entry, entry
+    last = out / "mix_match" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(last)["global_step"] == entry["step"] == 4
+    assert "mnm: interrupted by SIGTERM; a checkpoint was saved" in output
+    rerun = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    entry = manifest(out)["stages"]["mix_match"]
+    assert entry["status"] == "finished" and entry["resumed_from"] == str(last) and entry["steps"] == 8
+
+
 def test_a_killed_protocol_cell_resumes_from_its_last_step_checkpoint_and_refuses_a_second_command(
         tmp_path: Path) -> None:
     """The cell at fraction 1 (5 batches per epoch, a checkpoint every 5 steps) is killed (SIGKILL) at step 12

@@ -398,3 +398,41 @@ def test_a_paper_pipeline_checks_the_imported_proxy_before_it_runs(name: str, fi
     refusal = f"stage 'mix_match' (mix-match): pretrained_backbone {imported} was trained with"
     assert (refusal in str(err.value)) is not fits
     assert "stage 'proxy'" not in str(err.value)  # not run: its data is not needed
+
+
+def test_import_cli_never_replaces_its_input_or_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = write(tmp_path / "a.caffemodel", alexnet())
+    original = model.read_bytes()
+    (tmp_path / "link.ckpt").symlink_to(model)
+    (tmp_path / "folder").mkdir()
+    refusals = {
+        str(model): "is the input caffemodel",
+        str(tmp_path / "link.ckpt"): "is the input caffemodel",
+        str(tmp_path / "folder"): "is a folder; name the checkpoint file to write",
+        str(tmp_path / "missing" / "x.ckpt"): f"the folder {tmp_path / 'missing'} does not exist",
+    }
+    for out, reason in refusals.items():
+        with pytest.raises(SystemExit) as exit_code:
+            main(["import-caffe", str(model), "--backbone", "alexnet_caffe", "--out", out, "--overwrite"])
+        stderr = capsys.readouterr().err
+        assert exit_code.value.code == 1 and stderr.startswith(f"mnm: error: --out {out}") and reason in stderr
+    assert model.read_bytes() == original and not (tmp_path / "missing").exists()
+    out = tmp_path / "a.ckpt"
+    out.write_text("keep me")
+    with pytest.raises(SystemExit):
+        main(["import-caffe", str(model), "--backbone", "alexnet_caffe", "--out", str(out)])
+    assert "exists; add --overwrite to replace it" in capsys.readouterr().err and out.read_text() == "keep me"
+    main(["import-caffe", str(model), "--backbone", "alexnet_caffe", "--out", str(out), "--overwrite"])
+    assert "body.0.weight" in "".join(read_checkpoint(out)["state_dict"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.caffemodel", "a.ckpt", "folder", "link.ckpt"]  # no temp
+
+
+def test_a_text_file_or_a_file_cut_in_its_first_layer_says_what_it_is(tmp_path: Path) -> None:
+    prototxt = tmp_path / "deploy.prototxt"
+    prototxt.write_text('name: "AlexNet"\nlayer {\n  name: "conv1"\n  type: "Convolution"\n}\n')
+    with pytest.raises(CaffeImportError, match=r"not a binary Caffe model .*; it reads as text \(a \.prototxt\?\)"):
+        read_caffemodel(prototxt)
+    cut = tmp_path / "cut.caffemodel"
+    cut.write_bytes(net_bytes(alexnet())[:40])
+    with pytest.raises(CaffeImportError, match=r"in layer #0 'conv1' \(the first one\)"):
+        read_caffemodel(cut)

@@ -27,6 +27,7 @@ the Caffe nets were trained on.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,11 +226,22 @@ def _net_layers(buf: bytes) -> tuple[list[CaffeLayer], set[str]]:
                 formats.add("layers (V1)" if v1 else "layer")
                 layers.append(_read_layer(buf, *value, _V1_FIELDS if v1 else _LAYER_FIELDS, v1))
     except _Truncated as err:
-        after = repr(layers[-1].name) if layers else "none"
         name = _partial_name(buf, err.offset)
+        where = f" (the one after {layers[-1].name!r})" if layers else " (the first one)"
         raise CaffeImportError(f"truncated or corrupt at byte {err.offset} of {len(buf)}, in layer "
-                               f"#{len(layers)}{f' {name!r}' if name else ''} (the one after {after})") from None
+                               f"#{len(layers)}{f' {name!r}' if name else ''}{where}") from None
+    except CaffeImportError as err:
+        if layers:
+            raise
+        raise CaffeImportError(f"not a binary Caffe model (a NetParameter): {err}"
+                               f"{'; it reads as text (a .prototxt?)' if _looks_like_text(buf) else ''}") from None
     return layers, formats
+
+
+def _looks_like_text(buf: bytes) -> bool:
+    """Whether the file starts like a text file (printable UTF-8), e.g. a .prototxt given for a .caffemodel."""
+    head = buf[:512].decode("utf-8", "replace")
+    return bool(head) and all(c.isprintable() or c in "\t\r\n" for c in head)
 
 
 def _partial_name(buf: bytes, offset: int) -> str | None:
@@ -244,6 +256,23 @@ def _partial_name(buf: bytes, offset: int) -> str | None:
     except (_Truncated, CaffeImportError):
         pass
     return None
+
+
+def check_import_out(caffemodel: str | Path, out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` that would lose data or land somewhere unexpected, before anything is read.
+
+    ``out`` must not be the input (or a link to it), must not be a folder, must be in an existing folder,
+    and replaces an existing file only with ``overwrite``.
+    """
+    out, source = Path(out), Path(caffemodel)
+    if out.is_dir():
+        raise CaffeImportError(f"--out {out} is a folder; name the checkpoint file to write, e.g. {out / 'model.ckpt'}")
+    if not out.parent.is_dir():
+        raise CaffeImportError(f"--out {out}: the folder {out.parent} does not exist; create it first")
+    if out.exists() and source.exists() and os.path.samefile(out, source):
+        raise CaffeImportError(f"--out {out} is the input caffemodel {source}; name another file to write")
+    if out.exists() and not overwrite:
+        raise CaffeImportError(f"--out {out} exists; add --overwrite to replace it")
 
 
 def read_caffemodel(path: str | Path) -> tuple[list[CaffeLayer], str]:

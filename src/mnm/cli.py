@@ -68,7 +68,8 @@ def _import_caffe(argv: list[str]) -> None:
     )
     parser.add_argument("caffemodel", help="binary Caffe weights (NetParameter; current or legacy V1 layers)")
     parser.add_argument("--backbone", required=True, help="alexnet_caffe, vgg16_bn or alexnet")
-    parser.add_argument("--out", required=True, help="checkpoint to write (FILE.ckpt)")
+    parser.add_argument("--out", required=True, help="checkpoint to write (FILE.ckpt, in an existing folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--input-norm", default="caffe_bgr",
                         help="input normalisation the weights expect (default caffe_bgr: BGR 0..255 minus the mean)")
     parser.add_argument("--bn-affine", choices=("true", "false"),
@@ -76,10 +77,11 @@ def _import_caffe(argv: list[str]) -> None:
     parser.add_argument("--identity-bn", action="store_true",
                         help="give convs without a batch norm in the file an identity one")
     args = parser.parse_args(argv)
-    from mnm.caffe_import import EXTRA_KEY, map_onto_backbone, read_caffemodel
+    from mnm.caffe_import import EXTRA_KEY, check_import_out, map_onto_backbone, read_caffemodel
     from mnm.checkpoints import atomic_torch_save
     from mnm.stages.base import ARCH_KEY
 
+    check_import_out(args.caffemodel, args.out, args.overwrite)
     layers, form = read_caffemodel(args.caffemodel)
     affine = None if args.bn_affine is None else args.bn_affine == "true"
     result = map_onto_backbone(layers, args.backbone, args.input_norm, affine, args.identity_bn)

@@ -53,6 +53,35 @@ def test_a_stage_command_prints_no_library_noise(tmp_path: Path) -> None:
         assert noise not in output, output
 
 
+SYNTHETIC_FIT = ("--data", "mnm.datamodules.SyntheticDataModule", "--data.num_train=4", "--data.num_val=2",
+                 "--data.image_size=[96, 96]", "--data.crop_size=[80, 80]", "--data.batch_size=2",
+                 "--trainer.accelerator=cpu", "--trainer.limit_val_batches=0",
+                 "--model.backbone=alexnet")
+
+
+def test_stage_fit_keeps_last_ckpt_under_runs_and_says_where(tmp_path: Path) -> None:
+    """``mnm segment fit`` from any folder: last.ckpt at the final step (3 steps: not a multiple of the periodic
+    saves) under runs/segment/, announced; nothing else in the current folder; the checkpoint resumes."""
+    data = f"--data.root={tmp_path / 'data'}"
+    proc = mnm("segment", "fit", *SYNTHETIC_FIT, data, "--trainer.max_steps=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = Path("runs/segment/lightning_logs/version_0/checkpoints/last.ckpt")
+    assert f"[mnm] segment fit: logs and checkpoints in {last.parent.parent}" in proc.stdout
+    assert f"[mnm] segment fit: step 3, checkpoint {last}" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]
+    from mnm.checkpoints import read_checkpoint
+
+    assert read_checkpoint(tmp_path / last)["global_step"] == 3
+    proc = mnm("segment", "fit", *SYNTHETIC_FIT, data, "--trainer.max_steps=5", "--ckpt_path", str(last), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "[mnm] segment fit: step 5, checkpoint runs/segment/lightning_logs/version_1/checkpoints/last.ckpt" in (
+        proc.stdout)
+    proc = mnm("segment", "fit", *SYNTHETIC_FIT, data, "--trainer.max_steps=1", "--trainer.enable_checkpointing=false",
+               cwd=tmp_path)
+    assert proc.returncode == 0 and "checkpoint runs" not in proc.stdout, proc.stderr[-2000:]
+    assert not (tmp_path / "runs/segment/lightning_logs/version_2/checkpoints").exists()
+
+
 def test_every_stage_help_names_its_stage(capsys: pytest.CaptureFixture[str]) -> None:
     for stage in STAGES:
         with pytest.raises(SystemExit) as exit_:

@@ -7,10 +7,11 @@ import importlib
 import inspect
 import re
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -38,14 +39,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path)
 
 
+#: optimiser steps between the ``last.ckpt`` saves of ``mnm <stage> fit`` (and one at the end)
+STAGE_CLI_CHECKPOINT_EVERY = 100
+
+
 class StageCLI(LightningCLI):
-    """LightningCLI with data→model links, atomic checkpoints and the safety callbacks."""
+    """LightningCLI with data→model links, atomic checkpoints and the safety callbacks.
+
+    With ``save_checkpoints`` (the ``mnm <stage>`` commands; the pipeline runner adds its own) ``fit`` keeps
+    ``last.ckpt`` in the log folder's ``checkpoints/``, every :data:`STAGE_CLI_CHECKPOINT_EVERY` steps and at
+    the end, and says where; ``--trainer.enable_checkpointing false`` turns it off.
+    """
 
     def __init__(
-        self, stage: str, *args: Any, label: str | None = None, parse_only: bool = False, **kwargs: Any
+        self, stage: str, *args: Any, label: str | None = None, parse_only: bool = False,
+        save_checkpoints: bool = False, **kwargs: Any,
     ) -> None:
         self.stage = stage
         self.parse_only = parse_only
+        self.save_checkpoints = save_checkpoints
         kwargs.setdefault("trainer_defaults", {})
         kwargs["trainer_defaults"] = {
             "use_distributed_sampler": False,  # the data modules' samplers shard by rank themselves
@@ -53,9 +65,11 @@ class StageCLI(LightningCLI):
             **kwargs["trainer_defaults"],
         }
         kwargs.setdefault("seed_everything_default", 0)  # seeded like the stages' own ``model.seed``
-        kwargs["trainer_defaults"].setdefault(
-            "callbacks", [FiniteLossGuard(label or stage), SigtermCheckpoint(), RNGStateCheckpoint()]
-        )
+        callbacks = [FiniteLossGuard(label or stage), SigtermCheckpoint(), RNGStateCheckpoint()]
+        if save_checkpoints:
+            callbacks.append(ModelCheckpoint(save_last=True, save_top_k=0,
+                                             every_n_train_steps=STAGE_CLI_CHECKPOINT_EVERY))
+        kwargs["trainer_defaults"].setdefault("callbacks", callbacks)
         super().__init__(stage_class(stage), L.LightningDataModule, *args, subclass_mode_data=True, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -90,7 +104,25 @@ class StageCLI(LightningCLI):
         config = self._get(self.config_init, "trainer", default={})
         if not config.get("plugins"):
             kwargs.setdefault("plugins", [AtomicCheckpointIO()])
+        if config.get("enable_checkpointing") is False:  # the user's choice; Lightning refuses a ModelCheckpoint then
+            defaults = self.trainer_defaults.get("callbacks") or []
+            self.trainer_defaults["callbacks"] = [c for c in defaults if not isinstance(c, ModelCheckpoint)]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        if self.save_checkpoints and self.trainer.is_global_zero:
+            print(f"[mnm] {self.stage} fit: logs and checkpoints in {self.trainer.log_dir or self.trainer.default_root_dir}")
+
+    def after_fit(self) -> None:
+        """Save ``last.ckpt`` at the step training ended on (the periodic saves may be older) and say where."""
+        ckpt = self.trainer.checkpoint_callback
+        if not self.save_checkpoints or not isinstance(ckpt, ModelCheckpoint) or ckpt.dirpath is None:
+            return
+        last = Path(ckpt.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
+        self.trainer.save_checkpoint(last)
+        if self.trainer.is_global_zero:
+            print(f"[mnm] {self.stage} fit: step {self.trainer.global_step}, checkpoint {last} "
+                  f"(resume: --ckpt_path {last}; next stage: --model.pretrained_backbone {last})")
 
 
 def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **kwargs: Any) -> StageCLI:
@@ -187,4 +219,5 @@ def stage_parser_kwargs(stage: str) -> dict[str, Any]:
 def main_stage(stage: str, argv: list[str]) -> None:
     """``mnm <stage> fit|validate|test|predict ...`` — the LightningCLI subcommands of one stage."""
     quiet_library_messages()
-    StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True}, parser_kwargs=stage_parser_kwargs(stage))
+    StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True}, parser_kwargs=stage_parser_kwargs(stage),
+             save_checkpoints=True, trainer_defaults={"default_root_dir": str(Path("runs") / stage)})

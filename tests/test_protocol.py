@@ -21,6 +21,7 @@ from mnm.protocol import (
     load_cell,
     miou_figure,
     paired_differences,
+    protocol_markdown,
     provenance_markdown,
     run_protocol,
 )
@@ -118,6 +119,52 @@ def test_paired_differences_use_only_seeds_where_both_arms_finished() -> None:
     (row,) = paired["0.5"]
     assert row["seeds"] == [0, 1] and row["values"] == pytest.approx([0.10, 0.05]) and row["n"] == 2
     assert row["ci_low"] < row["mean"] < row["ci_high"] and row["verdict"] in ("higher", "no difference")
+
+
+def test_seeds_whose_arms_ran_with_other_overrides_are_not_paired_and_the_report_says_so() -> None:
+    """frozen_random at ft_steps=30 and frozen_mm_graph at ft_steps=45 in seed 0: not paired; seed 1 is."""
+    short, long_ = ["ft_steps=30"], ["ft_steps=45"]
+    cells = {
+        "f0.5-s0": {"fraction": 0.5, "seed": 0, "arms": {"a": {"miou": 0.50}, "b": {"miou": 0.40}},
+                    "overrides": {"a": long_, "b": short}},
+        "f0.5-s1": {"fraction": 0.5, "seed": 1, "arms": {"a": {"miou": 0.55}, "b": {"miou": 0.50}},
+                    "overrides": {"a": short, "b": short}},
+        "f0.5-s2": {"fraction": 0.5, "seed": 2, "arms": {"a": {"miou": 0.45}, "b": {"miou": 0.40}},
+                    "overrides": {"a": None, "b": short}},  # an older cell without a record: paired as before
+    }
+    (row,) = paired_differences(cells, [("a", "b")], "miou")["0.5"]
+    assert row["seeds"] == [1, 2] and row["n"] == 2
+    assert row["left_out"] == [{"seed": 0, "arm": long_, "against": short}]
+    only_mismatched = {"f0.5-s0": cells["f0.5-s0"]}
+    (row,) = paired_differences(only_mismatched, [("a", "b")], "miou")["0.5"]
+    assert row["n"] == 0 and row["verdict"] == "not paired"
+    summary = {arm: {"0.5": {"miou": {"mean": 0.5, "std": 0.05, "n": 3}}} for arm in ("a", "b")}
+    report = {"benchmark": "t", "file": "t.yaml", "fractions": [0.5], "seeds": [0, 1, 2], "eval_split": "val",
+              "wall_time_s": 1.0, "probe": False, "summary": summary, "cells": cells,
+              "paired": paired_differences(cells, [("a", "b")], "miou"),
+              "provenance": {"cells": {"f0.5-s0": {"sets": sorted(short + long_)}},
+                             "stages": {"f0.5-s0": {"x": {"sets": short}, "y": {"sets": long_}}}}}
+    md = protocol_markdown(report)
+    assert "| arm | mIoU (%) | overrides |" in md  # the arms differ: each one's overrides are shown
+    assert "| a | 50.00 ± 5.00 (n=3) | not recorded |" in md and "| b | 50.00 ± 5.00 (n=3) | `ft_steps=30` |" in md
+    assert ("- Not paired: a − b, seed 0: the arms ran with different overrides (`ft_steps=45` against "
+            "`ft_steps=30`).") in md
+    assert "**The stages of cells f0.5-s0 ran with different overrides**" in md
+
+
+def test_a_refused_command_writes_nothing(protocol: tuple[Path, dict], repo_root: Path, monkeypatch) -> None:
+    """A --set that fails the stages' check: no cell record or manifest rewritten, no new folder anywhere."""
+    out, _ = protocol
+    monkeypatch.chdir(repo_root)
+    snapshot = {p: p.read_bytes() for p in out.rglob("*.json")}
+    bad = [f"data_root={out / 'data'}", "stages.ft_random.model.lr=fast", "ft_steps=99999"]
+    with pytest.raises(ConfigError, match="model.lr"):
+        run_protocol(FILE, out, bad, fractions=[1.0, 0.5], seeds=[0, 1], arms=["ft_random"])
+    assert {p: p.read_bytes() for p in out.rglob("*.json")} == snapshot
+    assert not (out / cell_name(1.0, 0)).exists()
+    with pytest.raises(ConfigError, match="model.lr"):
+        run_protocol(FILE, out / "fresh", bad)
+    assert not (out / "fresh").exists()
 
 
 def test_report_pairs_must_name_arms(tmp_path: Path, repo_root: Path, monkeypatch) -> None:

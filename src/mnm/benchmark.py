@@ -38,9 +38,12 @@ def load_benchmark(
     return pipeline
 
 
-def run_benchmark(pipeline: Pipeline, overwrite: bool = False) -> dict[str, Any]:
-    """Run (or resume, or skip) every stage, then write the report; returns ``results.json``'s content."""
-    PipelineRunner(pipeline, overwrite=overwrite).run()
+def run_benchmark(pipeline: Pipeline, overwrite: bool = False, ran_with: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip) every stage, then write the report; returns ``results.json``'s content.
+
+    ``ran_with`` (what runs it: overrides, code, machine) is recorded in each stage that runs now.
+    """
+    PipelineRunner(pipeline, overwrite=overwrite, ran_with=ran_with).run()
     results = build_report(pipeline.out_dir, pipeline)
     print(f"\n[mnm] benchmark {pipeline.name} ({results['eval_split']}):\n")
     print(metric_table(results))

@@ -50,7 +50,7 @@ from mnm.runner import PipelineRunner
 from mnm.stage_cli import stage_class
 
 PROBE_FILE = "probe.json"
-#: what ran a cell (the file, the ``--set`` overrides, the code and the machine), written into the cell's folder
+#: what ran a cell, in cells run before each stage's manifest entry recorded it (``ran_with``); read, not written
 CELL_RECORD = "protocol_cell.json"
 #: ``--set`` keys that ``mnm protocol`` sets itself in every cell (the last part of a dotted key)
 CELL_KEYS = {"fraction": "--fractions", "labeled_fraction": "--fractions", "seed": "--seeds",
@@ -192,14 +192,35 @@ def cell_record(file: str | Path, sets: Sequence[str], eval_split: str | None) -
             "machine": machine(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def stage_records(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """What ran each finished stage of a cell (:func:`cell_record`, from its manifest entry's ``ran_with``; for a
+    stage that ran before that was recorded, the cell's :data:`CELL_RECORD`, when there is one)."""
+    old = pipeline.out_dir / CELL_RECORD
+    fallback = json.loads(old.read_text()) if old.is_file() else None
+    records = {name: entry.get("ran_with") or fallback for name, entry in finished_stages(pipeline, current=False).items()}
+    return {name: record for name, record in records.items() if record}
+
+
+def arm_overrides(records: dict[str, dict[str, Any]], chain: Sequence[str]) -> list[str] | None:
+    """The ``--set`` overrides the stages of an arm's chain ran with (sorted, each once); ``None`` if unknown."""
+    if not all(stage in records for stage in chain):
+        return None
+    return sorted({item for stage in chain for item in records[stage].get("sets", [])})
+
+
 def provenance(cells: dict[tuple[float, int], Pipeline]) -> dict[str, Any]:
-    """The :data:`CELL_RECORD` of every cell that ran (by cell name) and of this report."""
-    records = {}
+    """What ran every cell (by cell name: its newest stage's record, with the overrides of all its stages) and
+    each of its stages, and what writes this report."""
+    by_cell, by_stage = {}, {}
     for (fraction, seed), pipeline in cells.items():
-        path = pipeline.out_dir / CELL_RECORD
-        if path.is_file():
-            records[cell_name(fraction, seed)] = json.loads(path.read_text())
-    return {"cells": records, "report": {"code": code_version(), "machine": machine()}}
+        records = stage_records(pipeline)
+        if not records:
+            continue
+        newest = max(records.values(), key=lambda r: r.get("time", ""))
+        name = cell_name(fraction, seed)
+        by_cell[name] = {**newest, "sets": sorted({i for r in records.values() for i in r.get("sets", [])})}
+        by_stage[name] = records
+    return {"cells": by_cell, "stages": by_stage, "report": {"code": code_version(), "machine": machine()}}
 
 
 def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +240,9 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
         if not arms:
             continue
         probes = probe_cell(pipeline, arms) if spec.get("probe", True) else {}
-        cell = per_cell.setdefault(cell_name(fraction, seed), {"fraction": fraction, "seed": seed, "arms": {}})
+        records = stage_records(pipeline)
+        cell = per_cell.setdefault(cell_name(fraction, seed), {"fraction": fraction, "seed": seed, "arms": {},
+                                                                "overrides": {}})
         kinds = {s.name: s.kind for s in pipeline.stages}
         for label, stage in arms.items():
             evaluation = read_stage_metrics(pipeline.out_dir, stage)["eval"]
@@ -230,6 +253,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             row["total_time_s"] = sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)
             row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
             cell["arms"][label] = row
+            cell["overrides"][label] = arm_overrides(records, chain)
             if "per_class_iou" in evaluation:
                 per_class = zip(evaluation["class_names"], evaluation["per_class_iou"], strict=True)
                 cell.setdefault("per_class", {})[label] = {name: float(v) for name, v in per_class}
@@ -249,7 +273,11 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
 
 def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]],
                        key: str) -> dict[str, list[dict[str, Any]]]:
-    """Per fraction, ``arm − against`` of ``key`` over the seeds where both finished (arms by label)."""
+    """Per fraction, ``arm − against`` of ``key`` over the seeds where both finished (arms by label).
+
+    A seed whose two arms ran with different ``--set`` overrides (another budget, say) is not paired: it is
+    listed in the row's ``left_out`` with both override lists instead.
+    """
     out: dict[str, list[dict[str, Any]]] = {}
     fractions = sorted({cell["fraction"] for cell in per_cell.values()})
     for fraction in fractions:
@@ -259,11 +287,14 @@ def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]
             both = [c for c in cells if arm in c["arms"] and against in c["arms"]]
             if not both:
                 continue
-            a = [c["arms"][arm][key] for c in both]
-            b = [c["arms"][against][key] for c in both]
-            differences = [x - y for x, y in zip(a, b, strict=True)]
-            rows.append({"arm": arm, "against": against, "seeds": [c["seed"] for c in both],
-                         **paired_interval(differences)})
+            overrides = [(c.get("overrides", {}).get(arm), c.get("overrides", {}).get(against)) for c in both]
+            left_out = [{"seed": c["seed"], "arm": x, "against": y}
+                        for c, (x, y) in zip(both, overrides, strict=True) if None not in (x, y) and x != y]
+            paired = [c for c in both if c["seed"] not in {r["seed"] for r in left_out}]
+            differences = [c["arms"][arm][key] - c["arms"][against][key] for c in paired]
+            stats = paired_interval(differences) if differences else {"n": 0, "values": [], "verdict": "not paired"}
+            rows.append({"arm": arm, "against": against, "seeds": [c["seed"] for c in paired], **stats,
+                         **({"left_out": left_out} if left_out else {})})
         if rows:
             out[f"{fraction:g}"] = rows
     return out
@@ -338,8 +369,27 @@ def provenance_markdown(prov: dict[str, Any]) -> str:
     changed = any(r.get("sets") for r in records.values())
     head = (f"**Overrides (`--set`): {sets}.** These numbers come from the file changed by them, not from its "
             "own settings and budget.\n" if changed else "Overrides (`--set`): none; the file's own settings.\n")
+    differ = [cell for cell, stages in (prov.get("stages") or {}).items()
+              if len({tuple(r.get("sets", [])) for r in stages.values()}) > 1]
+    if differ:
+        head += (f"**The stages of cells {', '.join(differ)} ran with different overrides**: each arm's are in the "
+                 "tables' overrides column, and no seed is paired across arms that differ in them.\n")
     return (head + f"\nCode: {_by_cell(records, lambda r: describe_code(r.get('code') or {}))}. "
             f"Machine: {_by_cell(records, lambda r: describe_machine(r.get('machine') or {}))}.\n")
+
+
+def arm_overrides_by_label(per_cell: dict[str, Any], fraction: str) -> dict[str, list[str] | None]:
+    """Each arm's overrides at ``fraction``: the union over its seeds (``None`` when a seed did not record them)."""
+    found: dict[str, list[str] | None] = {}
+    for cell in per_cell.values():
+        if f"{cell['fraction']:g}" != fraction:
+            continue
+        for label, sets in (cell.get("overrides") or {}).items():
+            if sets is None or found.get(label, []) is None:
+                found[label] = None
+            else:
+                found[label] = sorted({*found.get(label, []), *sets})
+    return found
 
 
 def protocol_markdown(report: dict[str, Any]) -> str:
@@ -361,14 +411,18 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             parts.append(f"## Label fraction {fraction}\n\nNo arm has finished yet.\n")
             continue
         extra = "".join(f" {label} (%) |" for label in others.values())
-        parts += [f"## Label fraction {fraction}\n", f"| arm | {name} (%) |{extra}{probe_head}",
-                  "|---|---:|" + "---:|" * len(others) + probe_rule]
+        overrides = arm_overrides_by_label(report.get("cells", {}), fraction)
+        shown = len({tuple(v) if v is not None else None for v in overrides.values()}) > 1
+        parts += [f"## Label fraction {fraction}\n",
+                  f"| arm | {name} (%) |{extra}{probe_head}" + (" overrides |" if shown else ""),
+                  "|---|---:|" + "---:|" * len(others) + probe_rule + ("---|" if shown else "")]
         for label, s in rows.items():
             rank = s.get("probe_effective_rank")
             rank_text = f"{rank['mean']:.1f}" if rank else "–"
             values = "".join(f" {format_mean_std(s.get(k))} |" for k in others)
             probe = f" {format_mean_std(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
-            parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}")
+            column = f" {_overrides_text(overrides.get(label))} |" if shown else ""
+            parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}{column}")
         parts.append("")
         parts += paired_markdown(report.get("paired", {}).get(fraction, []), name)
         per_class = report.get("per_class") or {}
@@ -389,14 +443,26 @@ def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
              "a paired t-test finds with 80 % power at this spread (`mnm.paired`); smaller gains could go unseen.\n",
              "| arm | against | difference | 95 % CI | detectable | per seed | verdict |",
              "|---|---|---:|---:|---:|---|---|"]
+    notes = []
     for r in rows:
         per_seed = ", ".join(f"s{s}: {100 * v:+.2f}" for s, v in zip(r["seeds"], r["values"], strict=True))
         std = "" if r.get("std") is None or math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}"
         ci = "–" if r.get("ci_low") is None else f"[{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}]"
         detectable = "–" if r.get("detectable") is None else f"±{100 * r['detectable']:.2f}"
-        lines.append(f"| {r['arm']} | {r['against']} | {100 * r['mean']:+.2f}{std} (n={r['n']}) | {ci} | "
+        mean = f"{100 * r['mean']:+.2f}{std}" if r["n"] else "–"
+        lines.append(f"| {r['arm']} | {r['against']} | {mean} (n={r['n']}) | {ci} | "
                      f"{detectable} | {per_seed} | {r['verdict']} |")
-    return [*lines, ""]
+        for gap in r.get("left_out", []):
+            notes.append(f"- Not paired: {r['arm']} − {r['against']}, seed {gap['seed']}: the arms ran with different "
+                         f"overrides ({_overrides_text(gap['arm'])} against {_overrides_text(gap['against'])}).")
+    return [*lines, "", *([*notes, ""] if notes else [])]
+
+
+def _overrides_text(sets: Sequence[str] | None) -> str:
+    """Markdown of one arm's ``--set`` overrides."""
+    if sets is None:
+        return "not recorded"
+    return ", ".join(f"`{item}`" for item in sets) or "none"
 
 
 def plot_miou_vs_fraction(report: dict[str, Any], out: Path) -> Path:
@@ -438,7 +504,7 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
 
     ``fractions``/``seeds`` (of the file's) and ``arms`` (arm labels or their stage names) restrict what is run
     now; the report covers every finished arm of every cell on disk, whatever the command line (each cell's
-    :data:`CELL_RECORD` says what ran it). A cell's own ``report.md`` is written once all its arms have finished.
+    each stage's manifest entry says what ran it). A cell's own ``report.md`` is written once all its arms have finished.
     ``report_only`` runs nothing and refuses to replace a report when no arm has finished.
     """
     refuse_cell_sets(sets)
@@ -450,16 +516,17 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
     if report_only and not root.is_dir():
         raise ConfigError(f"--report-only: {root} does not exist; nothing to report (--out names the run folder)")
     cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
-    for (fraction, seed), pipeline in cells.items():
-        if report_only or (fractions and fraction not in fractions) or (seeds and seed not in seeds):
-            continue
+    selected = {key: pipeline for key, pipeline in cells.items() if not report_only
+                and (not fractions or key[0] in fractions) and (not seeds or key[1] in seeds)}
+    for pipeline in selected.values():  # every cell checked before the first one writes anything
+        PipelineRunner(pipeline).check(stages_of_arms(pipeline, arms) if arms else None)
+    record = cell_record(first.path, sets, eval_split)
+    for (fraction, seed), pipeline in selected.items():
         print(f"[mnm] protocol cell {cell_name(fraction, seed)}")
-        pipeline.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(pipeline.out_dir / CELL_RECORD, cell_record(first.path, sets, eval_split))
-        if arms:
-            PipelineRunner(pipeline).run(stages_of_arms(pipeline, arms))
+        if arms:  # a runner made now reads the manifest as other commands have left it
+            PipelineRunner(pipeline, ran_with=record).run(stages_of_arms(pipeline, arms))
         if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
-            run_benchmark(pipeline)
+            run_benchmark(pipeline, ran_with=record)
     report = {"benchmark": first.name, "file": shown_path(first.path), "fractions": spec["fractions"],
               "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
               "probe": spec.get("probe", True)}

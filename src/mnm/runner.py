@@ -57,10 +57,13 @@ def _grew_from(old: dict[str, Any], new: dict[str, Any]) -> bool:
 class PipelineRunner:
     """Runs the stages of a :class:`Pipeline`, keeping the run's manifest up to date."""
 
-    def __init__(self, pipeline: Pipeline, overwrite: bool = False, fallback_checkpoint: bool = False) -> None:
+    def __init__(self, pipeline: Pipeline, overwrite: bool = False, fallback_checkpoint: bool = False,
+                 ran_with: dict[str, Any] | None = None) -> None:
         self.p = pipeline
         self.overwrite = overwrite
         self.fallback_checkpoint = fallback_checkpoint
+        #: what runs the stages (command's overrides, code, machine), recorded in each stage's manifest entry
+        self.ran_with = ran_with
         self._offline: bool | None = None
         self.out = pipeline.out_dir
         self.manifest = read_manifest(self.out)
@@ -318,7 +321,7 @@ class PipelineRunner:
             "stage": spec.kind, "status": "running", "config_hash": h, "wandb_id": wandb_id,
             "init_from": spec.init_from, "pretrained_backbone": cfg["model"].get("pretrained_backbone"),
             "resumed_from": resume, "started": time.strftime(TIME_FORMAT), "dir": str(stage.root),
-            **({"wall_time_s": earlier} if earlier else {}),
+            **({"wall_time_s": earlier} if earlier else {}), **({"ran_with": self.ran_with} if self.ran_with else {}),
         }
         self.manifest["stages"][spec.name] = entry
         self._save_manifest(spec.name)

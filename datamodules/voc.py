@@ -10,6 +10,12 @@ VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
+# under the ``VOC2012`` folder: the split lists, the images, VOC's masks and the SBD-augmented masks
+LIST_DIR = "ImageSets/Segmentation"
+IMAGE_DIR = "JPEGImages"
+LABEL_DIR = "SegmentationClass"
+AUG_LABEL_DIR = "SegmentationClassAug"
+AUG_SUFFIX = "_aug"  # a split named ``*_aug`` reads AUG_LABEL_DIR
 
 
 def voc_colormap(n: int = 256) -> list[tuple[int, int, int]]:
@@ -41,10 +47,10 @@ class VOCDataModule(SegmentationDataModule):
 
     @staticmethod
     def _is_aug(split: str) -> bool:
-        return split.endswith("_aug")
+        return split.endswith(AUG_SUFFIX)
 
     def split_source(self, split: str) -> Path:
-        candidates = [self.root / "ImageSets" / "Segmentation" / f"{split}.txt"]
+        candidates = [self.root / LIST_DIR / f"{split}.txt"]
         if self._is_aug(split):
             candidates.append(self.root / f"{split}.txt")
         for candidate in candidates:
@@ -56,9 +62,9 @@ class VOCDataModule(SegmentationDataModule):
         )
 
     def list_samples(self, split: str) -> list[SampleRecord]:
-        label_dir = self.root / ("SegmentationClassAug" if self._is_aug(split) else "SegmentationClass")
+        label_dir = self.root / (AUG_LABEL_DIR if self._is_aug(split) else LABEL_DIR)
 
         def from_name(name: str) -> tuple[Path, Path]:
-            return self.root / "JPEGImages" / f"{name}.jpg", label_dir / f"{name}.png"
+            return self.root / IMAGE_DIR / f"{name}.jpg", label_dir / f"{name}.png"
 
         return self.records_from_list(self.split_source(split), from_name)

@@ -1,8 +1,13 @@
-"""Writers for tiny on-disk datasets in the exact VOC, Cityscapes and CamVid layouts (test helpers)."""
+"""Writers for tiny on-disk datasets in the exact VOC, SBD, Cityscapes and CamVid layouts (test helpers)."""
 
+import io
+import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
+import scipy.io
+import scipy.sparse
 from PIL import Image
 
 from mnm.datamodules.voc import voc_colormap
@@ -84,3 +89,59 @@ def synthetic_data(root: Path, side: int, crop: int) -> dict:
     return {"class_path": "mnm.datamodules.SyntheticDataModule",
             "init_args": {"root": str(root), "num_train": 8, "num_val": 4, "image_size": [side, side],
                           "crop_size": [crop, crop], "batch_size": 4, "val_batch_size": 2}}  # fmt: skip
+
+
+def tar_folder(folder: Path, archive: Path, arcname: str) -> Path:
+    """Pack ``folder`` as ``arcname`` into ``archive`` (gzip-compressed when it ends in ``.tgz``)."""
+    with tarfile.open(archive, "w:gz" if archive.suffix == ".tgz" else "w") as tar:
+        tar.add(folder, arcname=arcname)
+    return archive
+
+
+def write_voc_archive(archive: Path, splits: dict[str, list[str]], unlisted: tuple[str, ...] = (),
+                      shape: tuple[int, int] = (24, 32)) -> Path:
+    """``VOCtrainval_11-May-2012.tar``'s layout: ``VOCdevkit/VOC2012/`` with the splits, trainval and more images."""
+    staging = archive.parent / f"{archive.name}.staging"
+    voc = write_voc(staging / "VOCdevkit" / "VOC2012", splits, shape)
+    for i, name in enumerate(unlisted):
+        save_image(voc / "JPEGImages" / f"{name}.jpg", random_image(shape, seed=100 + i))
+    names = [n for split in ("train", "val") for n in splits[split]]
+    (voc / "ImageSets" / "Segmentation" / "trainval.txt").write_text("".join(f"{n}\n" for n in sorted(names)))
+    (voc / "Annotations").mkdir()
+    (voc / "Annotations" / f"{names[0]}.xml").write_text("<annotation/>\n")
+    tar_folder(staging / "VOCdevkit", archive, "VOCdevkit")
+    shutil.rmtree(staging)
+    return archive
+
+
+def sbd_cls_mat(labels: np.ndarray) -> bytes:
+    """An SBD ``cls/NAME.mat``: struct ``GTcls`` with ``Segmentation`` (HxW uint8), ``Boundaries`` (20x1 cell of
+    sparse maps) and ``CategoriesPresent``."""
+    boundaries = np.empty((20, 1), dtype=object)
+    for i in range(20):
+        boundaries[i, 0] = scipy.sparse.csc_matrix(labels.shape, dtype=bool)
+    present = np.unique(labels[labels > 0]).astype(np.uint8)
+    buffer = io.BytesIO()
+    scipy.io.savemat(buffer, {"GTcls": {"Segmentation": labels.astype(np.uint8), "Boundaries": boundaries,
+                                        "CategoriesPresent": present}})
+    return buffer.getvalue()
+
+
+def write_sbd_archive(archive: Path, splits: dict[str, list[str]], class_maps: dict[str, np.ndarray],
+                      mats: dict[str, bytes] | None = None) -> Path:
+    """``benchmark.tgz``'s layout: ``benchmark_RELEASE/dataset/{img,cls,inst,train.txt,val.txt}``.
+
+    ``class_maps`` gives each image's class map; ``mats`` replaces the .mat bytes of some names."""
+    staging = archive.parent / f"{archive.name}.staging"
+    dataset = staging / "benchmark_RELEASE" / "dataset"
+    for sub in ("img", "cls", "inst"):
+        (dataset / sub).mkdir(parents=True)
+    for i, (name, labels) in enumerate(class_maps.items()):
+        save_image(dataset / "img" / f"{name}.jpg", random_image(labels.shape, seed=200 + i))
+        (dataset / "cls" / f"{name}.mat").write_bytes((mats or {}).get(name) or sbd_cls_mat(labels))
+        scipy.io.savemat(dataset / "inst" / f"{name}.mat", {"GTinst": {"Segmentation": labels}})
+    for split, names in splits.items():
+        (dataset / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+    tar_folder(dataset.parent, archive, "benchmark_RELEASE")
+    shutil.rmtree(staging)
+    return archive

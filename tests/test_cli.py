@@ -34,6 +34,19 @@ def test_help_is_fast_and_loads_neither_torch_nor_lightning() -> None:
     assert time.perf_counter() - start < 2.0
 
 
+def test_data_help_lists_its_commands_and_an_unknown_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from mnm.cli import main
+
+    main(["--help"])
+    assert "mnm data voc-aug ROOT" in capsys.readouterr().out
+    main(["data", "--help"])
+    listed = [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.startswith("  mnm data ")]
+    assert listed == ["synth", "voc-aug", "check"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "vocaug"])
+    assert str(exit_.value.code).startswith("mnm: error: mnm data: unknown command 'vocaug'\n\nusage: mnm data")
+
+
 def test_print_config_is_seeded_and_runs_a_finite_schedule() -> None:
     proc = mnm("mix-match", "fit", "--print_config")
     assert proc.returncode == 0, proc.stderr

@@ -2,7 +2,8 @@
 
 ``mnm <stage> fit|validate|test|predict`` runs one stage through LightningCLI
 (stages: colorize, jigsaw, mix-match, segment); ``mnm pipeline run FILE``
-runs a whole pipeline; ``mnm data synth`` writes the synthetic dataset;
+runs a whole pipeline; ``mnm data synth`` writes the synthetic dataset, ``mnm data voc-aug``
+builds VOC's SBD-augmented set and ``mnm data check`` checks a data set root;
 ``mnm compare`` plots runs side by side; ``mnm speed`` times the training
 steps (``mnm bench`` is its old name); ``mnm benchmark``/``demo`` run experiment
 arms and report them; ``mnm import-caffe`` writes Caffe weights as a checkpoint.
@@ -52,12 +53,27 @@ def _pipeline(argv: list[str]) -> None:
     print(f"\n[mnm] pipeline {pipeline.name}: done\n{status_table(pipeline.out_dir)}", end="")
 
 
-def _data(argv: list[str]) -> None:
-    if not argv or argv[0] != "synth":
-        raise SystemExit("usage: mnm data synth [--root DIR] [--num-train N] [--num-val N] [--size H W] [--seed S]")
-    from mnm.datamodules.synthetic import main
+DATA_COMMANDS = {  # subcommand -> (module with main(argv), arguments, what it does)
+    "synth": ("mnm.datamodules.synthetic", "[--root DIR]", "write the synthetic VOC-layout dataset"),
+    "voc-aug": ("mnm.voc_aug", "ROOT [--download]", "VOC 2012 + SBD archives -> SegmentationClassAug/, train_aug.txt"),
+    "check": ("mnm.data_check", "ROOT --kind K", "what a data set root lacks or holds malformed (voc, voc-aug, "
+              "cityscapes, camvid, msrc)"),
+}
 
-    main(argv[1:])
+
+def data_usage() -> str:
+    lines = [f"  mnm data {f'{name} {arguments}':<28} {what}" for name, (_, arguments, what) in DATA_COMMANDS.items()]
+    return "usage: mnm data <command> [...]\n\n" + "\n".join(lines) + "\n\nAdd --help to a command for its options."
+
+
+def _data(argv: list[str]) -> None:
+    if argv and argv[0] in ("-h", "--help"):
+        print(data_usage())
+        return
+    if not argv or argv[0] not in DATA_COMMANDS:
+        given = f"unknown command {argv[0]!r}" if argv else "a command is needed"
+        raise SystemExit(f"mnm: error: mnm data: {given}\n\n{data_usage()}")
+    _lazy(DATA_COMMANDS[argv[0]][0])(argv[1:])
 
 
 def _import_caffe(argv: list[str]) -> None:
@@ -129,6 +145,8 @@ def usage() -> str:
         "  mnm pipeline run FILE [--set k=v]                 a pipeline of stages (resumable)\n"
         "  mnm pipeline status RUN_DIR                       the manifest of a run\n"
         "  mnm data synth --root DIR                         write the synthetic VOC-layout dataset\n"
+        "  mnm data voc-aug ROOT [--download]                VOC 2012 + SBD -> SegmentationClassAug/, train_aug.txt\n"
+        "  mnm data check ROOT --kind K                      what a data set root lacks or holds malformed\n"
         "  mnm predict STAGE_DIR IMAGES --out DIR            masks (input size) from a trained segment stage\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"

@@ -60,6 +60,8 @@ class ListedSegmentationDataModule(SegmentationDataModule):
         label_suffix: str = ".png",
         **kwargs: Any,
     ) -> None:
+        if not class_names and not Path(root).expanduser().is_dir():  # say so, not that classes.txt is missing
+            raise DataError(f"{root}: dataset root (data.root) does not exist or is not a folder")
         names = list(class_names) if class_names else read_class_names(Path(root).expanduser() / CLASSES_FILE)
         self.CLASS_NAMES = tuple(names)
         self.PALETTE = tuple(voc_colormap(len(names)))

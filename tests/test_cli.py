@@ -115,11 +115,29 @@ SYNTHETIC = {"class_path": "mnm.datamodules.SyntheticDataModule", "init_args": {
     ({"data": SYNTHETIC, "model": {"lrr": 0.1}}, "model.lrr: not a setting of SegmentStage; did you mean model.lr?"),
     ({"data": {**SYNTHETIC, "init_args": {"root": "x", "labeled_fraction": "abc"}}},
      "data.labeled_fraction: expected a float, got abc"),
+    ({"data": {**SYNTHETIC, "init_args": {"root": "x", "batch_size": "abc"}}},
+     "data.batch_size: expected an int, got abc"),
 ])
 def test_a_refused_stage_setting_is_one_line_naming_the_key(section: dict, message: str) -> None:
     with pytest.raises(ValueError) as err:
         parse_stage("segment", section)
     assert str(err.value) == message
+
+
+def test_an_integer_batch_limit_counts_batches_and_a_float_is_a_fraction() -> None:
+    proc = mnm("segment", "fit", "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "0.5",
+               "--trainer.val_check_interval", "3", "--print_config")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert {"  limit_val_batches: 1", "  limit_train_batches: 0.5", "  val_check_interval: 3"} <= set(lines)
+
+
+def test_a_missing_listed_data_root_is_named_as_such(tmp_path: Path) -> None:
+    from mnm.datamodules.errors import DataError
+    from mnm.datamodules.listed import ListedSegmentationDataModule
+
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'nowhere'}: dataset root \(data.root\) does not exist"):
+        ListedSegmentationDataModule(root=str(tmp_path / "nowhere"))
 
 
 def test_labeled_fraction_null_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -206,6 +206,8 @@ def test_arms_restrict_what_runs(tmp_path: Path, repo_root: Path, monkeypatch) -
     assert saved["summary"]["random → fine-tune"]["1"]["miou"]["std"] is None  # one seed: no std, null not NaN
     with pytest.raises(ConfigError, match="unknown arm"):
         run_protocol(FILE, tmp_path, [f"data_root={tmp_path / 'data'}"], arms=["ft_nope"])
+    with pytest.raises(ConfigError, match=r"unknown arm\(s\) \['ft_randon'\] \(did you mean ft_random for ft_randon\?\)"):
+        run_protocol(FILE, tmp_path, [f"data_root={tmp_path / 'data'}"], arms=["ft_randon"])
 
 
 # -- the report rebuilt from disk, what ran it, bad selections (CLI as a new user meets it) ------------------------

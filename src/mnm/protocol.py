@@ -25,6 +25,7 @@ main metric, the 95 % confidence interval of the mean difference and the verdict
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import time
@@ -79,7 +80,10 @@ def stages_of_arms(pipeline: Pipeline, arms: Sequence[str]) -> list[str]:
     by_label = pipeline.report["arms"]
     unknown = [a for a in arms if a not in by_label and a not in by_label.values()]
     if unknown:
-        raise ConfigError(f"{pipeline.path}: unknown arm(s) {unknown}; arms: {sorted(by_label.values())}")
+        close = [difflib.get_close_matches(a, list(by_label.values()), n=1) for a in unknown]
+        hints = "; ".join(f"did you mean {c[0]} for {a}?" for a, c in zip(unknown, close, strict=True) if c)
+        raise ConfigError(f"{pipeline.path}: unknown arm(s) {unknown}{f' ({hints})' if hints else ''}; "
+                          f"arms: {sorted(by_label.values())}")
     stages = [by_label.get(a, a) for a in arms]
     return list(dict.fromkeys(s for stage in stages for s in init_chain(pipeline, stage)))
 

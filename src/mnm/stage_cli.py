@@ -75,6 +75,7 @@ class StageCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for attr in stage_class(self.stage).data_links:
             parser.link_arguments(f"data.{attr}", f"model.{attr}", apply_on="instantiate")
+        _read_counts_as_int(parser)
 
     def _set_seed(self) -> None:  # LightningCLI seeds right after parsing; a parse-only check must not
         if not self.parse_only:
@@ -123,6 +124,23 @@ class StageCLI(LightningCLI):
         if self.trainer.is_global_zero:
             print(f"[mnm] {self.stage} fit: step {self.trainer.global_step}, checkpoint {last} "
                   f"(resume: --ckpt_path {last}; next stage: --model.pretrained_backbone {last})")
+
+
+#: Trainer settings where an int counts batches and a float is a fraction of them
+COUNT_OR_FRACTION = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                     "overfit_batches", "val_check_interval")
+
+
+def _read_counts_as_int(parser: LightningArgumentParser) -> None:
+    """Read ``--trainer.limit_val_batches 1`` as 1 batch, not as 1.0 (the whole split).
+
+    Lightning types these settings ``Union[float, int, None]``, so the parser tries ``float`` first and turns
+    every integer into a fraction; trying ``int`` first keeps what the user wrote (jsonargparse keeps the type
+    hint of each option in its action).
+    """
+    for action in parser._actions:
+        if action.dest.rpartition(".")[2] in COUNT_OR_FRACTION and hasattr(action, "_typehint"):
+            action._typehint = int | float | None
 
 
 def build_stage(stage: str, config: dict[str, Any], label: str | None = None, **kwargs: Any) -> StageCLI:
@@ -191,7 +209,9 @@ def parse_error_line(message: str, stage: str, config: dict[str, Any]) -> str:
         owner = f" of {cls.__name__}" if cls else ""
         return f"{section}.{option}: not a setting{owner}{hint}"
     if expected and keys:
-        return f"{'.'.join(keys)}: expected a {expected.group(1)}, got {expected.group(2).strip()}"
+        kind = expected.group(1)
+        article = "an" if kind[0] in "aeiou" else "a"
+        return f"{'.'.join(keys)}: expected {article} {kind}, got {expected.group(2).strip()}"
     return message
 
 

@@ -60,7 +60,8 @@ class MixMatchStage(LabelledPretrainingStage):
     """
 
     data_links = ("ignore_index",)
-    curve_metrics = {"loss": "train/loss", "active_fraction": "train/active_fraction"}
+    curve_metrics = {"loss": "train/loss", "active_fraction": "train/active_fraction",
+                     "cross_image_fraction": "train/cross_image_fraction"}
     variant_arg = "triplets"
     default_max_steps = 8_000
 

@@ -159,10 +159,11 @@ def test_compare_figure_shows_miou_per_arm_and_keeps_identical_curves_apart(tiny
     series = {"a": next(iter(curve.values())), "b": next(iter(curve.values()))}  # the same CSV twice
     rows = segment_results([tiny_run.run_dir])
     fig = mm_figure(series, curve_columns([tiny_run.run_dir]), {r["stage"]: r["miou"] for r in rows})
-    loss, active, bars = fig.axes
+    loss, active, cross_image, bars = fig.axes
     smoothed = [line for line in loss.lines if line.get_label() in series]
     assert len(smoothed) == 2
     assert len({(line.get_linestyle(), line.get_marker()) for line in smoothed}) == 2
+    assert cross_image.get_title() == "cross-image positive fraction"
     shown = {t.get_text() for t in bars.get_yticklabels()}
     assert shown == {r["stage"] for r in rows} and bars.get_title() == "final mIoU (%)"
     assert {t.get_text().strip() for t in bars.texts} == {f"{100 * r['miou']:.2f}" for r in rows}
@@ -176,7 +177,7 @@ def test_compare_labels_are_short_and_bars_take_the_colour_of_their_m_m_line(tin
     assert {r["run"] for r in rows} == {tiny_run.run_dir.name}
     fig = mm_figure(curve, curve_columns([tiny_run.run_dir]), {r["stage"]: r["miou"] for r in rows},
                     bar_colours(curve, rows))
-    loss, _, bars = fig.axes
+    loss, *_, bars = fig.axes
     line_colour = {line.get_label().split("/")[1].split(" ")[0]: line.get_color() for line in loss.lines
                    if not line.get_label().startswith("_")}
     bar_colour = {r["stage"]: patch.get_facecolor() for r, patch in zip(rows, bars.patches, strict=True)}

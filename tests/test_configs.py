@@ -14,6 +14,7 @@ import yaml
 
 from mnm.cli import main
 from mnm.config import ConfigError, load_pipeline, read_pipeline_file
+from mnm.match import TRIPLET_SAMPLERS
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import build_stage
 
@@ -43,7 +44,7 @@ def test_pipeline_stages_instantiate(path: Path) -> None:
         assert isinstance(cli.model, torch.nn.Module)
         assert cli.model.hparams.seed == pipeline.seed
         if spec.kind == "mix-match":
-            assert cli.model.hparams.triplets in ("graph", "random")
+            assert cli.model.hparams.triplets in TRIPLET_SAMPLERS
 
 
 @pytest.mark.parametrize("path", sorted((CONF / "pipelines").glob("*_graph.yaml")), ids=lambda p: p.stem)

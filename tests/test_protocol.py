@@ -229,6 +229,23 @@ def test_report_only_rebuilds_from_disk_without_the_runs_sets_and_from_another_f
     assert (out / "protocol.md").read_text() == before
 
 
+def test_the_m_and_m_curves_of_every_seed_are_in_the_report_and_compare_takes_the_protocol_folder(
+        protocol: tuple[Path, dict], tmp_path: Path) -> None:
+    out, report = protocol
+    curves = report["curves"]["0.5"]
+    assert set(curves) == {"graph"} and curves["graph"]["n"] == 2
+    assert curves["graph"]["loss"]["n"] == 2 and 0 <= curves["graph"]["active_fraction"]["mean"] <= 1
+    md = (out / "protocol.md").read_text()
+    assert "| M&M stage | training loss | active-triplet fraction | cross-image positive fraction |" in md
+    assert "![M&M training curves at 0.5](mm_curves_f0.5.png)" in md and (out / "mm_curves_f0.5.png").is_file()
+    proc = mnm("compare", str(out), "--out", str(tmp_path / "cmp.png"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = (tmp_path / "cmp.md").read_text()
+    mious = [report["cells"][cell_name(0.5, s)]["arms"]["random → fine-tune"]["miou"] for s in (0, 1)]
+    mean, std = float(np.mean(mious)), float(np.std(mious, ddof=1))
+    assert f"| f0.5 | ft_random | random | 2/2 seeds finished | {100 * mean:.2f} ± {100 * std:.2f} (n=2) |" in table
+
+
 def test_report_records_the_sets_the_code_and_the_machine(protocol: tuple[Path, dict]) -> None:
     out, _ = protocol
     md = (out / "protocol.md").read_text()

@@ -45,8 +45,8 @@ from mnm.paired import paired_interval
 from mnm.paths import shown_path
 from mnm.probe import RepresentationProbe, score_backbone
 from mnm.provenance import code_version, describe_code, describe_machine, machine
-from mnm.report import init_chain, pyplot
-from mnm.rundir import load_stage, read_manifest, read_stage_metrics, stage_hashes
+from mnm.report import CURVE_TITLES, init_chain, plot_mm_curves, pyplot, read_curves, tail_mean
+from mnm.rundir import StageDir, load_stage, read_manifest, read_stage_metrics, stage_hashes
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import stage_class
 
@@ -275,6 +275,47 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             "metrics": metrics}
 
 
+def curve_logs(cells: dict[tuple[float, int], Pipeline]) -> tuple[dict[str, dict[str, list[Path]]], dict[str, str]]:
+    """Per fraction, the CSV logs of each ``report.curves`` stage over the cells where it finished, and the curves
+    (``key -> CSV column``) those stages log."""
+    logs: dict[str, dict[str, list[Path]]] = {}
+    columns: dict[str, str] = {}
+    for (fraction, _), pipeline in cells.items():
+        kinds = {spec.name: spec.kind for spec in pipeline.stages}
+        done = finished_stages(pipeline, current=False)
+        for label, stage in (pipeline.report.get("curves") or {}).items():
+            log = StageDir.of(pipeline.out_dir, stage).csv_log
+            if stage in done and log.is_file():
+                logs.setdefault(f"{fraction:g}", {}).setdefault(label, []).append(log)
+                columns = columns or stage_class(kinds[stage]).curve_metrics
+    return logs, columns
+
+
+def curve_summary(logs: dict[str, dict[str, list[Path]]], columns: dict[str, str]) -> dict[str, Any]:
+    """Per fraction and curve label: the number of seeds and, per curve, mean ± std over seeds of its final value
+    (the mean of the last tenth of the steps)."""
+    return {fraction: {label: {"n": len(paths), **{key: mean_std([tail_mean(read_curves(p, columns)[key])
+                                                                   for p in paths]) for key in columns}}
+                       for label, paths in by_label.items()}
+            for fraction, by_label in logs.items()}
+
+
+def curves_markdown(summary: dict[str, Any], fraction: str) -> list[str]:
+    """The final values of the M&M curves at ``fraction`` and their figure (nothing when none finished)."""
+    rows = summary.get(fraction) or {}
+    if not rows:
+        return []
+    keys = [k for k in next(iter(rows.values())) if k != "n"]
+    lines = [f"Training curves of the M&M stages (mean ± std over seeds of the last tenth of the steps; figure: mean "
+             f"and ± std band): `mm_curves_f{fraction}.png`.\n",
+             "| M&M stage | " + " | ".join(CURVE_TITLES.get(k, k) for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for label, row in rows.items():
+        lines.append(f"| {label} | " + " | ".join(format_mean_std(row[k], scale=100.0 if k.endswith("fraction") else 1.0)
+                                                  for k in keys) + " |")
+    return [*lines, "", f"![M&M training curves at {fraction}](mm_curves_f{fraction}.png)\n"]
+
+
 def paired_differences(per_cell: dict[str, Any], pairs: Sequence[tuple[str, str]],
                        key: str) -> dict[str, list[dict[str, Any]]]:
     """Per fraction, ``arm − against`` of ``key`` over the seeds where both finished (arms by label).
@@ -342,9 +383,9 @@ def per_class_markdown(rows: Sequence[dict[str, Any]], arm: str, against: str) -
 
 def format_mean_std(stats: dict[str, Any] | None, scale: float = 100.0) -> str:
     """``mean ± std (n=N)`` of :func:`mean_std` output, scaled (× 100 for percentages); "–" when empty."""
-    if not stats:
+    if not stats or stats["mean"] is None or math.isnan(stats["mean"]):
         return "–"
-    std = "" if math.isnan(stats["std"]) else f" ± {scale * stats['std']:.2f}"
+    std = "" if stats["std"] is None or math.isnan(stats["std"]) else f" ± {scale * stats['std']:.2f}"
     return f"{scale * stats['mean']:.2f}{std} (n={stats['n']})"
 
 
@@ -432,6 +473,7 @@ def protocol_markdown(report: dict[str, Any]) -> str:
         per_class = report.get("per_class") or {}
         parts += per_class_markdown(per_class.get("by_fraction", {}).get(fraction, []), per_class.get("arm"),
                                     per_class.get("against"))
+        parts += curves_markdown(report.get("curves") or {}, fraction)
     if report["summary"]:
         parts.append(f"![{name} against label fraction](miou_vs_fraction.png)\n")
     return "\n".join(parts)
@@ -535,6 +577,8 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
               "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
               "probe": spec.get("probe", True)}
     report |= aggregate(cells, spec)
+    logs, columns = curve_logs(cells)
+    report["curves"] = curve_summary(logs, columns)
     report["provenance"] = provenance(cells)
     ran_with = {tuple(record.get("sets", [])) for record in report["provenance"]["cells"].values()}
     if len(ran_with) > 1:
@@ -546,6 +590,8 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
     atomic_write_json(root / "protocol.json", report)
     if report["summary"]:
         plot_miou_vs_fraction(report, root / "miou_vs_fraction.png")
+    for fraction, series in logs.items():
+        plot_mm_curves(series, columns, root / f"mm_curves_f{fraction}.png")
     atomic_write_text(root / "protocol.md", protocol_markdown(report))
     print(f"[mnm] protocol report: {root / 'protocol.md'} ({time.strftime('%H:%M:%S')})")
     return report

@@ -43,11 +43,12 @@ from mnm.stage_cli import stage_class
 
 __all__ = [
     "build_report", "check_report_spec", "load_stage", "main_metric", "metric_table", "per_class_markdown", "plot_mm_curves",
-    "read_curves",
+    "read_curve_band", "read_curves", "tail_mean",
 ]
 
 #: figure titles of the curves stages log (:attr:`BaseStage.curve_metrics`); other curves show their key
-CURVE_TITLES = {"loss": "training loss", "active_fraction": "active-triplet fraction", "triplet": "triplet term"}
+CURVE_TITLES = {"loss": "training loss", "active_fraction": "active-triplet fraction", "triplet": "triplet term",
+                "cross_image_fraction": "cross-image positive fraction"}
 MAX_VAL_PASSES = 10  # t-SNE: at most this many passes over the val split to collect the patches
 VERSIONED = ("torch", "torchvision", "lightning", "numpy", "scikit-learn", "matplotlib", "mnm")
 
@@ -122,7 +123,21 @@ def read_curves(csv_path: Path, columns: Mapping[str, str]) -> dict[str, np.ndar
     return out
 
 
-def _tail_mean(values: np.ndarray, share: float = 0.1) -> float:
+def read_curve_band(csv_paths: Sequence[Path], columns: Mapping[str, str]) -> dict[str, Any]:
+    """The curves of several runs of one stage (seeds): ``step`` (the steps every run logged), each key's mean
+    and ``<key>_std`` (sample std; 0 for one run) over the runs, and ``n``, the number of runs."""
+    runs = [read_curves(Path(path), columns) for path in csv_paths]
+    steps = sorted(set.intersection(*(set(r["step"].tolist()) for r in runs))) if runs else []
+    out: dict[str, Any] = {"step": np.array(steps, dtype=float), "n": len(runs)}
+    for key in columns:
+        stacked = np.stack([r[key][np.searchsorted(r["step"], steps)] for r in runs]) if steps else np.empty((0, 0))
+        out[key] = stacked.mean(axis=0) if steps else np.array([])
+        out[f"{key}_std"] = stacked.std(axis=0, ddof=1) if len(runs) > 1 and steps else np.zeros(len(steps))
+    return out
+
+
+def tail_mean(values: np.ndarray, share: float = 0.1) -> float:
+    """The mean of the last ``share`` of a curve's values (NaNs dropped; NaN when none is left)."""
     values = values[~np.isnan(values)]
     return float(values[-max(1, int(len(values) * share)) :].mean()) if len(values) else math.nan
 
@@ -181,7 +196,7 @@ def collect_results(run_dir: Path, pipeline: Pipeline) -> dict[str, Any]:
         columns = stage_class(stages[stage]["kind"]).curve_metrics
         c = read_curves(StageDir.of(run_dir, stage).csv_log, columns)
         curves[label] = {"stage": stage, "steps": stages[stage]["steps"]}
-        curves[label] |= {f"final_{key}": _tail_mean(c[key]) for key in columns}
+        curves[label] |= {f"final_{key}": tail_mean(c[key]) for key in columns}
     first = next(iter(arms.values()))
     data_cfg = StageDir.of(run_dir, first["stage"]).read_config().get("data", {})
     splits = sorted({a["split"] for a in arms.values()})
@@ -233,8 +248,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def plot_mm_curves(
-    series: Mapping[str, Path], columns: Mapping[str, str], out: Path, miou: Mapping[str, float | None] | None = None,
-    bar_colours: Sequence[str] | None = None,
+    series: Mapping[str, Path | Sequence[Path]], columns: Mapping[str, str], out: Path,
+    miou: Mapping[str, float | None] | None = None, bar_colours: Sequence[str] | None = None,
 ) -> Path:
     """Save :func:`mm_figure` to ``out``."""
     fig = mm_figure(series, columns, miou, bar_colours)
@@ -244,10 +259,11 @@ def plot_mm_curves(
 
 
 def mm_figure(
-    series: Mapping[str, Path], columns: Mapping[str, str], miou: Mapping[str, float | None] | None = None,
-    bar_colours: Sequence[str] | None = None,
+    series: Mapping[str, Path | Sequence[Path]], columns: Mapping[str, str],
+    miou: Mapping[str, float | None] | None = None, bar_colours: Sequence[str] | None = None,
 ) -> Any:
-    """One panel per curve ``key -> CSV column`` vs step, one line per ``label -> CSV log`` (raw faint, smoothed),
+    """One panel per curve ``key -> CSV column`` vs step, one line per ``label -> CSV log`` (raw faint, smoothed)
+    or ``label -> CSV logs`` of several seeds (their smoothed mean, a ± std band, n in the legend),
     and, given ``miou`` (``label -> mIoU`` in [0, 1]), a bar panel of the final mIoU per arm, coloured by
     ``bar_colours`` (default: one colour per bar; the lines are ``C0``, ``C1``, ... in the order of ``series``).
 
@@ -259,15 +275,21 @@ def mm_figure(
     panels = max(curves + (1 if miou else 0), 1)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     axes = list(axes[0])
-    for i, (label, path) in enumerate(series.items()):
-        c = read_curves(Path(path), columns)
+    for i, (label, paths) in enumerate(series.items()):
+        band = not isinstance(paths, str | Path)
+        c = read_curve_band(paths, columns) if band else read_curves(Path(paths), columns)
         style = {"color": f"C{i}", "linestyle": LINE_STYLES[i % len(LINE_STYLES)]}
         for ax, key in zip(axes[:curves], columns, strict=True):
             ok = ~np.isnan(c[key])
             every = max(1, int(ok.sum()) // 6)
-            ax.plot(c["step"][ok], c[key][ok], color=style["color"], alpha=0.25, linewidth=0.8)
-            ax.plot(c["step"][ok], _smooth(c[key][ok]), **style, marker=MARKERS[i % len(MARKERS)],
-                    markevery=(i % every, every), markersize=4, label=label)
+            mean = _smooth(c[key][ok])
+            if band:
+                spread = _smooth(c[f"{key}_std"][ok])
+                ax.fill_between(c["step"][ok], mean - spread, mean + spread, color=style["color"], alpha=0.15)
+            else:
+                ax.plot(c["step"][ok], c[key][ok], color=style["color"], alpha=0.25, linewidth=0.8)
+            ax.plot(c["step"][ok], mean, **style, marker=MARKERS[i % len(MARKERS)],
+                    markevery=(i % every, every), markersize=4, label=f"{label} (n={c['n']})" if band else label)
     for ax, key in zip(axes[:curves], columns, strict=True):
         ax.set(title=CURVE_TITLES.get(key, key), xlabel="step")
         ax.grid(alpha=0.3)

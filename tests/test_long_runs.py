@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from test_pipeline import REPO, TINY, manifest, mnm_cmd, subprocess_env
 
 from mnm.checkpoints import read_checkpoint
 from mnm.config import load_pipeline
-from mnm.rundir import stage_lock_file
+from mnm.rundir import exclusive_lock, stage_lock_file
 from mnm.runlock import RunFolderInUse, lock_stages
 from mnm.runner import PipelineRunner
 
@@ -177,6 +178,32 @@ def test_a_stage_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp
             pass
 
 
+def test_a_finished_run_leaves_no_lock_files(five_per_epoch: Path) -> None:
+    assert sorted(p.name for p in (five_per_epoch / "run").iterdir()) == ["manifest.json", "mix_match"]
+
+
+def _count_under_the_lock(folder: Path, times: int) -> None:
+    """Add 1 to ``folder/count``, ``times`` times, each under :func:`exclusive_lock` (which removes its file)."""
+    for _ in range(times):
+        with exclusive_lock(folder / "count.lock"):
+            count = folder / "count"
+            count.write_text(str(int(count.read_text()) + 1))
+
+
+def test_lock_files_removed_on_release_still_exclude_each_other(tmp_path: Path) -> None:
+    """Four processes take turns on one lock file that each removes when it lets go: a process that waited on the
+    removed file must not count as holding the lock (else two increments overlap and one is lost)."""
+    (tmp_path / "count").write_text("0")
+    fork = multiprocessing.get_context("fork")
+    workers = [fork.Process(target=_count_under_the_lock, args=(tmp_path, 150)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    assert (tmp_path / "count").read_text() == "600" and not (tmp_path / "count.lock").exists()
+
+
 def test_wandb_online_without_a_reachable_server_logs_offline_with_a_warning(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**subprocess_env(), "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_SILENT": "true"}
@@ -204,6 +231,21 @@ def test_status_of_a_protocol_folder_points_to_its_cells(tmp_path: Path, capsys)
         f"  {root / 'f0.5-s0'}  1/2 stages finished",
         f"  {root / 'f1-s0'}  0/2 stages finished",
     ]
+
+
+def test_status_shows_where_a_failed_stage_stopped_and_counts_one_cell_in_the_singular(tmp_path: Path,
+                                                                                       capsys) -> None:
+    from mnm.cli import main
+    from mnm.rundir import update_manifest
+
+    identity = {"name": "p", "stages": [["mm", "mix-match"], ["ft", "segment"]]}
+    update_manifest(tmp_path / "p" / "f1-s0", {"identity": identity}, "mm",
+                    {"stage": "mix-match", "status": "failed", "step": 89, "error": "RuntimeError: boom"})
+    main(["pipeline", "status", str(tmp_path / "p" / "f1-s0")])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mm "))
+    assert row.split()[:4] == ["mm", "mix-match", "failed", "89"]
+    main(["pipeline", "status", str(tmp_path / "p")])
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'p'} holds 1 run folder (a protocol's cells)")
 
 
 def test_overwrite_does_not_move_a_run_folder_that_is_in_use(tmp_path: Path) -> None:

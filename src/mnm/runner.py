@@ -217,8 +217,9 @@ class PipelineRunner:
             except CheckpointError as err:
                 if not self.fallback_checkpoint:
                     raise CheckpointError(
-                        f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
-                        f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
+                        f"{err}. Rerun with --fallback-checkpoint (make targets: FALLBACK_CHECKPOINT=1) to resume "
+                        f"from the newest readable checkpoint in {stage.checkpoints}, or delete {last} to restart "
+                        "the stage"
                     ) from None
                 log.warning("%s is unreadable; falling back to a step checkpoint", last)
         good, _ = newest_loadable(stage.step_checkpoints())

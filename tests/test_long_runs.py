@@ -83,6 +83,8 @@ def test_a_stage_resumes_from_a_step_checkpoint_and_says_when_it_must_start_over
     (checkpoints / "step=0000010.ckpt").unlink()
     entry, printed = _rerun_interrupted(five_per_epoch, 7, capsys)  # no last.ckpt: the newest step checkpoint
     assert entry["resumed_from"] == str(checkpoints / "step=0000005.ckpt"), printed
+    assert (f"stage mix_match (mix-match): resuming at step 5 from {checkpoints / 'step=0000005.ckpt'} (2 steps "
+            "since the last checkpoint are redone)") in printed
     assert entry["status"] == "finished" and entry["steps"] == 10
     assert EARLIER_TIME < entry["wall_time_s"] < EARLIER_TIME + 300  # the time of both attempts
     for ckpt in checkpoints.glob("*.ckpt"):
@@ -153,7 +155,8 @@ def test_a_killed_protocol_cell_resumes_from_its_last_step_checkpoint_and_refuse
     assert entry["status"] == "finished" and entry["steps"] == 15
     assert entry["wall_time_s"] > killed_time > 0  # the killed attempt's time up to step 10 counts
     assert entry["resumed_from"] == str(cell / "ft_random" / "checkpoints" / "last.ckpt")
-    assert f"stage ft_random (segment): resuming from {entry['resumed_from']}" in rerun.stdout
+    assert (f"stage ft_random (segment): resuming at step 10 from {entry['resumed_from']} (any steps the earlier "
+            "attempt ran after that checkpoint are redone)") in rerun.stdout  # a SIGKILL leaves no record of them
 
 
 def test_a_stage_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp_path: Path, capsys) -> None:

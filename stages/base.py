@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from mnm.backbones import Backbone, build_backbone, load_backbone_weights
 from mnm.checkpoints import read_checkpoint
@@ -168,6 +169,19 @@ class BaseStage(ScalarLogging, L.LightningModule):
         if self._probe is None:
             self._probe = RepresentationProbe.from_datamodule(self.trainer.datamodule)
         return score_backbone(self._probe, self.backbone)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Modules the stage keeps in eval mode while it trains, on purpose (a frozen backbone's batch norm)."""
+        return []
+
+    def on_train_start(self) -> None:
+        """Warn of modules in eval mode at the start of training, as Lightning does, but not of
+        :meth:`frozen_modules` (Lightning's warning cannot tell them apart: :mod:`mnm.quiet` filters it)."""
+        kept = {id(m) for frozen in self.frozen_modules() for m in frozen.modules()}
+        stray = [name for name, m in self.named_modules() if not m.training and id(m) not in kept]
+        if stray:
+            rank_zero_warn(f"{len(stray)} module(s) in eval mode at the start of training, which may lead to "
+                           f"unexpected behaviour: {', '.join(stray[:5])}{' ...' if len(stray) > 5 else ''}")
 
     @classmethod
     def run_tags(cls, model_args: dict[str, Any]) -> list[str]:

@@ -131,6 +131,10 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
             self.backbone.eval()
         return self
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The backbone, when it is frozen (kept in eval mode: :meth:`train`)."""
+        return [self.backbone] if self.hparams.freeze_backbone else []
+
     def features(self, image: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's feature maps; without autograd when the backbone is frozen."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.hparams.freeze_backbone):

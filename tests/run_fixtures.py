@@ -2,8 +2,8 @@
 
 Import the fixture into a test module (``from run_fixtures import tiny_run_fixture``); the run
 happens once per session however many modules use it. It runs in a subprocess
-(``python -m mnm benchmark``), so global torch settings of the run (deterministic
-algorithms, seeds) do not leak into other tests.
+(``python -m mnm demo --quick``, from an empty working folder), so global torch settings of the run
+(deterministic algorithms, seeds) do not leak into other tests.
 """
 
 from __future__ import annotations
@@ -24,18 +24,20 @@ TINY = REPO / "conf" / "benchmarks" / "tiny.yaml"
 
 @dataclass(frozen=True)
 class TinyRun:
-    """A finished tiny benchmark: its run directory, data root, results and the CLI's stdout."""
+    """A finished tiny benchmark: its run directory, data root, results, the CLI's stdout and the (empty) folder
+    it ran in."""
 
     run_dir: Path
     data_root: Path
     results: dict[str, Any]
     stdout: str
+    cwd: Path
 
 
-def mnm_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m mnm ARGS`` from the repository root, W&B off; raises with the output on failure."""
+def mnm_cli(*args: str, timeout: float = 600, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """``python -m mnm ARGS`` (from the repository root), W&B off; raises with the output on failure."""
     env = {**os.environ, "WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mnm", *args], cwd=REPO, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "mnm", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"mnm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -54,7 +56,9 @@ def tiny_run_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     """The tiny benchmark, run once per test session."""
     if "tiny" not in _RUNS:
         base = tmp_path_factory.mktemp("bench-tiny")
-        proc = run_tiny_benchmark(base / "run", base / "data")
+        (base / "cwd").mkdir()
+        proc = mnm_cli("demo", "--quick", "--out", str(base / "run"), cwd=base / "cwd")  # the data: run/data/
         results = json.loads((base / "run" / "results.json").read_text())
-        _RUNS["tiny"] = TinyRun(base / "run", base / "data", results, proc.stdout)
+        _RUNS["tiny"] = TinyRun(base / "run", base / "run" / "data" / "synthetic-tiny", results, proc.stdout,
+                                base / "cwd")
     return _RUNS["tiny"]

@@ -101,6 +101,12 @@ def test_arms_share_the_fine_tuning_config(tiny_run: TinyRun) -> None:
         assert comparable(stage) == reference, stage
 
 
+def test_the_quick_demo_writes_only_into_its_run_folder(tiny_run: TinyRun) -> None:
+    """The fixture ran ``mnm demo --quick --out RUN`` from an empty folder: its data is in RUN/data/."""
+    assert list(tiny_run.cwd.iterdir()) == []
+    assert (tiny_run.data_root / "mnm_synthetic.json").is_file()
+
+
 def test_rerun_skips_finished_stages(tiny_run: TinyRun) -> None:
     proc = run_tiny_benchmark(tiny_run.run_dir, tiny_run.data_root)
     assert proc.stdout.count("skipped") == len(load_pipeline(TINY).stages)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_pipeline import TINY, mnm_cmd, subprocess_env
 
+from mnm.cli import main, usage
 from mnm.config import load_pipeline
+from mnm.rundir import read_csv_rows
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import main_stage, parse_stage
 from mnm.stages import STAGES
@@ -62,7 +66,7 @@ def test_a_stage_command_prints_no_library_noise(tmp_path: Path) -> None:
                f"--trainer.default_root_dir={tmp_path / 'out'}")
     assert proc.returncode == 0, proc.stderr
     output = proc.stdout + proc.stderr
-    for noise in ("args parameter is intended", "LeafSpec", "litlogger"):
+    for noise in ("args parameter is intended", "LeafSpec", "litlogger", "litmodels", "tensorboardX"):
         assert noise not in output, output
 
 
@@ -93,6 +97,50 @@ def test_stage_fit_keeps_last_ckpt_under_runs_and_says_where(tmp_path: Path) -> 
                cwd=tmp_path)
     assert proc.returncode == 0 and "checkpoint runs" not in proc.stdout, proc.stderr[-2000:]
     assert not (tmp_path / "runs/segment/lightning_logs/version_2/checkpoints").exists()
+
+
+#: what Lightning and W&B printed on every stage run, telling an mnm user nothing (mnm.quiet says why each is harmless)
+STAGE_NOISE = ("smaller than the logging interval", "in eval mode", "anonymous setting", "Previous log files",
+               "exists and is not empty", "Received SIGTERM", "Tip:")
+
+
+def test_a_stopped_and_resumed_stage_prints_no_library_noise(tmp_path: Path) -> None:
+    """W&B on (offline, not silenced), a logging interval longer than an epoch (4 batches), a frozen backbone, a
+    SIGTERM at fine-tuning step 3 and the rerun that resumes; logging still comes every 5 steps."""
+    out, sigterm = tmp_path / "run", '[{"class_path": "faults.SigtermAt", "init_args": {"step": 3}}]'
+    cmd = mnm_cmd("pipeline", "run", str(TINY), "--out", str(out), "--set", f"data_root={tmp_path / 'data'}",
+                  "--set", "steps=6", "--set", "wandb.enabled=true", "--set", "trainer.log_every_n_steps=5",
+                  "--set", "stages.finetune.model.freeze_backbone=true",
+                  "--set", f"stages.finetune.trainer.callbacks={sigterm}")
+    env = {key: value for key, value in subprocess_env().items() if key != "WANDB_SILENT"} | {"WANDB_MODE": "offline"}
+    runs = [subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert [run.returncode for run in runs] == [143, 0], runs[-1].stderr[-3000:]
+    for run in runs:
+        output = run.stdout + run.stderr
+        assert not [noise for noise in STAGE_NOISE if noise in output], output
+    assert "stage finetune (segment): resuming at step 4 from" in runs[1].stdout
+    logged = [int(row["step"]) for row in read_csv_rows(out / "mix_match" / "csv" / "metrics.csv") if row["train/loss"]]
+    assert logged == [4]  # the fifth step, in the second epoch
+
+
+def test_the_commands_of_the_usage_line_up() -> None:
+    lines = [line for line in usage().splitlines() if line.startswith("  mnm ")]
+    columns = {len(line) - len(re.split(r"\S  +", line, maxsplit=1)[1]) for line in lines}
+    assert len(lines) > 10 and len(columns) == 1, usage()
+
+
+@pytest.mark.parametrize("command", [["pipeline", "run"], ["benchmark"], ["protocol"], ["unsupervised"], ["demo"]])
+def test_every_command_that_resumes_stages_takes_the_fallback(command: list[str], capsys) -> None:
+    """The runner's error about a corrupt last.ckpt names --fallback-checkpoint: each command must take it."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0 and "--fallback-checkpoint" in capsys.readouterr().out
+
+
+def test_import_caffe_help_lists_debug(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["import-caffe", "--help"])
+    assert "--debug" in capsys.readouterr().out
 
 
 def test_every_stage_help_names_its_stage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ from test_pipeline import REPO, TINY, manifest, mnm_cmd, subprocess_env
 
 from mnm.checkpoints import read_checkpoint
 from mnm.config import load_pipeline
-from mnm.rundir import stage_lock_file
+from mnm.rundir import exclusive_lock, stage_lock_file
 from mnm.runlock import RunFolderInUse, lock_stages
 from mnm.runner import PipelineRunner
 
@@ -82,6 +83,8 @@ def test_a_stage_resumes_from_a_step_checkpoint_and_says_when_it_must_start_over
     (checkpoints / "step=0000010.ckpt").unlink()
     entry, printed = _rerun_interrupted(five_per_epoch, 7, capsys)  # no last.ckpt: the newest step checkpoint
     assert entry["resumed_from"] == str(checkpoints / "step=0000005.ckpt"), printed
+    assert (f"stage mix_match (mix-match): resuming at step 5 from {checkpoints / 'step=0000005.ckpt'} (2 steps "
+            "since the last checkpoint are redone)") in printed
     assert entry["status"] == "finished" and entry["steps"] == 10
     assert EARLIER_TIME < entry["wall_time_s"] < EARLIER_TIME + 300  # the time of both attempts
     for ckpt in checkpoints.glob("*.ckpt"):
@@ -177,7 +180,8 @@ def test_a_killed_protocol_cell_resumes_from_its_last_step_checkpoint_and_refuse
     assert entry["status"] == "finished" and entry["steps"] == 15
     assert entry["wall_time_s"] > killed_time > 0  # the killed attempt's time up to step 10 counts
     assert entry["resumed_from"] == str(cell / "ft_random" / "checkpoints" / "last.ckpt")
-    assert f"stage ft_random (segment): resuming from {entry['resumed_from']}" in rerun.stdout
+    assert (f"stage ft_random (segment): resuming at step 10 from {entry['resumed_from']} (any steps the earlier "
+            "attempt ran after that checkpoint are redone)") in rerun.stdout  # a SIGKILL leaves no record of them
 
 
 def test_a_stage_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp_path: Path, capsys) -> None:
@@ -200,6 +204,32 @@ def test_a_stage_lock_names_its_holder_and_a_dead_holders_lock_is_taken_over(tmp
     with pytest.raises(RunFolderInUse, match=rf"may be in use by PID 1 on elsewhere .* delete {lock_file}"):
         with lock_stages(run, ["a"]):
             pass
+
+
+def test_a_finished_run_leaves_no_lock_files(five_per_epoch: Path) -> None:
+    assert sorted(p.name for p in (five_per_epoch / "run").iterdir()) == ["manifest.json", "mix_match"]
+
+
+def _count_under_the_lock(folder: Path, times: int) -> None:
+    """Add 1 to ``folder/count``, ``times`` times, each under :func:`exclusive_lock` (which removes its file)."""
+    for _ in range(times):
+        with exclusive_lock(folder / "count.lock"):
+            count = folder / "count"
+            count.write_text(str(int(count.read_text()) + 1))
+
+
+def test_lock_files_removed_on_release_still_exclude_each_other(tmp_path: Path) -> None:
+    """Four processes take turns on one lock file that each removes when it lets go: a process that waited on the
+    removed file must not count as holding the lock (else two increments overlap and one is lost)."""
+    (tmp_path / "count").write_text("0")
+    fork = multiprocessing.get_context("fork")
+    workers = [fork.Process(target=_count_under_the_lock, args=(tmp_path, 150)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    assert (tmp_path / "count").read_text() == "600" and not (tmp_path / "count.lock").exists()
 
 
 def test_wandb_online_without_a_reachable_server_logs_offline_with_a_warning(tmp_path: Path) -> None:
@@ -229,6 +259,21 @@ def test_status_of_a_protocol_folder_points_to_its_cells(tmp_path: Path, capsys)
         f"  {root / 'f0.5-s0'}  1/2 stages finished",
         f"  {root / 'f1-s0'}  0/2 stages finished",
     ]
+
+
+def test_status_shows_where_a_failed_stage_stopped_and_counts_one_cell_in_the_singular(tmp_path: Path,
+                                                                                       capsys) -> None:
+    from mnm.cli import main
+    from mnm.rundir import update_manifest
+
+    identity = {"name": "p", "stages": [["mm", "mix-match"], ["ft", "segment"]]}
+    update_manifest(tmp_path / "p" / "f1-s0", {"identity": identity}, "mm",
+                    {"stage": "mix-match", "status": "failed", "step": 89, "error": "RuntimeError: boom"})
+    main(["pipeline", "status", str(tmp_path / "p" / "f1-s0")])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("mm "))
+    assert row.split()[:4] == ["mm", "mix-match", "failed", "89"]
+    main(["pipeline", "status", str(tmp_path / "p")])
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'p'} holds 1 run folder (a protocol's cells)")
 
 
 def test_overwrite_does_not_move_a_run_folder_that_is_in_use(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +14,19 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_makefile import dry_run
 
 from mnm.cli import main as cli_main
 from mnm.config import ConfigError
+from mnm.paths import shown_path
 from mnm.protocol import (
     cell_name,
+    grid_plan,
     load_cell,
     miou_figure,
     paired_differences,
     protocol_markdown,
+    protocol_spec,
     provenance_markdown,
     run_protocol,
 )
@@ -81,6 +86,8 @@ def test_probe_scores_each_arms_starting_point(protocol: tuple[Path, dict]) -> N
     assert all(0.0 <= p["knn_acc"] <= 1.0 for p in probes.values())
     graph = report["cells"][cell_name(0.5, 0)]["arms"]["random → M&M graph → fine-tune"]
     assert graph["probe_knn_acc"] == probes["mm_graph"]["knn_acc"]
+    row = next(line for line in (out / "protocol.md").read_text().splitlines() if line.startswith("| random → M&M"))
+    assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d \(n=2\)", row.strip("| ").split(" | ")[-1])  # eff. rank, seeds
 
 
 def test_arms_are_paired_by_seed_against_the_first_arm(protocol: tuple[Path, dict]) -> None:
@@ -309,3 +316,79 @@ def test_figure_shows_std_bars_and_the_number_of_seeds() -> None:
     (bars,) = ax.containers
     assert bars.has_yerr
     assert sorted(t.get_text() for t in ax.texts) == ["n=1", "n=3"] and "sample std" in ax.get_title()
+
+
+# -- resuming a cell whose last.ckpt is corrupt; what a command is about to run ------------------------------------
+def test_a_cell_with_a_corrupt_last_checkpoint_names_the_option_that_resumes_it(tmp_path: Path, repo_root: Path,
+                                                                               monkeypatch, capsys) -> None:
+    monkeypatch.chdir(repo_root)
+    args = ["protocol", FILE, "--out", str(tmp_path), "--fractions", "1", "--seeds", "0", "--arms", "ft_random",
+            "--set", f"data_root={tmp_path / 'data'}", "--set", "checkpoint.every_n_train_steps=2"]
+    cli_main(args)  # ft_random: 4 steps, a step checkpoint at step 4 besides last.ckpt
+    cell = tmp_path / cell_name(1.0, 0)
+    manifest = json.loads((cell / "manifest.json").read_text())
+    manifest["stages"]["ft_random"]["status"] = "interrupted"
+    (cell / "manifest.json").write_text(json.dumps(manifest))
+    last = cell / "ft_random" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli_main(args)
+    error = capsys.readouterr().err
+    assert error.startswith(f"mnm: error: cannot read checkpoint {last}: truncated or corrupt"), error
+    option, variable = re.search(r"Rerun with (--[\w-]+) \(make targets: (\w+)=1\)", error).groups()
+    (command,) = dry_run("msrc-label-efficient", f"{variable}=1")
+    assert option in command
+    cli_main([*args, option])
+    entry = json.loads((cell / "manifest.json").read_text())["stages"]["ft_random"]
+    assert entry["status"] == "finished" and entry["resumed_from"] == str(last.with_name("step=0000004.ckpt"))
+
+
+def timed_protocol(tmp_path: Path, repo_root: Path, minutes: str) -> Path:
+    """tiny_protocol.yaml with ``protocol.stage_minutes: MINUTES``."""
+    file = tmp_path / "timed.yaml"
+    file.write_text(f"extends: {repo_root / FILE}\nprotocol: {{fractions: [0.5, 1.0], seeds: [0, 1], "
+                    f"budget: two minutes, stage_minutes: {minutes}}}\n")
+    return file
+
+
+def test_the_plan_counts_the_stage_runs_and_adds_up_their_minutes(tmp_path: Path, repo_root: Path,
+                                                                  monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    file = timed_protocol(tmp_path, repo_root, '{"ft_mm_*": 1.5, segment: 2}')
+    first = load_cell(file, tmp_path, [], 1.0, 0)
+    cells = {(f, s): load_cell(file, tmp_path, [], f, s) for f in (0.5, 1.0) for s in (0, 1)}
+    lines = grid_plan(first, protocol_spec(first), cells, None).splitlines()
+    assert lines[0] == ("[mnm] protocol protocol-tiny: 4 cells (2 fractions 0.5 1 x 2 seeds 0 1) x 3 stages = "
+                        "12 stage runs: 0 finished earlier, 12 to run")
+    assert lines[1] == (f"[mnm] estimated time: about 14 min by protocol.stage_minutes of {shown_path(file)} for 8 of "
+                        "the 12 runs (no time there for mm_graph)")  # 4 x (1.5 for ft_mm_graph + 2 for ft_random)
+    assert lines[2] == "[mnm] the file's budget: two minutes"
+    one = grid_plan(first, protocol_spec(first), {(1.0, 0): first}, ["ft_random"]).splitlines()
+    assert one[0].endswith("1 cell (1 fraction 1 x 1 seed 0) x 1 stage = 1 stage run: 0 finished earlier, 1 to run")
+    plain = load_cell(FILE, tmp_path, [], 1.0, 0)  # no stage_minutes: the budget's words only
+    assert grid_plan(plain, protocol_spec(plain), {(1.0, 0): plain}, None).splitlines()[1:3] == [
+        f"[mnm] estimated time: not known ({FILE} gives no protocol.stage_minutes for these stages)",
+        "[mnm] the file's budget: about 2 minutes on 2 CPU cores"]
+
+
+def test_the_plan_is_printed_before_the_first_cell_and_says_when_all_is_done(tmp_path: Path, repo_root: Path,
+                                                                             monkeypatch, capsys) -> None:
+    monkeypatch.chdir(repo_root)
+    file = timed_protocol(tmp_path, repo_root, "{segment: 2}")
+    run = lambda: run_protocol(file, tmp_path, [f"data_root={tmp_path / 'data'}"], fractions=[1.0],  # noqa: E731
+                               seeds=[0], arms=["ft_random"])
+    run()
+    lines = capsys.readouterr().out.splitlines()
+    plan = [line for line in lines if line.startswith("[mnm] ") and "protocol cell" not in line][:4]
+    assert lines.index(plan[-1]) < lines.index("[mnm] protocol cell f1-s0")
+    assert "1 stage run: 0 finished earlier, 1 to run" in plan[0] and "about 2 min" in plan[1]
+    run()
+    again = capsys.readouterr().out
+    assert "1 stage run: 1 finished earlier, 0 to run" in again and "estimated time" not in again
+
+
+def test_stage_minutes_must_be_positive_numbers(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.chdir(repo_root)
+    with pytest.raises(ConfigError, match=r"timed\.yaml: protocol\.stage_minutes must map stage names or kinds"):
+        run_protocol(timed_protocol(tmp_path, repo_root, "{segment: -2}"), tmp_path / "out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from argparse import ArgumentError
 from pathlib import Path
 
@@ -125,6 +126,27 @@ def test_frozen_read_out_trains_the_head_alone(data: dict) -> None:
     assert any(not torch.equal(v, cli.model.head.state_dict()[k]) for k, v in head.items())
     cli.model.train()
     assert cli.model.head.training and not cli.model.backbone.training  # BN statistics stay fixed
+
+
+@pytest.mark.parametrize(("frozen", "stray"), [(True, False), (False, True), (True, True)])
+def test_modules_left_in_eval_mode_are_named_unless_frozen_on_purpose(data: dict, frozen: bool, stray: bool) -> None:
+    """A module left in eval mode by mistake is warned of by name at the start of training; a frozen backbone, kept
+    in eval mode on purpose, is not (Lightning's own warning names neither and counts both)."""
+    cli = build_stage("segment", {"model": {"backbone": "alexnet", "freeze_backbone": frozen}, "data": data,
+                                  "trainer": TRAINER})
+    if stray:
+        cli.model.head.eval()  # Lightning keeps the modes the modules start training in
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    ours = [str(w.message) for w in caught if "which may lead to unexpected behaviour" in str(w.message)]
+    if not stray:
+        assert ours == []
+        return
+    (message,) = ours
+    named = message.split(": ", 1)[1].removesuffix(" ...").split(", ")
+    assert named[0] == "head" and all(name.startswith("head") for name in named)
+
 
 
 def test_accumulated_batches_of_one_step_draw_differently(data: dict) -> None:

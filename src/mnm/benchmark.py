@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mnm.cli import DEBUG_HELP, add_fallback_argument
 from mnm.config import Pipeline, load_pipeline
 from mnm.report import build_report, check_report_spec, metric_table
 from mnm.runner import PipelineRunner
@@ -38,12 +39,14 @@ def load_benchmark(
     return pipeline
 
 
-def run_benchmark(pipeline: Pipeline, overwrite: bool = False, ran_with: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_benchmark(pipeline: Pipeline, overwrite: bool = False, fallback_checkpoint: bool = False,
+                  ran_with: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume, or skip) every stage, then write the report; returns ``results.json``'s content.
 
+    ``fallback_checkpoint``: a stage whose ``last.ckpt`` is corrupt resumes from its newest readable checkpoint.
     ``ran_with`` (what runs it: overrides, code, machine) is recorded in each stage that runs now.
     """
-    PipelineRunner(pipeline, overwrite=overwrite, ran_with=ran_with).run()
+    PipelineRunner(pipeline, overwrite=overwrite, fallback_checkpoint=fallback_checkpoint, ran_with=ran_with).run()
     results = build_report(pipeline.out_dir, pipeline)
     print(f"\n[mnm] benchmark {pipeline.name} ({results['eval_split']}):\n")
     print(metric_table(results))
@@ -52,14 +55,15 @@ def run_benchmark(pipeline: Pipeline, overwrite: bool = False, ran_with: dict[st
 
 
 def add_benchmark_arguments(parser: argparse.ArgumentParser, file_help: str) -> None:
-    """The arguments ``mnm benchmark`` and ``mnm protocol`` share: the file, ``--out``, ``--set``,
-    ``--eval-split`` and ``--debug``."""
+    """The arguments ``mnm benchmark``, ``mnm protocol`` and ``mnm unsupervised`` share: the file, ``--out``,
+    ``--set``, ``--eval-split``, ``--fallback-checkpoint`` and ``--debug``."""
     parser.add_argument("file", help=file_help)
     parser.add_argument("--out", help="run directory (default runs/<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override, as for `mnm pipeline run` (a var, data.root=..., stages.<name>.model.lr=...)")
     parser.add_argument("--eval-split", choices=("val", "test"), help="split every segment stage is evaluated on")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_fallback_argument(parser)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -68,4 +72,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_benchmark_arguments(parser, "benchmark YAML (e.g. conf/benchmarks/camvid_cpu.yaml)")
     parser.add_argument("--overwrite", action="store_true", help="replace a run directory of another pipeline")
     args = parser.parse_args(argv)
-    run_benchmark(load_benchmark(args.file, args.out, args.set, args.eval_split), overwrite=args.overwrite)
+    run_benchmark(load_benchmark(args.file, args.out, args.set, args.eval_split), overwrite=args.overwrite,
+                  fallback_checkpoint=args.fallback_checkpoint)

@@ -1,4 +1,4 @@
-"""Callbacks that make long stages safe: stop on a non-finite loss, checkpoint on SIGTERM."""
+"""Callbacks that make long stages safe: stop on a non-finite loss, checkpoint on SIGTERM; and the W&B logger."""
 
 from __future__ import annotations
 
@@ -14,7 +14,18 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from PIL import Image
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's W&B logger without the ``anonymous=None`` it always hands to ``wandb.init``: W&B (0.19 on) warns
+    that "the anonymous setting has no effect" whenever the argument is there, even as ``None``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous", False) is None:
+            del self._wandb_init["anonymous"]
 
 
 class NonFiniteLossError(RuntimeError):

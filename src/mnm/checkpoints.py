@@ -65,6 +65,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The ``global_step`` a readable Lightning training state was saved at (``None`` if it records none); the file is
+    memory-mapped, so its tensors are not read."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    step = state.get("global_step") if isinstance(state, dict) else None
+    return None if step is None else int(step)
+
+
 def current_umask() -> int:
     """The process's file-mode creation mask (read by setting it and putting it back)."""
     mask = os.umask(0o022)

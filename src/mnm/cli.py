@@ -22,6 +22,12 @@ from mnm.stages import STAGES
 DEBUG_HELP = "show the full traceback of an error"
 
 
+def add_fallback_argument(parser: argparse.ArgumentParser) -> None:
+    """``--fallback-checkpoint``: every command that resumes stages takes it (the runner's error names it)."""
+    parser.add_argument("--fallback-checkpoint", action="store_true",
+                        help="resume a stage whose last.ckpt is corrupt from its newest readable checkpoint")
+
+
 def _pipeline(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="mnm pipeline", description="Run a pipeline of stages from a YAML file.")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -33,8 +39,7 @@ def _pipeline(argv: list[str]) -> None:
     run.add_argument("--only", action="append", help="run only these stages (earlier ones must be finished)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace a run directory that belongs to another pipeline")
-    run.add_argument("--fallback-checkpoint", action="store_true",
-                     help="resume from the newest readable checkpoint when last.ckpt is corrupt")
+    add_fallback_argument(run)
     run.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     status = sub.add_parser("status", help="a table of a run's stages: status, steps, time, mIoU or loss")
     status.add_argument("run_dir")
@@ -92,6 +97,7 @@ def _import_caffe(argv: list[str]) -> None:
                         help="batch norm with scale and shift (default: as the file's batch norms)")
     parser.add_argument("--identity-bn", action="store_true",
                         help="give convs without a batch norm in the file an identity one")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     from mnm.caffe_import import EXTRA_KEY, check_import_out, map_onto_backbone, read_caffemodel
     from mnm.checkpoints import atomic_torch_save
@@ -150,7 +156,7 @@ def usage() -> str:
         "  mnm predict STAGE_DIR IMAGES --out DIR            masks (input size) from a trained segment stage\n"
         "  mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png  M&M curves and final mIoU side by side\n"
         "  mnm ensemble -c CONFIG --ckpts A B                evaluate the average of several models\n"
-        "  mnm import-caffe MODEL --backbone B --out CKPT   a Caffe .caffemodel as an mnm checkpoint\n"
+        "  mnm import-caffe MODEL --backbone B --out CKPT    a Caffe .caffemodel as an mnm checkpoint\n"
         "  mnm probe CKPT [CKPT ...] [--random alexnet]      kNN probe of backbones on fixed patch sets\n"
         "  mnm protocol FILE [--fractions F] [--seeds S]     a benchmark over label fractions x seeds\n"
         "  mnm unsupervised FILE [--seeds S]                 clustering arms: matched mIoU, linear probe, cluster maps\n"

@@ -1,6 +1,6 @@
 """``mnm demo [--out runs/demo] [--quick]``: the synthetic benchmark behind ``make demo``, on the CPU.
 
-Writes the synthetic dataset (through the data module's ``prepare_data``), then
+Writes the synthetic dataset (through the data module's ``prepare_data``; :func:`data_folder` says where), then
 runs ``conf/benchmarks/demo.yaml`` (``--quick``: ``conf/benchmarks/tiny.yaml``,
 a seconds-long smoke run whose numbers mean nothing) with
 :func:`mnm.benchmark.run_benchmark`, which writes ``report.md`` and the figures.
@@ -9,7 +9,6 @@ a seconds-long smoke run whose numbers mean nothing) with
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from lightning.pytorch.cli import instantiate_class
 
 import mnm
 from mnm.benchmark import load_benchmark, run_benchmark
+from mnm.cli import DEBUG_HELP, add_fallback_argument
 from mnm.config import Pipeline
 
 
@@ -36,6 +36,12 @@ def benchmark_file(name: str) -> Path:
     return path
 
 
+def data_folder(out: str, name: str) -> str:
+    """Where the demo's synthetic data goes: ``<out>/data/synthetic-<name>``, inside the run folder, so that the demo
+    writes nothing outside it (and ``make demo`` from the repository root has the same hashes in every clone)."""
+    return str(Path(out) / "data" / f"synthetic-{name}")
+
+
 def prepare_data(pipeline: Pipeline) -> None:
     """Run ``prepare_data`` of every distinct data module of the pipeline (generates synthetic data once)."""
     seen = []
@@ -49,15 +55,14 @@ def prepare_data(pipeline: Pipeline) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``mnm demo``."""
     parser = argparse.ArgumentParser(prog="mnm demo", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", help="run directory (default runs/demo, with --quick runs/demo-quick)")
+    parser.add_argument("--out", help="run directory (default runs/demo, with --quick runs/demo-quick); the synthetic "
+                        "data is written to OUT/data/")
     parser.add_argument("--quick", action="store_true", help="toy-sized smoke run (seconds; numbers are meaningless)")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    add_fallback_argument(parser)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
     name = "tiny" if args.quick else "demo"
-    # the data lives in the checkout's data/ folder, named relative to the working directory when possible,
-    # so that `make demo` from the repository root gives the same configuration hashes in every clone
-    data = repo_root() / "data" / f"synthetic-{name}"
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    pipeline = load_benchmark(benchmark_file(name), out, [f"data_root={os.path.relpath(data)}"])
+    pipeline = load_benchmark(benchmark_file(name), out, [f"data_root={data_folder(out, name)}"])
     prepare_data(pipeline)
-    run_benchmark(pipeline)
+    run_benchmark(pipeline, fallback_checkpoint=args.fallback_checkpoint)

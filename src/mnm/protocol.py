@@ -8,6 +8,7 @@ The benchmark file (see :mod:`mnm.benchmark`) gains a ``protocol:`` section::
       seeds: [0, 1, 2]
       probe: true                     # kNN probe of every arm's pre-trained backbone
       budget: "about 6.5 h on 2 CPU cores"   # free text, copied into the report
+      stage_minutes: {"frozen_*": 3, segment: 4, mix-match: 4.5}   # optional: minutes per stage run
 
 Each cell (fraction ``f``, seed ``s``) is an ordinary benchmark run in ``<out>/f<f>-s<s>/``
 (resumable; its own ``report.md``), with ``${fraction}`` = ``f`` and every seed of the run =
@@ -15,6 +16,10 @@ Each cell (fraction ``f``, seed ``s``) is an ordinary benchmark run in ``<out>/f
 labelled subset's ``split_seed``. The protocol report (``protocol.json``, ``protocol.md``,
 ``miou_vs_fraction.png``) aggregates the finished cells; the standard deviation is the sample
 standard deviation over seeds (``ddof=1``).
+
+Before the first cell starts, the command says how many cells and stage runs it has to do and how long
+they take by ``stage_minutes`` (each stage takes the minutes of the first key, in file order, that its name or
+kind matches as a shell-style pattern), and prints the ``budget``.
 
 Arms are also compared seed by seed: ``report.pairs`` lists ``[arm, against]`` stage pairs (default:
 every arm against the first), and the report gives the mean ± std of the paired differences of the
@@ -31,6 +36,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +46,13 @@ import torch
 from mnm.backbones import build_backbone
 from mnm.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
 from mnm.checkpoints import atomic_write_json, atomic_write_text
-from mnm.config import ConfigError, Pipeline
+from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.paired import paired_interval
 from mnm.paths import shown_path
 from mnm.probe import RepresentationProbe, score_backbone
 from mnm.provenance import code_version, describe_code, describe_machine, machine
 from mnm.report import CURVE_TITLES, init_chain, plot_mm_curves, pyplot, read_curves, tail_mean
-from mnm.rundir import StageDir, load_stage, read_manifest, read_stage_metrics, stage_hashes
+from mnm.rundir import StageDir, load_stage, plural, read_manifest, read_stage_metrics, stage_hashes
 from mnm.runner import PipelineRunner
 from mnm.stage_cli import stage_class
 
@@ -96,6 +102,11 @@ def protocol_spec(pipeline: Pipeline) -> dict[str, Any]:
         raise ConfigError(f"{pipeline.path}: protocol.fractions must list label fractions in (0, 1], got {fractions}")
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{pipeline.path}: protocol.seeds must list integer seeds, got {seeds}")
+    minutes = spec.get("stage_minutes") or {}
+    if not isinstance(minutes, dict) or not all(
+            isinstance(m, int | float) and not isinstance(m, bool) and m > 0 for m in minutes.values()):
+        raise ConfigError(f"{pipeline.path}: protocol.stage_minutes must map stage names or kinds (shell-style "
+                          f"patterns) to positive minutes, got {minutes}")
     return spec
 
 
@@ -139,6 +150,64 @@ def load_cell(file: str | Path, out: Path, sets: Sequence[str], fraction: float,
     """The benchmark pipeline of one cell, with its fraction and seed applied."""
     pipeline = load_benchmark(file, out / cell_name(fraction, seed), [*sets, f"fraction={fraction}"], eval_split)
     return reseed(pipeline, seed)
+
+
+# -- what a command is about to run ------------------------------------------------------------------------
+def stage_minutes(spec: dict[str, Any], stage: StageSpec) -> float | None:
+    """Minutes of one run of ``stage`` by ``protocol.stage_minutes``: the first key (in file order) that its name or
+    kind matches as a shell-style pattern; ``None`` when none does."""
+    keys = (spec.get("stage_minutes") or {}).items()
+    return next((float(m) for key, m in keys if fnmatchcase(stage.name, key) or fnmatchcase(stage.kind, key)), None)
+
+
+def stages_to_run(pipeline: Pipeline, arms: Sequence[str] | None) -> tuple[list[StageSpec], list[StageSpec]]:
+    """``(finished, to_run)``: the stages of a cell the command runs (those of ``arms``, else all, less those a
+    weights file stands for), split into those finished with their current config and the others."""
+    scope = set(stages_of_arms(pipeline, arms)) if arms else {s.name for s in pipeline.stages}
+    scope -= PipelineRunner(pipeline).stages_not_run()
+    done = finished_stages(pipeline)
+    runs = [s for s in pipeline.stages if s.name in scope]
+    return [s for s in runs if s.name in done], [s for s in runs if s.name not in done]
+
+
+def _duration_text(minutes: float) -> str:
+    """``"40 min"``, ``"41.5 h"``."""
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def _time_lines(first: Pipeline, spec: dict[str, Any], todo: list[StageSpec]) -> list[str]:
+    """How long the stage runs ``todo`` take by ``protocol.stage_minutes`` (naming the stages it has no time for),
+    and the file's ``budget``."""
+    timed = [(stage, stage_minutes(spec, stage)) for stage in todo]
+    known = [minutes for _, minutes in timed if minutes is not None]
+    unknown = sorted({stage.name for stage, minutes in timed if minutes is None})
+    file = shown_path(first.path)
+    if not known:
+        lines = [f"estimated time: not known ({file} gives no protocol.stage_minutes for these stages)"]
+    else:
+        part = f" for {len(known)} of the {len(todo)} runs (no time there for {', '.join(unknown)})" if unknown else ""
+        lines = [f"estimated time: about {_duration_text(sum(known))} by protocol.stage_minutes of {file}{part}"]
+    return lines + ([f"the file's budget: {spec['budget']}"] if spec.get("budget") else [])
+
+
+def grid_plan(first: Pipeline, spec: dict[str, Any], cells: dict[tuple[float, int], Pipeline],
+              arms: Sequence[str] | None) -> str:
+    """Lines that say what running ``cells`` means: cells x stages, how many stage runs are left, and how long they
+    take by ``protocol.stage_minutes`` (and the file's ``budget``)."""
+    fractions = sorted({f for f, _ in cells})
+    seeds = sorted({s for _, s in cells})
+    split = [stages_to_run(pipeline, arms) for pipeline in cells.values()]
+    per_cell = len(split[0][0]) + len(split[0][1]) if split else 0
+    done = sum(len(finished) for finished, _ in split)
+    todo = [stage for _, to_run in split for stage in to_run]
+    lines = [f"protocol {first.name}: {plural(len(cells), 'cell')} ({plural(len(fractions), 'fraction')} "
+             f"{' '.join(f'{f:g}' for f in fractions)} x {plural(len(seeds), 'seed')} {' '.join(map(str, seeds))}) "
+             f"x {plural(per_cell, 'stage')} = {plural(len(cells) * per_cell, 'stage run')}: {done} finished "
+             f"earlier, {len(todo)} to run"]
+    if todo:
+        lines += [*_time_lines(first, spec, todo),
+                  "--fractions, --seeds and --arms run a part (make: FRACTIONS=, SEEDS=, ARMS=); a rerun resumes"]
+    return "".join(f"[mnm] {line}\n" for line in lines)
 
 
 # -- probe ------------------------------------------------------------------------------------------------
@@ -462,10 +531,9 @@ def protocol_markdown(report: dict[str, Any]) -> str:
                   f"| arm | {name} (%) |{extra}{probe_head}" + (" overrides |" if shown else ""),
                   "|---|---:|" + "---:|" * len(others) + probe_rule + ("---|" if shown else "")]
         for label, s in rows.items():
-            rank = s.get("probe_effective_rank")
-            rank_text = f"{rank['mean']:.1f}" if rank else "–"
             values = "".join(f" {format_mean_std(s.get(k))} |" for k in others)
-            probe = f" {format_mean_std(s.get('probe_knn_acc'))} | {rank_text} |" if probe_head else ""
+            probe = (f" {format_mean_std(s.get('probe_knn_acc'))} | "
+                     f"{format_mean_std(s.get('probe_effective_rank'), scale=1.0)} |") if probe_head else ""
             column = f" {_overrides_text(overrides.get(label))} |" if shown else ""
             parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}{column}")
         parts.append("")
@@ -545,13 +613,15 @@ def miou_figure(report: dict[str, Any]) -> Any:
 def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (),
                  eval_split: str | None = None, fractions: Sequence[float] | None = None,
                  seeds: Sequence[int] | None = None, arms: Sequence[str] | None = None,
-                 report_only: bool = False) -> dict[str, Any]:
+                 report_only: bool = False, fallback_checkpoint: bool = False, plan: bool = True) -> dict[str, Any]:
     """Run (or resume, or skip) the cells in order, fraction by fraction, then write the protocol report.
 
     ``fractions``/``seeds`` (of the file's) and ``arms`` (arm labels or their stage names) restrict what is run
     now; the report covers every finished arm of every cell on disk, whatever the command line (each cell's
     each stage's manifest entry says what ran it). A cell's own ``report.md`` is written once all its arms have finished.
     ``report_only`` runs nothing and refuses to replace a report when no arm has finished.
+    ``fallback_checkpoint``: a stage whose ``last.ckpt`` is corrupt resumes from its newest readable checkpoint.
+    ``plan``: say what is to run and how long it takes (:func:`grid_plan`) before the first cell starts.
     """
     refuse_cell_sets(sets)
     first = load_benchmark(file, out, [*sets, "fraction=1.0"], eval_split)
@@ -562,17 +632,20 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
     if report_only and not root.is_dir():
         raise ConfigError(f"--report-only: {root} does not exist; nothing to report (--out names the run folder)")
     cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
-    selected = {key: pipeline for key, pipeline in cells.items() if not report_only
-                and (not fractions or key[0] in fractions) and (not seeds or key[1] in seeds)}
+    selected = {} if report_only else {(f, s): pipeline for (f, s), pipeline in cells.items()
+                                       if (not fractions or f in fractions) and (not seeds or s in seeds)}
     for pipeline in selected.values():  # every cell checked before the first one writes anything
         PipelineRunner(pipeline).check(stages_of_arms(pipeline, arms) if arms else None)
+    if plan and selected:
+        print(grid_plan(first, spec, selected, arms), end="", flush=True)
     record = cell_record(first.path, sets, eval_split)
     for (fraction, seed), pipeline in selected.items():
         print(f"[mnm] protocol cell {cell_name(fraction, seed)}")
         if arms:  # a runner made now reads the manifest as other commands have left it
-            PipelineRunner(pipeline, ran_with=record).run(stages_of_arms(pipeline, arms))
+            PipelineRunner(pipeline, fallback_checkpoint=fallback_checkpoint, ran_with=record).run(
+                stages_of_arms(pipeline, arms))
         if not arms or set(pipeline.report["arms"].values()) <= set(finished_stages(pipeline)):
-            run_benchmark(pipeline, ran_with=record)
+            run_benchmark(pipeline, fallback_checkpoint=fallback_checkpoint, ran_with=record)
     report = {"benchmark": first.name, "file": shown_path(first.path), "fractions": spec["fractions"],
               "seeds": spec["seeds"], "budget": spec.get("budget"), "eval_split": eval_split or "val",
               "probe": spec.get("probe", True)}
@@ -607,4 +680,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
     args = parser.parse_args(argv)
     run_protocol(args.file, args.out, args.set, args.eval_split, args.fractions, args.seeds, args.arms,
-                 args.report_only)
+                 args.report_only, args.fallback_checkpoint)

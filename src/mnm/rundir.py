@@ -8,7 +8,8 @@ A run folder holds ``manifest.json`` (one entry per stage) and a folder per stag
     <run>/<stage>/csv/metrics.csv        the CSV log (attempts merged after a resume)
     <run>/<stage>/checkpoints/           step=*.ckpt and last.ckpt (training states), final.ckpt (weights)
     <run>/.stage-<stage>.lock            who runs the stage now (mnm.runlock; outside the stage folder,
-                                         which a changed config moves aside)
+                                         which a changed config moves aside); removed when the stage is released
+    <run>/.manifest.lock                 held while one process updates manifest.json; removed after
 
 Report, compare, ensemble and the runner read and write runs through this module only.
 """
@@ -19,10 +20,12 @@ import csv
 import fcntl
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
@@ -31,7 +34,8 @@ from mnm.checkpoints import atomic_write_json, read_checkpoint
 from mnm.config import ConfigError, StageSpec
 
 __all__ = [
-    "MANIFEST", "TIME_FORMAT", "StageDir", "config_hash", "load_stage", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics",
+    "MANIFEST", "TIME_FORMAT", "HeldLock", "StageDir", "config_hash", "exclusive_lock", "load_stage", "merge_csv_logs", "plural", "read_csv_rows",
+    "read_manifest", "read_stage_metrics",
     "set_aside_csv_log", "stage_hash", "stage_lock_file", "status_table", "stage_hashes", "write_json",
 ]
 
@@ -108,6 +112,58 @@ def stage_lock_file(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / f".stage-{stage}.lock"
 
 
+# -- lock files ------------------------------------------------------------------------------------------
+@dataclass
+class HeldLock:
+    """An open lock file whose ``flock`` this process holds (see :func:`exclusive_lock`)."""
+
+    file: IO[str]
+    #: leave the file in place on release (it names a holder elsewhere that this process must not erase)
+    keep: bool = False
+
+
+def _is_open_file(fh: IO[str], path: Path) -> bool:
+    """Whether ``path`` still names the file ``fh`` has open."""
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def exclusive_lock(path: Path, wait: bool = True) -> Iterator[HeldLock]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing, opened ``a+``) for the ``with`` block,
+    then remove the file, so that finished runs leave no lock files behind; ``BlockingIOError`` at once when another
+    process holds it and not ``wait``.
+
+    Removing a lock file is safe only because taking one checks that the file locked is still the one at ``path``:
+    a process that opened the file before its holder removed it gets the ``flock`` of a file nobody else can reach
+    any more, so it drops it and locks the new file at ``path`` (else two processes would hold "the" lock). The
+    holder removes the file before it unlocks it, and only while ``path`` is still its file (not one moved aside
+    with its folder and replaced).
+    """
+    while True:
+        fh = open(path, "a+")  # noqa: SIM115 - closed on release below
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BaseException:
+            fh.close()
+            raise
+        if _is_open_file(fh, path):
+            break
+        fh.close()  # removed by its holder while this process waited: lock the file now at path
+    held = HeldLock(fh)
+    try:
+        yield held
+    finally:
+        if not held.keep:
+            fh.truncate(0)  # a lock file moved aside with its folder names no holder
+            if _is_open_file(fh, path):
+                path.unlink()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
 # -- manifest and JSON ----------------------------------------------------------------------------------
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """``manifest.json`` of a run folder ({} when there is none)."""
@@ -118,6 +174,11 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err}); move it away to start this run over") from None
+
+
+def plural(count: int, noun: str) -> str:
+    """``"1 cell"``, ``"2 cells"``: a count and its noun (regular plurals only)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _duration(seconds: float | None) -> str:
@@ -152,7 +213,8 @@ def status_table(run_dir: Path) -> str:
     errors = []
     for name in order:
         entry = entries.get(name, {})
-        rows.append((name, entry.get("stage", "–"), entry.get("status", "not started"), str(entry.get("steps", "–")),
+        steps = entry.get("steps", entry.get("step", "–"))  # "step": where a failed or stopped stage ended
+        rows.append((name, entry.get("stage", "–"), entry.get("status", "not started"), str(steps),
                      _duration(entry.get("wall_time_s")), _key_metric(run_dir, name, entry) if entry else "–"))
         if entry.get("error"):
             errors.append(f"{name}: {entry['error']}")
@@ -169,7 +231,8 @@ def _stage_order(manifest: dict[str, Any]) -> list[str]:
 
 def _inner_runs_table(folder: Path, runs: list[Path]) -> str:
     """The run folders inside ``folder`` (a protocol's cells), each with its stages finished."""
-    lines = [f"{folder} holds {len(runs)} run folders (a protocol's cells); `mnm pipeline status FOLDER` shows one:"]
+    lines = [f"{folder} holds {plural(len(runs), 'run folder')} (a protocol's cells); `mnm pipeline status FOLDER` "
+             "shows one:"]
     for run in runs:
         manifest = read_manifest(run)
         names = _stage_order(manifest)
@@ -193,8 +256,7 @@ def update_manifest(run_dir: Path, fields: dict[str, Any], stage: str, entry: di
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".manifest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(run_dir / ".manifest.lock"):
         manifest = read_manifest(run_dir) | fields
         manifest.setdefault("stages", {})[stage] = entry
         write_json(run_dir / MANIFEST, manifest)

@@ -4,12 +4,13 @@ A lock is a file (:func:`mnm.rundir.stage_lock_file`) locked with ``flock`` (the
 its holder dies, however it dies) that names its holder: PID, host and start time. A second command
 that wants a stage someone holds stops at once with :class:`RunFolderInUse`; a lock file left by a
 process that is gone (the file names it, but nobody holds the ``flock``) is taken over with a message.
+A released lock's file is removed (:func:`mnm.rundir.exclusive_lock` says why that is safe), so only a lock
+file of a process that died stays behind.
 Commands on disjoint stages of one folder (``--only``, protocol ``--arms``) may run side by side.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -20,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from mnm.rundir import TIME_FORMAT, stage_lock_file
+from mnm.rundir import TIME_FORMAT, exclusive_lock, stage_lock_file
 
 __all__ = ["RunFolderInUse", "lock_stages"]
 
@@ -42,22 +43,31 @@ def _read_holder(fh: IO[str]) -> dict[str, Any]:
         return {"pid": "?", "since": f"? (unreadable lock file: {text[:40]!r})"}  # no host: taken over when free
 
 
+def _holder_of_held_lock(path: Path) -> str:
+    """Who holds the lock file ``path`` (read without locking it; the holder wrote itself in)."""
+    try:
+        with open(path) as fh:
+            return _holder_text(_read_holder(fh))
+    except FileNotFoundError:  # released and removed just now
+        return _holder_text({})
+
+
 @contextmanager
 def _stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
     path = stage_lock_file(run_dir, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    with ExitStack() as stack:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = stack.enter_context(exclusive_lock(path, wait=False))
         except BlockingIOError:
             raise RunFolderInUse(
-                f"{run_dir} is in use by {_holder_text(_read_holder(fh))} (stage {stage!r}); "
+                f"{run_dir} is in use by {_holder_of_held_lock(path)} (stage {stage!r}); "
                 "wait for that command to end or stop it"
             ) from None
-        host = socket.gethostname()
+        fh, host = held.file, socket.gethostname()
         stale = _read_holder(fh)
         if stale and stale.get("host") not in (host, None):
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            held.keep = True
             raise RunFolderInUse(
                 f"{run_dir} may be in use by {_holder_text(stale)} (stage {stage!r}), another machine; "
                 f"if that command is gone, delete {path}"
@@ -69,13 +79,7 @@ def _stage_lock(run_dir: Path, stage: str) -> Iterator[None]:
         fh.truncate()
         fh.write(json.dumps({"pid": os.getpid(), "host": host, "since": time.strftime(TIME_FORMAT)}) + "\n")
         fh.flush()
-        try:
-            yield
-        finally:
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 @contextmanager

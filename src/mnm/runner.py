@@ -23,7 +23,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnm.checkpoints import CheckpointError, atomic_write_text, newest_loadable, read_checkpoint
+from mnm.checkpoints import (
+    CheckpointError,
+    atomic_write_text,
+    checkpoint_step,
+    newest_loadable,
+    read_checkpoint,
+)
 from mnm.config import ConfigError, Pipeline, StageSpec
 from mnm.datamodules.errors import error_message
 from mnm.interrupt import CtrlC
@@ -32,6 +38,7 @@ from mnm.rundir import (
     StageDir,
     config_changes,
     merge_csv_logs,
+    plural,
     read_manifest,
     set_aside_csv_log,
     stage_hashes,
@@ -220,8 +227,9 @@ class PipelineRunner:
             except CheckpointError as err:
                 if not self.fallback_checkpoint:
                     raise CheckpointError(
-                        f"{err}. Rerun with --fallback-checkpoint to resume from the newest readable "
-                        f"checkpoint in {stage.checkpoints}, or delete {last} to restart the stage"
+                        f"{err}. Rerun with --fallback-checkpoint (make targets: FALLBACK_CHECKPOINT=1) to resume "
+                        f"from the newest readable checkpoint in {stage.checkpoints}, or delete {last} to restart "
+                        "the stage"
                     ) from None
                 log.warning("%s is unreadable; falling back to a step checkpoint", last)
         good, _ = newest_loadable(stage.step_checkpoints())
@@ -275,7 +283,7 @@ class PipelineRunner:
             tags = [spec.kind, *stage_class(spec.kind).run_tags(model)]
             loggers.append(
                 {
-                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    "class_path": "mnm.callbacks.WandbLogger",
                     "init_args": {
                         "save_dir": str(stage.root), "project": wb.pop("project"), "group": self.p.name,
                         "job_type": spec.kind, "name": f"{self.p.name}/{spec.name}", "id": wandb_id,
@@ -317,6 +325,7 @@ class PipelineRunner:
         if rank_zero_only.rank == 0:
             atomic_write_text(stage.config, cli.parser.dump(cli.config, skip_none=False))
         earlier = _earlier_wall_time(entry, resume)
+        resuming = _resuming(resume, entry) if resume else ""
         entry = {
             "stage": spec.kind, "status": "running", "config_hash": h, "wandb_id": wandb_id,
             "init_from": spec.init_from, "pretrained_backbone": cfg["model"].get("pretrained_backbone"),
@@ -325,7 +334,7 @@ class PipelineRunner:
         }
         self.manifest["stages"][spec.name] = entry
         self._save_manifest(spec.name)
-        print(f"[mnm] stage {spec.name} ({spec.kind})" + (f": resuming from {resume}" if resume else ""))
+        print(f"[mnm] stage {spec.name} ({spec.kind})" + (f": {resuming}" if resume else ""))
         t0 = time.perf_counter()
         trainer, model = cli.trainer, cli.model
         with CtrlC() as ctrl_c:
@@ -417,6 +426,21 @@ def _earlier_wall_time(entry: dict[str, Any], resume: str | None) -> float:
         return recorded
     started = time.mktime(time.strptime(entry["started"], TIME_FORMAT))
     return recorded + max(0.0, Path(resume).stat().st_mtime - started)
+
+
+def _resuming(resume: str, entry: dict[str, Any]) -> str:
+    """What a resumed stage says: the step it resumes at, the file, and the steps after that checkpoint it redoes
+    (the manifest records where an earlier attempt stopped or failed, not where a killed one was)."""
+    step, reached = checkpoint_step(resume), entry.get("step")
+    if step is None:
+        return f"resuming from {resume}"
+    if reached is None:
+        redone = "any steps the earlier attempt ran after that checkpoint are redone"
+    elif reached > step:
+        redone = f"{plural(reached - step, 'step')} since the last checkpoint are redone"
+    else:
+        redone = "where the earlier attempt stopped"
+    return f"resuming at step {step} from {resume} ({redone})"
 
 
 def _resume_point(stage: StageDir) -> str:

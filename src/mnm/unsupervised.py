@@ -31,6 +31,7 @@ from mnm.protocol import (
     cell_name,
     finished_stages,
     format_mean_std,
+    grid_plan,
     load_cell,
     mean_std,
     protocol_spec,
@@ -130,7 +131,7 @@ def unsupervised_markdown(report: dict[str, Any]) -> str:
 
 def run_unsupervised(file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (),
                      eval_split: str | None = None, seeds: Sequence[int] | None = None, samples: int = 4,
-                     report_only: bool = False) -> dict[str, Any]:
+                     report_only: bool = False, fallback_checkpoint: bool = False) -> dict[str, Any]:
     """Run the protocol cells seed by seed, each followed by its linear probes, then the figure; returns the report.
 
     A cell's probes run as soon as the cell has finished, so an interrupted benchmark keeps them;
@@ -140,9 +141,13 @@ def run_unsupervised(file: str | Path, out: str | Path | None = None, sets: Sequ
     spec = protocol_spec(first)
     root = Path(out) if out is not None else first.out_dir
     cells = {(f, s): load_cell(file, root, sets, f, s, eval_split) for f in spec["fractions"] for s in spec["seeds"]}
+    selected = {} if report_only else {cell: p for cell, p in cells.items() if not seeds or cell[1] in seeds}
+    if selected:
+        print(grid_plan(first, spec, selected, None), end="", flush=True)
     for (fraction, seed), pipeline in cells.items():
-        if not report_only and (not seeds or seed in seeds):
-            run_protocol(file, out, sets, eval_split, fractions=[fraction], seeds=[seed])
+        if (fraction, seed) in selected:
+            run_protocol(file, out, sets, eval_split, fractions=[fraction], seeds=[seed],
+                         fallback_checkpoint=fallback_checkpoint, plan=False)
         if arms := finished_arms(pipeline):
             probe_cell(pipeline.out_dir, arms, seed)
     protocol = run_protocol(file, out, sets, eval_split, report_only=True)
@@ -181,4 +186,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=4, help="val images in the cluster-map figure (0: none)")
     parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
     args = parser.parse_args(argv)
-    run_unsupervised(args.file, args.out, args.set, args.eval_split, args.seeds, args.samples, args.report_only)
+    run_unsupervised(args.file, args.out, args.set, args.eval_split, args.seeds, args.samples, args.report_only,
+                     args.fallback_checkpoint)

@@ -158,7 +158,7 @@ colorize jigsaw mix-match segment: $(STAMP) ## one stage: make <stage> ARGS="fit
 wandb-sync: $(STAMP) ## upload the pipelines' offline W&B runs, runs/*/*/wandb (RUN=runs/<pipeline> for one; needs `wandb login`; stops at once when the W&B server is out of reach, gives up after WANDB_SYNC_TIMEOUT s)
 	@dirs=$$(find "$(RUN)" -name '.superseded-*' -prune -o -type d -path '*/wandb/offline-run-*' -print -prune 2>/dev/null | sort); \
 	test -n "$$dirs" || { echo "error: no offline W&B runs under $(RUN)/ (pipelines write <run>/<stage>/wandb/offline-run-*)"; exit 2; }; \
-	reason=$$($(BIN)/python -m mnm.wandb_mode 2>&1) || { echo "error: the W&B server takes no connection ($$(echo "$$reason" | tail -n 1)); the offline runs are kept: rerun make wandb-sync when it is in reach (WANDB_BASE_URL names another server)"; exit 2; }; \
+	reason=$$($(BIN)/python -m mnm.runs.wandb_mode 2>&1) || { echo "error: the W&B server takes no connection ($$(echo "$$reason" | tail -n 1)); the offline runs are kept: rerun make wandb-sync when it is in reach (WANDB_BASE_URL names another server)"; exit 2; }; \
 	echo "syncing $$(echo "$$dirs" | wc -l) offline W&B run(s) under $(RUN)/"; \
 	logs=$$(mktemp -d); \
 	WANDB_DIR=$$logs timeout -k 10 $(WANDB_SYNC_TIMEOUT) $(WANDB) sync $$dirs; rc=$$?; \

@@ -29,7 +29,7 @@ from mnm.datamodules.readers import (
 )
 from mnm.datamodules.sampling import resumable_loader, seed_worker
 from mnm.datamodules.transforms import JointTransform, build_eval_transform, build_train_transform
-from mnm.paths import where_to_run_hint
+from mnm.utils.paths import where_to_run_hint
 
 __all__ = ["DataError", "SegmentationDataModule", "loader_throughput", "seed_worker"]
 

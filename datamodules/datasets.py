@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.readers import IGNORE_INDEX, LabelMapping, read_label, read_rgb
 from mnm.datamodules.transforms import JointTransform, StrongView
-from mnm.semi import cutmix_box
+from mnm.methods.semi_supervised import cutmix_box
 
 logger = logging.getLogger("mnm.datamodules")
 
@@ -189,7 +189,7 @@ class SemiDataset(Dataset):
 
     The unlabelled item carries its weak view (``image``, the train transform), two strong views of it
     (``image_s1``, ``image_s2``: :class:`~mnm.datamodules.transforms.StrongView`), a CutMix box for each
-    (``box1``, ``box2``: :func:`mnm.semi.cutmix_box`, with probability ``cutmix_p``) and ``padding``.
+    (``box1``, ``box2``: :func:`mnm.methods.semi_supervised.cutmix_box`, with probability ``cutmix_p``) and ``padding``.
     The strong views and boxes are seeded from ``(key_seed, unlabelled key)``, as the weak views are.
     """
 

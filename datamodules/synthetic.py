@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mnm.checkpoints import strict_json
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.voc import VOCDataModule, voc_colormap
+from mnm.utils.files import strict_json
 
 SYNTHETIC_CLASSES = ("background", "disk", "square", "triangle", "stripes", "checker")
 MARKER = "mnm_synthetic.json"

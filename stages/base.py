@@ -8,11 +8,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mnm.backbones import Backbone, build_backbone, load_backbone_weights
-from mnm.checkpoints import read_checkpoint
-from mnm.param_groups import param_groups
-from mnm.phases import PhaseTimer, no_phase_timer
-from mnm.probe import RepresentationProbe, score_backbone
+from mnm.evaluation.knn_probe import RepresentationProbe, score_backbone
+from mnm.models.backbones import Backbone, build_backbone, load_backbone_weights
+from mnm.models.param_groups import param_groups
+from mnm.utils.phases import PhaseTimer, no_phase_timer
+from mnm.weights.checkpoints import read_checkpoint
 
 #: keys this package adds to every checkpoint it writes
 ARCH_KEY = "mnm_backbone"
@@ -64,7 +64,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
     Args:
         backbone: registry name (``alexnet``, ``alexnet_caffe``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``resnet101``).
         in_chans: 1 for a grayscale network (colorization-pretrained), 3 for RGB.
-        backbone_kwargs: backbone options (``bn_affine``, ``init``, ``input_norm``; see :mod:`mnm.backbones`),
+        backbone_kwargs: backbone options (``bn_affine``, ``init``, ``input_norm``; see :mod:`mnm.models.backbones`),
             stored in the checkpoint so the next stage builds the same parameter set.
         pretrained_backbone: a checkpoint or weights file to initialise the backbone from.
         lr: base learning rate of SGD.
@@ -162,7 +162,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
         return self.step_generator(self.global_step * accumulate + batch_idx % accumulate, per_rank=per_rank)
 
     def probe_scores(self) -> dict[str, float]:
-        """kNN probe of the backbone (:mod:`mnm.probe`) on fixed patch sets of the data module.
+        """kNN probe of the backbone (:mod:`mnm.evaluation.knn_probe`) on fixed patch sets of the data module.
 
         The patch sets are cut on the first call and kept for the rest of the run.
         """
@@ -176,7 +176,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
 
     def on_train_start(self) -> None:
         """Warn of modules in eval mode at the start of training, as Lightning does, but not of
-        :meth:`frozen_modules` (Lightning's warning cannot tell them apart: :mod:`mnm.quiet` filters it)."""
+        :meth:`frozen_modules` (Lightning's warning cannot tell them apart: :mod:`mnm.utils.quiet` filters it)."""
         kept = {id(m) for frozen in self.frozen_modules() for m in frozen.modules()}
         stray = [name for name, m in self.named_modules() if not m.training and id(m) not in kept]
         if stray:

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnm.losses import TripletLoss
-from mnm.match import Nodes, sample_triplets
-from mnm.metrics import ClassificationMetrics
+from mnm.evaluation.metrics import ClassificationMetrics
+from mnm.methods.losses import TripletLoss
+from mnm.methods.match import Nodes, sample_triplets
 from mnm.stages.base import BaseStage, MetricEvaluation
 
 #: how the triplets of a batch are made: the class-wise connected graph, random triplets, or none (CE only)
@@ -21,8 +21,8 @@ class ClassifyStage(MetricEvaluation, BaseStage):
     """Backbone + linear head on the globally pooled features; loss ``CE + mm_weight · triplet``.
 
     The M&M term treats the images of a batch as the graph's nodes, labelled by their image label:
-    ``graph`` builds the paper's class-wise connected graph (:func:`mnm.match.graph_triplets`),
-    ``random`` FaceNet-style random triplets, and the triplet loss (:class:`mnm.losses.TripletLoss`,
+    ``graph`` builds the paper's class-wise connected graph (:func:`mnm.methods.match.graph_triplets`),
+    ``random`` FaceNet-style random triplets, and the triplet loss (:class:`mnm.methods.losses.TripletLoss`,
     squared distances of L2-normalised embeddings, margin ``margin``) runs on the same pooled features
     the head reads. ``triplets: none`` (or ``mm_weight: 0``) is plain cross-entropy fine-tuning.
     Logs ``loss``, ``ce``, ``triplet``, ``active_fraction``, ``d_ap``, ``d_an`` and the batch's ``top1``

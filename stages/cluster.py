@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from mnm.clustering import (
+from mnm.datamodules.datasets import pad_collate
+from mnm.datamodules.transforms import ColorDistortion
+from mnm.evaluation.hungarian import HungarianJaccardIndex
+from mnm.methods.clustering import (
     PyramidFusion,
     assign,
     broadcast_cells,
@@ -23,9 +26,6 @@ from mnm.clustering import (
     fit_spherical_kmeans,
     sample_pixels,
 )
-from mnm.datamodules.datasets import pad_collate
-from mnm.datamodules.transforms import ColorDistortion
-from mnm.hungarian import HungarianJaccardIndex
 from mnm.stages.base import BaseStage
 from mnm.stages.segment import SegmentationEvaluation
 
@@ -35,11 +35,11 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
 
     PiCIE-style baseline: at the start of every epoch, the pixel features of (a seeded subset of)
     the train images, eval transform, are sampled and clustered into ``num_clusters`` by
-    mini-batch k-means on the unit sphere (:func:`~mnm.clustering.fit_spherical_kmeans`). Each
+    mini-batch k-means on the unit sphere (:func:`~mnm.methods.clustering.fit_spherical_kmeans`). Each
     step makes two views of the batch — a photometric one (colour distortion) and a geometric one
     (another colour distortion, then a random crop and flip, applied to the first view's features
     too so that both align) — labels each view's pixels by their nearest centroid, and minimises
-    the cross-entropy of the distance logits (:func:`~mnm.clustering.distance_logits`) to the
+    the cross-entropy of the distance logits (:func:`~mnm.methods.clustering.distance_logits`) to the
     view's own labels (``within``) and to the other view's (``cross``).
 
     FS^4-style additions (ours; FS^4 published no code), each off by default:
@@ -51,13 +51,13 @@ class ClusterStage(SegmentationEvaluation, BaseStage):
       the levels is weighted by ``pyramid_weight``. The pixel level (the baseline) is always kept.
     - ``context_kernel`` (odd, e.g. 3): the context-aware embedding, each pixel's feature averaged
       over its ``k×k`` neighbourhood weighted by a Gaussian of the distance (``context_sigma``) times
-      the clipped cosine similarity (:func:`~mnm.clustering.context_aware_embedding`), before
+      the clipped cosine similarity (:func:`~mnm.methods.clustering.context_aware_embedding`), before
       clustering, loss and evaluation.
 
     The centroids and the epoch they belong to are buffers, so they travel in the checkpoint and a
     resumed run does not re-cluster an epoch it has started. Evaluation clusters the current
     model's pixel features anew (same sampling, seeded) and scores the cluster maps against the
-    masks after Hungarian matching (:class:`~mnm.hungarian.HungarianJaccardIndex`): ``miou``,
+    masks after Hungarian matching (:class:`~mnm.evaluation.hungarian.HungarianJaccardIndex`): ``miou``,
     ``pixel_acc`` and ``iou_<class>`` (of the matched cluster). Logged in training: ``loss``,
     ``loss_within``, ``loss_cross``, ``loss_pyramid`` (with pyramid levels), ``clusters_used``
     (distinct pixel-level labels in the batch) and ``context_shift`` (with the context embedding:

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from mnm.colorization import ColorizationLoss, ab_bins, rgb_to_lab
-from mnm.heads import build_head
+from mnm.methods.colorization import ColorizationLoss, ab_bins, rgb_to_lab
+from mnm.models.heads import build_head
 from mnm.stages.base import BaseStage
 
 

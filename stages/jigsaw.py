@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnm.jigsaw import JigsawHead, jigsaw_tiles, maximal_hamming_permutations
+from mnm.methods.jigsaw import JigsawHead, jigsaw_tiles, maximal_hamming_permutations
 from mnm.stages.base import BaseStage
 
 

@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 import torch
 
-from mnm.backbones import EMBEDDINGS
-from mnm.losses import REDUCTIONS, TripletLoss, TripletStats
-from mnm.match import TRIPLET_SAMPLERS, Nodes, cross_image_fraction, gather_nodes, sample_triplets
-from mnm.mix import PatchBatch, PatchSampler
+from mnm.methods.losses import REDUCTIONS, TripletLoss, TripletStats
+from mnm.methods.match import TRIPLET_SAMPLERS, Nodes, cross_image_fraction, gather_nodes, sample_triplets
+from mnm.methods.mix import PatchBatch, PatchSampler
+from mnm.models.backbones import EMBEDDINGS
 from mnm.stages.base import LabelledPretrainingStage
 
 TripletKind = Literal["graph", "random", "pairs", "graph_cross", "semihard"]
@@ -25,7 +25,7 @@ class MixMatchStage(LabelledPretrainingStage):
     patches as an uninterrupted one.
 
     Args:
-        triplets: the sampler (:data:`mnm.match.TRIPLET_SAMPLERS`): ``graph`` (class-wise connected, the
+        triplets: the sampler (:data:`mnm.methods.match.TRIPLET_SAMPLERS`): ``graph`` (class-wise connected, the
             paper's), ``random`` (independent triplets, one per node), ``pairs`` (the paper's Fig. 3(a)
             baseline: disjoint same-class pairs), ``graph_cross`` (the graph with cross-image positives)
             or ``semihard`` (cross-image positives, semi-hard negatives on the detached embeddings).
@@ -44,18 +44,18 @@ class MixMatchStage(LabelledPretrainingStage):
         global_graph: build one graph over the patches of all devices (embeddings all-gathered
             with gradient), so the graph grows with the number of devices. Every rank draws the
             same training triplets (a generator keyed by the step, not the rank), so the loss is
-            that one graph's and DDP's gradient is its gradient (:func:`mnm.match.gather_nodes`).
+            that one graph's and DDP's gradient is its gradient (:func:`mnm.methods.match.gather_nodes`).
         knn_probe: at the end of each validation, log the kNN probe of the backbone
-            (``val/knn_acc``, ``val/knn_acc_balanced``, ``val/effective_rank``; see :mod:`mnm.probe`).
+            (``val/knn_acc``, ``val/knn_acc_balanced``, ``val/effective_rank``; see :mod:`mnm.evaluation.knn_probe`).
         loss_normalization: ``mean`` (the summed hinge over N triplets / N) or ``release``
             (/ 2N, the Caffe release's TripletLoss layer).
         patch_quota: ``fraction`` (each candidate on background with probability
             ``background_fraction``) or ``release`` (the Caffe release's fixed background count,
-            coverage filter and refill; see :func:`mnm.mix.sample_patches`).
+            coverage filter and refill; see :func:`mnm.methods.mix.sample_patches`).
         patch_fill: what fills a patch past the image border: ``zero`` (black) or ``mean`` (the
             backbone's mean colour, which it normalises to 0: the release).
         embedding: ``pool5`` (flattened, after the ReLU), ``pool5_prerelu`` (without the last
-            ReLU, so D can reach 4) or ``pool5_avg`` (global average); see :data:`mnm.backbones.EMBEDDINGS`.
+            ReLU, so D can reach 4) or ``pool5_avg`` (global average); see :data:`mnm.models.backbones.EMBEDDINGS`.
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 

@@ -8,19 +8,19 @@ import torch
 import torch.nn.functional as F
 
 from mnm.datamodules.transforms import ColorDistortion
-from mnm.heads import ProjectionHead
-from mnm.losses import (
+from mnm.methods.losses import (
     PIXEL_CONTRAST_FORMULAS,
     PixelContrastFormula,
     cross_image_pixel_contrastive_loss,
     pixel_contrast_stats,
     within_image_pixel_contrastive_loss,
 )
-from mnm.param_groups import freeze_unreached
+from mnm.models.heads import ProjectionHead
+from mnm.models.param_groups import freeze_unreached
 from mnm.stages.base import LabelledPretrainingStage
 
 MODES = ("within", "cross")
-#: side of the grey image that finds the parameters the loss cannot reach (:func:`mnm.param_groups.freeze_unreached`)
+#: side of the grey image that finds the parameters the loss cannot reach (:func:`mnm.models.param_groups.freeze_unreached`)
 PROBE_SIZE = 96
 
 
@@ -29,7 +29,7 @@ class PixelContrastStage(LabelledPretrainingStage):
 
     Each step makes a colour-distorted view of the batch (no pixel moves, so the masks stay
     aligned), runs both views through the backbone, resizes the chosen feature maps to a grid of
-    ``1/grid_stride`` of the input (labels nearest), projects them (:class:`~mnm.heads.ProjectionHead`)
+    ``1/grid_stride`` of the input (labels nearest), projects them (:class:`~mnm.models.heads.ProjectionHead`)
     and computes the loss: ``within`` sums the within-image loss of both views; ``cross`` pairs each
     image with the distorted view of a shuffled image of the batch. Logs the loss, the positives per
     anchor, the share of valid (not ignored) grid pixels, and after each validation the kNN probe of
@@ -46,7 +46,7 @@ class PixelContrastStage(LabelledPretrainingStage):
         projection_channels: their width and the embedding size (256).
         distortion_strength: colour-jitter strength of the distorted view (SimCLR's 1.0).
         ignore_index: label value left out of every pair (linked from data).
-        knn_probe: at the end of each validation, log the kNN probe of the backbone (:mod:`mnm.probe`).
+        knn_probe: at the end of each validation, log the kNN probe of the backbone (:mod:`mnm.evaluation.knn_probe`).
         **kwargs: backbone and optimiser settings of :class:`BaseStage`.
     """
 

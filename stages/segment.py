@@ -7,9 +7,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnm.eval_views import EVAL_MODES, padded_probs, sliding_window_probs
-from mnm.heads import SparseHypercolumnHead, build_head
-from mnm.metrics import SegmentationMetrics
+from mnm.evaluation.metrics import SegmentationMetrics
+from mnm.models.eval_views import EVAL_MODES, padded_probs, sliding_window_probs
+from mnm.models.heads import SparseHypercolumnHead, build_head
 from mnm.stages.base import BaseStage, MetricEvaluation
 
 #: the head each backbone gets unless the config names one
@@ -69,7 +69,7 @@ class SegmentStage(SegmentationEvaluation, BaseStage):
         head_kwargs: extra arguments of the head.
         tta_flip: average the class probabilities of the image and its mirror at evaluation.
         tta_scales: also average over these input scales at evaluation (e.g. ``[0.75, 1.0, 1.25]``).
-        eval_mode: how an evaluation image is fed (:data:`mnm.eval_views.EVAL_MODES`): ``whole`` at its own
+        eval_mode: how an evaluation image is fed (:data:`mnm.models.eval_views.EVAL_MODES`): ``whole`` at its own
             size; ``pad``, the release's VOC evaluation (resized into an ``eval_size`` square padded with
             ``eval_fill``, scores cut and resized back); ``sliding``, its Cityscapes one
             (``eval_window`` crops every ``eval_stride`` pixels, scores summed).

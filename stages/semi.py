@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mnm.mim import (
+from mnm.methods.mim import (
     ReconstructionDecoder,
     aggregation_loss,
     block_mask,
@@ -16,7 +16,7 @@ from mnm.mim import (
     reconstruction_loss,
     running_stats_frozen,
 )
-from mnm.semi import PseudoLabels, mix_boxes, pseudo_labels, unlabelled_loss
+from mnm.methods.semi_supervised import PseudoLabels, mix_boxes, pseudo_labels, unlabelled_loss
 from mnm.stages.segment import SegmentStage, masked_cross_entropy
 
 #: salt of the step-keyed generator of the MIM block masks
@@ -34,7 +34,7 @@ class SemiStage(SegmentStage):
     (``Dropout2d(fp_dropout)`` on every backbone map before the head). The loss is
     ``(L_x + w_s·L_s1 + w_s·L_s2 + w_fp·L_fp) / 2`` (UniMatch: ``w_s`` 0.25, ``w_fp`` 0.5).
 
-    With ``mim`` on, three terms are added (:mod:`mnm.mim`): on a block mask of each image (``mim_block``
+    With ``mim`` on, three terms are added (:mod:`mnm.methods.mim`): on a block mask of each image (``mim_block``
     px blocks masked with probability ``mim_mask_ratio``, drawn from a generator keyed by the step),
     *class-wise reconstruction* (one encoder pass per image and class, seeing only that class's visible
     pixels; a SimMIM decoder on backbone map ``mim_feature_map`` predicts the class's masked pixels;

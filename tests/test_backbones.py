@@ -1,4 +1,4 @@
-"""Tests for mnm.backbones: registry, shapes, preparation and weight loading."""
+"""Tests for mnm.models.backbones: registry, shapes, preparation and weight loading."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from mnm.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
+from mnm.models.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
 
 NAMES = ["alexnet", "alexnet_caffe", "vgg16_bn", "resnet18", "resnet50", "resnet101"]
 HW = (64, 96)

@@ -11,12 +11,12 @@ import pytest
 import yaml
 from run_fixtures import REPO, TINY, TinyRun, run_tiny_benchmark, tiny_run_fixture  # noqa: F401
 
-from mnm.benchmark import load_benchmark
-from mnm.compare import bar_colours, curve_columns, mm_curves, run_labels, segment_results
-from mnm.compare import main as compare_main
-from mnm.config import ConfigError, load_pipeline
-from mnm.demo import benchmark_file
-from mnm.report import mm_figure
+from mnm.experiments.benchmark import load_benchmark
+from mnm.experiments.compare import bar_colours, curve_columns, mm_curves, run_labels, segment_results
+from mnm.experiments.compare import main as compare_main
+from mnm.experiments.demo import benchmark_file
+from mnm.experiments.report import mm_figure
+from mnm.runs.config import ConfigError, load_pipeline
 
 FIGURES = ("curves.png", "samples.png", "tsne.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 
-from mnm.caffe_import import EXTRA_KEY, CaffeImportError, map_onto_backbone, read_caffemodel
-from mnm.checkpoints import read_checkpoint
 from mnm.cli import main
-from mnm.config import load_pipeline
-from mnm.runner import PipelineRunner
+from mnm.runs.config import load_pipeline
+from mnm.runs.runner import PipelineRunner
+from mnm.weights.caffe_import import EXTRA_KEY, CaffeImportError, map_onto_backbone, read_caffemodel
+from mnm.weights.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ALEXNET = [("conv1", 96, 3, 11, 1), ("conv2", 256, 96, 5, 2), ("conv3", 384, 256, 3, 1), ("conv4", 384, 384, 3, 2),

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnm.checkpoints import CheckpointError, atomic_torch_save, atomic_write_text, read_checkpoint
 from mnm.cli import main
+from mnm.utils.files import atomic_torch_save, atomic_write_text
+from mnm.weights.checkpoints import CheckpointError, read_checkpoint
 
 
 class Payload:
@@ -78,7 +79,7 @@ def test_rng_states_restore_draws_in_the_per_rank_and_the_older_flat_format() ->
 
     import numpy as np
 
-    from mnm.callbacks import RNGStateCheckpoint
+    from mnm.runs.callbacks import RNGStateCheckpoint
 
     def draws() -> tuple:
         return torch.rand(3).tolist(), float(np.random.rand()), random.random()

@@ -21,8 +21,8 @@ from mnm.datamodules import (
     SyntheticClassificationDataModule,
 )
 from mnm.datamodules.label_subset import stratified_labeled
-from mnm.metrics import ClassificationMetrics
-from mnm.stage_cli import build_stage, instantiate_datamodule
+from mnm.evaluation.metrics import ClassificationMetrics
+from mnm.runs.stage_cli import build_stage, instantiate_datamodule
 from mnm.stages.classify import ClassifyStage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_image_folder_with_a_class_list(tmp_path: Path) -> None:
 
 def test_benchmark_reports_top1_for_classification(tmp_path: Path) -> None:
     """`mnm benchmark` runs the three arms, evaluates each after fitting and reports top-1 / balanced / top-5."""
-    from mnm.benchmark import load_benchmark, run_benchmark
+    from mnm.experiments.benchmark import load_benchmark, run_benchmark
 
     sets = ["steps=2", "data.init_args.num_train=18", "data.init_args.num_val=9", "data.init_args.image_size=40",
             "data.init_args.crop_size=32", "data.init_args.resize_size=36", "data.init_args.batch_size=9"]

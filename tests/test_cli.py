@@ -13,10 +13,10 @@ import pytest
 from test_pipeline import TINY, mnm_cmd, subprocess_env
 
 from mnm.cli import main, usage
-from mnm.config import load_pipeline
-from mnm.rundir import read_csv_rows
-from mnm.runner import PipelineRunner
-from mnm.stage_cli import main_stage, parse_stage
+from mnm.runs.config import load_pipeline
+from mnm.runs.rundir import read_csv_rows
+from mnm.runs.runner import PipelineRunner
+from mnm.runs.stage_cli import main_stage, parse_stage
 from mnm.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_stage_fit_keeps_last_ckpt_under_runs_and_says_where(tmp_path: Path) -> 
     assert f"[mnm] segment fit: logs and checkpoints in {last.parent.parent}" in proc.stdout
     assert f"[mnm] segment fit: step 3, checkpoint {last}" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]
-    from mnm.checkpoints import read_checkpoint
+    from mnm.weights.checkpoints import read_checkpoint
 
     assert read_checkpoint(tmp_path / last)["global_step"] == 3
     proc = mnm("segment", "fit", *SYNTHETIC_FIT, data, "--trainer.max_steps=5", "--ckpt_path", str(last), cwd=tmp_path)
@@ -99,7 +99,7 @@ def test_stage_fit_keeps_last_ckpt_under_runs_and_says_where(tmp_path: Path) -> 
     assert not (tmp_path / "runs/segment/lightning_logs/version_2/checkpoints").exists()
 
 
-#: what Lightning and W&B printed on every stage run, telling an mnm user nothing (mnm.quiet says why each is harmless)
+#: what Lightning and W&B printed on every stage run, telling an mnm user nothing (mnm.utils.quiet says why each is harmless)
 STAGE_NOISE = ("smaller than the logging interval", "in eval mode", "anonymous setting", "Previous log files",
                "exists and is not empty", "Received SIGTERM", "Tip:")
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from data_fixtures import synthetic_data
 
-from mnm.checkpoints import read_checkpoint
-from mnm.clustering import (
+from mnm.evaluation.linear_probe import linear_probe
+from mnm.methods.clustering import (
     PyramidFusion,
     assign,
     broadcast_cells,
@@ -25,11 +25,11 @@ from mnm.clustering import (
     distance_logits,
     fit_spherical_kmeans,
 )
-from mnm.config import load_pipeline
-from mnm.linear_probe import linear_probe
-from mnm.runner import PipelineRunner
-from mnm.stage_cli import build_stage
+from mnm.runs.config import load_pipeline
+from mnm.runs.runner import PipelineRunner
+from mnm.runs.stage_cli import build_stage
 from mnm.stages.cluster import ClusterStage
+from mnm.weights.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINER = {"accelerator": "cpu", "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
@@ -226,7 +226,7 @@ def test_cluster_mix_match_finetune_pipeline_hands_the_backbone_on(tmp_path: Pat
 @pytest.mark.slow
 def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, camvid_root: Path, monkeypatch) -> None:
     """The cluster -> M&M graph -> fine-tune arm of the CamVid protocol, shrunk to a few steps on 8 images."""
-    from mnm.protocol import cell_name, run_protocol
+    from mnm.experiments.protocol import cell_name, run_protocol
 
     monkeypatch.chdir(REPO)
     sets = [f"data.root={camvid_root}", "data.max_samples=8", "data.num_workers=0", "cl_steps=2", "mm_steps=2",
@@ -242,7 +242,7 @@ def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, c
 
 
 def test_unsupervised_benchmark_reports_matched_miou_probe_and_figure(tmp_path: Path, monkeypatch) -> None:
-    from mnm.unsupervised import LINEAR_PROBE_FILE, run_unsupervised
+    from mnm.experiments.unsupervised import LINEAR_PROBE_FILE, run_unsupervised
 
     monkeypatch.chdir(REPO)
     sets = [f"data_root={tmp_path / 'data'}"]

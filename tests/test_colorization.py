@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mnm.colorization import (
+from mnm.methods.colorization import (
     ColorizationLoss,
     ab_bins,
     decode_ab,

@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from mnm.cli import main
-from mnm.config import ConfigError, load_pipeline, read_pipeline_file
-from mnm.match import TRIPLET_SAMPLERS
-from mnm.runner import PipelineRunner
-from mnm.stage_cli import build_stage
+from mnm.methods.match import TRIPLET_SAMPLERS
+from mnm.runs.config import ConfigError, load_pipeline, read_pipeline_file
+from mnm.runs.runner import PipelineRunner
+from mnm.runs.stage_cli import build_stage
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -158,7 +158,7 @@ def test_cli_prints_one_line_without_traceback(tmp_path: Path, capsys) -> None:
 
 
 def make_checkpoint(path: Path, backbone: str) -> Path:
-    from mnm.backbones import build_backbone
+    from mnm.models.backbones import build_backbone
 
     net = build_backbone(backbone)
     torch.save({"state_dict": {f"backbone.{k}": v for k, v in net.state_dict().items()},

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 CORE = (
-    "mnm.backbones", "mnm.heads", "mnm.losses", "mnm.mix", "mnm.match", "mnm.metrics", "mnm.rng",
-    "mnm.colorization", "mnm.jigsaw", "mnm.checkpoints", "mnm.phases", "mnm.probe", "mnm.param_groups",
-    "mnm.eval_views", "mnm.semi", "mnm.mim",
-    "mnm.clustering", "mnm.hungarian", "mnm.linear_probe", "mnm.caffe_import", "mnm.paths", "mnm.provenance",
+    "mnm.models.backbones", "mnm.models.heads", "mnm.methods.losses", "mnm.methods.mix", "mnm.methods.match", "mnm.evaluation.metrics", "mnm.utils.rng",
+    "mnm.methods.colorization", "mnm.methods.jigsaw", "mnm.weights.checkpoints", "mnm.utils.phases", "mnm.evaluation.knn_probe", "mnm.models.param_groups",
+    "mnm.models.eval_views", "mnm.methods.semi_supervised", "mnm.methods.mim",
+    "mnm.methods.clustering", "mnm.evaluation.hungarian", "mnm.evaluation.linear_probe", "mnm.weights.caffe_import", "mnm.utils.paths", "mnm.utils.provenance",
 )  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_pipeline import TINY, manifest, mnm_cmd, subprocess_env
 
-from mnm.checkpoints import read_checkpoint
+from mnm.weights.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

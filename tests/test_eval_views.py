@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from mnm.eval_views import padded_probs, sliding_window_probs
+from mnm.models.eval_views import padded_probs, sliding_window_probs
 
 FILL = (0.2, 0.4, 0.6)
 

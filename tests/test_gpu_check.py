@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnm import gpu_check
+from mnm.experiments import gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from mnm.heads import HEADS, FCNHead, HypercolumnHead, SparseHypercolumnHead, build_head, sample_columns
+from mnm.models.heads import (
+    HEADS,
+    FCNHead,
+    HypercolumnHead,
+    SparseHypercolumnHead,
+    build_head,
+    sample_columns,
+)
 
 VGG_LIKE = ([8, 16, 32, 32, 64, 64], [1, 2, 4, 8, 16, 32])
 ALEXNET_LIKE = ([12, 24, 32, 32, 24, 24], [4, 8, 16, 16, 16, 32])

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mnm.hungarian import HungarianJaccardIndex, hungarian_scores
+from mnm.evaluation.hungarian import HungarianJaccardIndex, hungarian_scores
 
 IGN = 255
 

@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from mnm.jigsaw import (
+from mnm.methods.jigsaw import (
     JigsawHead,
     jigsaw_tiles,
     load_permutations,

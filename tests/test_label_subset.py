@@ -108,7 +108,7 @@ def test_a_fraction_too_small_for_the_cover_is_refused() -> None:
 
 
 def test_mix_match_and_segment_stages_share_the_subset(tmp_path: Path) -> None:
-    from mnm.stage_cli import build_stage
+    from mnm.runs.stage_cli import build_stage
 
     data = {"class_path": "mnm.datamodules.SyntheticDataModule",
             "init_args": {"root": str(tmp_path / "s"), "num_train": 8, "num_val": 2, "image_size": [64, 64],

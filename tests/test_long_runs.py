@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from test_pipeline import REPO, TINY, manifest, mnm_cmd, subprocess_env
 
-from mnm.checkpoints import read_checkpoint
-from mnm.config import load_pipeline
-from mnm.rundir import exclusive_lock, stage_lock_file
-from mnm.runlock import RunFolderInUse, lock_stages
-from mnm.runner import PipelineRunner
+from mnm.runs.config import load_pipeline
+from mnm.runs.rundir import exclusive_lock, stage_lock_file
+from mnm.runs.runlock import RunFolderInUse, lock_stages
+from mnm.runs.runner import PipelineRunner
+from mnm.weights.checkpoints import read_checkpoint
 
 PROTOCOL = REPO / "conf" / "benchmarks" / "tiny_protocol.yaml"
 # 20 training images at batch 4: 5 batches per epoch; validation far away (as in the CamVid protocol at 1/8)
@@ -247,7 +247,7 @@ def test_wandb_online_without_a_reachable_server_logs_offline_with_a_warning(tmp
 
 def test_status_of_a_protocol_folder_points_to_its_cells(tmp_path: Path, capsys) -> None:
     from mnm.cli import main
-    from mnm.rundir import update_manifest
+    from mnm.runs.rundir import update_manifest
 
     root = tmp_path / "protocol"
     identity = {"name": "p", "stages": [["mm", "mix-match"], ["ft", "segment"]]}
@@ -264,7 +264,7 @@ def test_status_of_a_protocol_folder_points_to_its_cells(tmp_path: Path, capsys)
 def test_status_shows_where_a_failed_stage_stopped_and_counts_one_cell_in_the_singular(tmp_path: Path,
                                                                                        capsys) -> None:
     from mnm.cli import main
-    from mnm.rundir import update_manifest
+    from mnm.runs.rundir import update_manifest
 
     identity = {"name": "p", "stages": [["mm", "mix-match"], ["ft", "segment"]]}
     update_manifest(tmp_path / "p" / "f1-s0", {"identity": identity}, "mm",
@@ -277,7 +277,7 @@ def test_status_shows_where_a_failed_stage_stopped_and_counts_one_cell_in_the_si
 
 
 def test_overwrite_does_not_move_a_run_folder_that_is_in_use(tmp_path: Path) -> None:
-    from mnm.rundir import update_manifest
+    from mnm.runs.rundir import update_manifest
 
     out = tmp_path / "run"
     update_manifest(out, {"identity": {"name": "other", "stages": [["finetune", "segment"]]}}, "finetune",

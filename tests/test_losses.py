@@ -1,13 +1,13 @@
-"""Tests for mnm.losses.TripletLoss."""
+"""Tests for mnm.methods.losses.TripletLoss."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mnm.backbones import build_backbone
-from mnm.losses import TripletLoss, TripletStats
-from mnm.match import graph_triplets
+from mnm.methods.losses import TripletLoss, TripletStats
+from mnm.methods.match import graph_triplets
+from mnm.models.backbones import build_backbone
 
 MARGIN = 2.1
 
@@ -82,8 +82,8 @@ def test_release_normalisation_halves_the_mean() -> None:
 
 def test_pixel_contrast_and_cluster_logits_stay_fp32_under_bf16_autocast() -> None:
     """bf16 similarities at tau = 0.07 are off by ~0.06 in the logits: both are computed in fp32 instead."""
-    from mnm.clustering import distance_logits
-    from mnm.losses import within_image_pixel_contrastive_loss
+    from mnm.methods.clustering import distance_logits
+    from mnm.methods.losses import within_image_pixel_contrastive_loss
 
     generator = torch.Generator().manual_seed(0)
     features = torch.nn.functional.normalize(torch.randn(2, 300, 64, generator=generator), dim=2)

@@ -50,7 +50,7 @@ def test_wandb_sync_finds_the_offline_runs_of_every_stage(tmp_path: Path, server
 
 
 def test_make_help_describes_the_label_efficient_protocol_of_its_file() -> None:
-    from mnm.config import load_pipeline
+    from mnm.runs.config import load_pipeline
 
     line = next(row for row in make("help").stdout.splitlines() if "camvid-label-efficient" in row)
     pipeline = load_pipeline(REPO / "conf/benchmarks/camvid_label_efficient.yaml")

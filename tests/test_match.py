@@ -1,4 +1,4 @@
-"""Tests for mnm.match: the class-wise connected graph, its baselines and the cross-image and semi-hard samplers."""
+"""Tests for mnm.methods.match: the class-wise connected graph, its baselines and the cross-image and semi-hard samplers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from mnm.match import (
+from mnm.methods.match import (
     TRIPLET_SAMPLERS,
     Nodes,
     cross_image_fraction,
@@ -276,7 +276,7 @@ def test_every_named_sampler_draws_valid_triplets_and_refuses_unknown_names() ->
 def test_global_graph_on_two_ranks_is_the_single_process_graph(tmp_path) -> None:
     """2 gloo ranks with 5 and 7 nodes under DDP: the same triplets on both, and the gradient is the whole graph's
     (``mnm gpu-check`` runs the same check over NCCL)."""
-    from mnm.gpu_check import check_global_graph
+    from mnm.experiments.gpu_check import check_global_graph
 
     result = check_global_graph("gloo", tmp_path)
     assert result["triplets"] > 0 and result["gradient_max_error"] < 1e-6
@@ -287,7 +287,7 @@ def test_global_graph_on_two_ranks_is_the_single_process_graph(tmp_path) -> None
 def test_semihard_on_two_ranks_chooses_over_the_global_graph(tmp_path) -> None:
     """The semi-hard choice runs over every rank's gathered nodes: the same triplets as one process with all of
     them, and DDP's gradient is that graph's (``mnm gpu-check`` runs it over NCCL)."""
-    from mnm.gpu_check import check_global_graph
+    from mnm.experiments.gpu_check import check_global_graph
 
     result = check_global_graph("gloo", tmp_path, sampler="semihard")
     assert result["triplets"] == 12 and result["gradient_max_error"] < 1e-6

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnm.metrics import SegmentationMetrics, per_class_table, write_per_class_csv
+from mnm.evaluation.metrics import SegmentationMetrics, per_class_table, write_per_class_csv
 
 IGN = 255
 

@@ -1,4 +1,4 @@
-"""Tests for mnm.mix.sample_patches (CPU, small images)."""
+"""Tests for mnm.methods.mix.sample_patches (CPU, small images)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from mnm import mix
-from mnm.mix import PatchBatch, crop_patches, sample_patches
-from mnm.rng import uniform_below
+from mnm.methods import mix
+from mnm.methods.mix import PatchBatch, crop_patches, sample_patches
+from mnm.utils.rng import uniform_below
 
 IGNORE = 255
 

@@ -1,11 +1,11 @@
-"""The release's patch sampling (``quota="release"``) and mean-colour fill in mnm.mix."""
+"""The release's patch sampling (``quota="release"``) and mean-colour fill in mnm.methods.mix."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mnm.mix import PatchSampler, _release_selection, _union_area, sample_patches
+from mnm.methods.mix import PatchSampler, _release_selection, _union_area, sample_patches
 
 IGNORE = 255
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from mnm.paired import paired_interval
+from mnm.evaluation.paired import paired_interval
 
 # Student (1908), the soporific example: the extra sleep (hours) of two drugs in the same 10 patients.
 # Textbook paired t-test: mean difference 1.58, s = 1.2300, t = 4.062 on 9 d.f., 95 % CI [0.7001, 2.4599].

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from mnm.backbones import build_backbone
-from mnm.param_groups import param_groups
+from mnm.models.backbones import build_backbone
+from mnm.models.param_groups import param_groups
 
 
 class Net(nn.Module):

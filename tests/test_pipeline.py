@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnm.checkpoints import CheckpointError, read_checkpoint
-from mnm.config import ConfigError, load_pipeline
-from mnm.runner import PipelineRunner
-from mnm.stage_cli import build_stage
+from mnm.runs.config import ConfigError, load_pipeline
+from mnm.runs.runner import PipelineRunner
+from mnm.runs.stage_cli import build_stage
+from mnm.weights.checkpoints import CheckpointError, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "conf" / "pipelines" / "tiny.yaml"
@@ -251,7 +251,7 @@ def test_two_process_ddp_cpu(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_ensemble_of_checkpoints(finished: Path) -> None:
-    from mnm.ensemble import main as ensemble
+    from mnm.experiments.ensemble import main as ensemble
 
     final = str(finished / "finetune" / "checkpoints" / "final.ckpt")
     config = str(finished / "finetune" / "config.yaml")
@@ -311,7 +311,7 @@ def test_runners_of_one_run_folder_keep_each_others_manifest_entries(tmp_path: P
 
 
 def test_config_changes_names_the_setting_and_a_path_spelled_differently(tmp_path: Path, monkeypatch) -> None:
-    from mnm.rundir import config_changes
+    from mnm.runs.rundir import config_changes
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnm.backbones import build_backbone
-from mnm.checkpoints import read_checkpoint
-from mnm.config import load_pipeline
-from mnm.heads import ProjectionHead
-from mnm.losses import (
+from mnm.methods.losses import (
     cross_image_pixel_contrastive_loss,
     pixel_contrast_pairs,
     pixel_contrast_stats,
     within_image_pixel_contrastive_loss,
 )
-from mnm.runner import PipelineRunner
-from mnm.stage_cli import build_stage
+from mnm.models.backbones import build_backbone
+from mnm.models.heads import ProjectionHead
+from mnm.runs.config import load_pipeline
+from mnm.runs.runner import PipelineRunner
+from mnm.runs.stage_cli import build_stage
+from mnm.weights.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE = [-2, -1]

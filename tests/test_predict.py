@@ -15,7 +15,7 @@ from data_fixtures import random_image
 from PIL import Image
 from run_fixtures import REPO, TinyRun, mnm_cli, tiny_run_fixture  # noqa: F401
 
-from mnm.predict import predict
+from mnm.experiments.predict import predict
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -11,10 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from mnm.losses import TripletLoss
-from mnm.match import graph_triplets
-from mnm.probe import ProbeSettings, RepresentationProbe, collect_patches, effective_rank, knn_scores
-from mnm.stage_cli import build_stage
+from mnm.evaluation.knn_probe import (
+    ProbeSettings,
+    RepresentationProbe,
+    collect_patches,
+    effective_rank,
+    knn_scores,
+)
+from mnm.methods.losses import TripletLoss
+from mnm.methods.match import graph_triplets
+from mnm.runs.stage_cli import build_stage
 
 NUM_CLASSES = 4
 
@@ -110,7 +116,7 @@ def test_probe_cli_on_camvid(camvid_root: Path, repo_root: Path, tmp_path: Path)
     out = tmp_path / "probe.json"
     ckpt = tmp_path / "alexnet.pth"
     torch.manual_seed(0)
-    from mnm.backbones import build_backbone
+    from mnm.models.backbones import build_backbone
 
     torch.save(build_backbone("alexnet").state_dict(), ckpt)
     proc = subprocess.run(
@@ -135,8 +141,8 @@ def test_probe_needs_labelled_pixels() -> None:
 
 def test_probe_reads_the_checkpoints_backbone_options(tmp_path: Path) -> None:
     """A checkpoint of a statistics-only-BN, Caffe-normalised network is rebuilt with those options."""
-    from mnm.backbones import build_backbone
-    from mnm.probe_cli import backbone_from_checkpoint
+    from mnm.experiments.probe_files import backbone_from_checkpoint
+    from mnm.models.backbones import build_backbone
 
     net = build_backbone("alexnet_caffe", bn_affine=False, input_norm="caffe_bgr")
     path = tmp_path / "stage.ckpt"
@@ -156,7 +162,7 @@ def test_probe_cli_checks_every_path_before_cutting_patches(repo_root: Path, tmp
 
 
 def test_probe_cli_keeps_the_other_scores_when_a_checkpoint_is_bad(tmp_path: Path, capsys) -> None:
-    from mnm.probe_cli import main
+    from mnm.experiments.probe_files import main
 
     data = tmp_path / "data.yaml"
     data.write_text(json.dumps({"data": {"class_path": "mnm.datamodules.SyntheticDataModule", "init_args": {

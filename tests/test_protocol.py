@@ -17,9 +17,7 @@ import yaml
 from test_makefile import dry_run
 
 from mnm.cli import main as cli_main
-from mnm.config import ConfigError
-from mnm.paths import shown_path
-from mnm.protocol import (
+from mnm.experiments.protocol import (
     cell_name,
     grid_plan,
     load_cell,
@@ -30,6 +28,8 @@ from mnm.protocol import (
     provenance_markdown,
     run_protocol,
 )
+from mnm.runs.config import ConfigError
+from mnm.utils.paths import shown_path
 
 FILE = "conf/benchmarks/tiny_protocol.yaml"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mnm.checkpoints import strict_json
-from mnm.provenance import code_version, describe_code, machine
+from mnm.utils.files import strict_json
+from mnm.utils.provenance import code_version, describe_code, machine
 
 
 def git(repo: Path, *args: str) -> None:

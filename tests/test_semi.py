@@ -12,7 +12,7 @@ import torch
 
 from mnm.datamodules import SyntheticDataModule
 from mnm.datamodules.sampling import PairedSampler
-from mnm.mim import (
+from mnm.methods.mim import (
     ReconstructionDecoder,
     aggregation_loss,
     block_mask,
@@ -20,8 +20,8 @@ from mnm.mim import (
     largest_classes,
     reconstruction_loss,
 )
-from mnm.semi import cutmix_box, pseudo_labels, unlabelled_loss
-from mnm.stage_cli import build_stage
+from mnm.methods.semi_supervised import cutmix_box, pseudo_labels, unlabelled_loss
+from mnm.runs.stage_cli import build_stage
 
 TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
            "enable_progress_bar": False, "enable_model_summary": False}
@@ -324,7 +324,7 @@ def test_semi_pipeline_on_two_ddp_cpu_processes(tmp_path: Path) -> None:
 
 
 def test_running_stats_frozen_keeps_batch_norm_statistics() -> None:
-    from mnm.mim import running_stats_frozen
+    from mnm.methods.mim import running_stats_frozen
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).train()
     before = net[1].running_mean.clone()

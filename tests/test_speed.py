@@ -16,7 +16,7 @@ import pytest
 import torch
 from data_fixtures import random_image, save_gray_png, save_image
 
-from mnm.speed import SECTIONS, Laps, main, time_laps
+from mnm.experiments.speed import SECTIONS, Laps, main, time_laps
 
 PHASES = {"mix", "match", "forward", "loss", "backward", "optimizer", "total"}
 FINETUNE_PHASES = {"forward", "loss", "backward", "optimizer", "total"}
@@ -167,7 +167,7 @@ def test_data_section_without_camvid(tmp_path: Path) -> None:
 
 
 def _tiny_settings(**kw: Any) -> Any:
-    from mnm.speed.settings import Settings
+    from mnm.experiments.speed.settings import Settings
 
     return Settings(patch_size_range=(16, 40), patch_out_size=64, patches_per_image=3, warmup=0, repeats=1, **kw)
 
@@ -183,8 +183,8 @@ def _labelled_batch(ignore_all_but_one: bool = False) -> dict[str, torch.Tensor]
 
 def test_timed_step_is_the_stages_training_step() -> None:
     """One timed step moves the weights exactly as training_step + backward + SGD step does."""
-    from mnm.speed.inputs import Variant
-    from mnm.speed.sections import build_mnm_stage, stage_step
+    from mnm.experiments.speed.inputs import Variant
+    from mnm.experiments.speed.sections import build_mnm_stage, stage_step
 
     settings, batch = _tiny_settings(), _labelled_batch()
     timed, plain = (build_mnm_stage("alexnet", settings, 3) for _ in range(2))
@@ -205,8 +205,8 @@ def test_timed_step_is_the_stages_training_step() -> None:
 
 def test_speed_path_takes_the_fewer_than_two_nodes_guard() -> None:
     """A batch with one labelled pixel gives one node: the stage's guard returns a zero loss, no match."""
-    from mnm.speed.inputs import Variant
-    from mnm.speed.sections import build_mnm_stage, measure_mnm
+    from mnm.experiments.speed.inputs import Variant
+    from mnm.experiments.speed.sections import build_mnm_stage, measure_mnm
 
     settings = _tiny_settings()
     result = measure_mnm(build_mnm_stage("alexnet", settings, 3), Variant("fp32"),
@@ -218,8 +218,8 @@ def test_speed_path_takes_the_fewer_than_two_nodes_guard() -> None:
 
 def test_segment_step_phases() -> None:
     """The fine-tune timing runs SegmentStage.training_step: its forward and loss phases are laps."""
-    from mnm.speed.inputs import Variant
-    from mnm.speed.sections import stage_step
+    from mnm.experiments.speed.inputs import Variant
+    from mnm.experiments.speed.sections import stage_step
     from mnm.stages.segment import SegmentStage
 
     stage = SegmentStage(backbone="alexnet", num_classes=3)

@@ -13,7 +13,7 @@ from data_fixtures import synthetic_data
 from PIL import Image
 
 from mnm.cli import main
-from mnm.stage_cli import STAGES, build_stage
+from mnm.runs.stage_cli import STAGES, build_stage
 from mnm.stages.pixel_contrast import PixelContrastStage
 
 TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,
@@ -173,7 +173,7 @@ def test_predict_writes_palette_masks(data: dict, tmp_path: Path) -> None:
     data = {**data, "init_args": {**data["init_args"], "predict_dir": str(folder)}}
     cli = build_stage("segment", {"model": MODELS["segment"], "data": data,
                                   "trainer": {**TRAINER, "fast_dev_run": False,
-                                              "callbacks": [{"class_path": "mnm.callbacks.PaletteMaskWriter",
+                                              "callbacks": [{"class_path": "mnm.runs.callbacks.PaletteMaskWriter",
                                                              "init_args": {"output_dir": str(out)}}]}})
     cli.trainer.predict(cli.model, datamodule=cli.datamodule)
     masks = sorted(out.glob("*.png"))

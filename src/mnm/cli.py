@@ -16,8 +16,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from mnm.quiet import quiet_library_messages
 from mnm.stages import STAGES
+from mnm.utils.quiet import quiet_library_messages
 
 DEBUG_HELP = "show the full traceback of an error"
 
@@ -44,9 +44,9 @@ def _pipeline(argv: list[str]) -> None:
     status = sub.add_parser("status", help="a table of a run's stages: status, steps, time, mIoU or loss")
     status.add_argument("run_dir")
     args = parser.parse_args(argv)
-    from mnm.config import load_pipeline
-    from mnm.rundir import status_table
-    from mnm.runner import PipelineRunner
+    from mnm.runs.config import load_pipeline
+    from mnm.runs.rundir import status_table
+    from mnm.runs.runner import PipelineRunner
 
     if args.action == "status":
         from pathlib import Path
@@ -60,8 +60,8 @@ def _pipeline(argv: list[str]) -> None:
 
 DATA_COMMANDS = {  # subcommand -> (module with main(argv), arguments, what it does)
     "synth": ("mnm.datamodules.synthetic", "[--root DIR]", "write the synthetic VOC-layout dataset"),
-    "voc-aug": ("mnm.voc_aug", "ROOT [--download]", "VOC 2012 + SBD archives -> SegmentationClassAug/, train_aug.txt"),
-    "check": ("mnm.data_check", "ROOT --kind K", "what a data set root lacks or holds malformed (voc, voc-aug, "
+    "voc-aug": ("mnm.datamodules.voc_aug", "ROOT [--download]", "VOC 2012 + SBD archives -> SegmentationClassAug/, train_aug.txt"),
+    "check": ("mnm.datamodules.check", "ROOT --kind K", "what a data set root lacks or holds malformed (voc, voc-aug, "
               "cityscapes, camvid, msrc)"),
 }
 
@@ -99,9 +99,9 @@ def _import_caffe(argv: list[str]) -> None:
                         help="give convs without a batch norm in the file an identity one")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     args = parser.parse_args(argv)
-    from mnm.caffe_import import EXTRA_KEY, check_import_out, map_onto_backbone, read_caffemodel
-    from mnm.checkpoints import atomic_torch_save
     from mnm.stages.base import ARCH_KEY
+    from mnm.utils.files import atomic_torch_save
+    from mnm.weights.caffe_import import EXTRA_KEY, check_import_out, map_onto_backbone, read_caffemodel
 
     check_import_out(args.caffemodel, args.out, args.overwrite)
     layers, form = read_caffemodel(args.caffemodel)
@@ -129,17 +129,17 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "pipeline": _pipeline,
     "data": _data,
     "import-caffe": _import_caffe,
-    "compare": _lazy("mnm.compare"),
-    "demo": _lazy("mnm.demo"),
-    "speed": _lazy("mnm.speed"),
-    "bench": _lazy("mnm.speed"),  # the old name of `mnm speed`, kept for one release
-    "benchmark": _lazy("mnm.benchmark"),
-    "ensemble": _lazy("mnm.ensemble"),
-    "probe": _lazy("mnm.probe_cli"),
-    "protocol": _lazy("mnm.protocol"),
-    "unsupervised": _lazy("mnm.unsupervised"),
-    "predict": _lazy("mnm.predict"),
-    "gpu-check": _lazy("mnm.gpu_check"),
+    "compare": _lazy("mnm.experiments.compare"),
+    "demo": _lazy("mnm.experiments.demo"),
+    "speed": _lazy("mnm.experiments.speed"),
+    "bench": _lazy("mnm.experiments.speed"),  # the old name of `mnm speed`, kept for one release
+    "benchmark": _lazy("mnm.experiments.benchmark"),
+    "ensemble": _lazy("mnm.experiments.ensemble"),
+    "probe": _lazy("mnm.experiments.probe_files"),
+    "protocol": _lazy("mnm.experiments.protocol"),
+    "unsupervised": _lazy("mnm.experiments.unsupervised"),
+    "predict": _lazy("mnm.experiments.predict"),
+    "gpu-check": _lazy("mnm.experiments.gpu_check"),
 }
 
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     quiet_library_messages()
     if command in STAGES:
-        from mnm.stage_cli import main_stage
+        from mnm.runs.stage_cli import main_stage
 
         runner: Callable[[list[str]], None] = lambda a: main_stage(command, a)  # noqa: E731
     elif command in COMMANDS:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
         if debug:
             raise
-        from mnm.datamodules.errors import error_message
+        from mnm.utils.errors import error_message
 
         if _on_rank_zero():
             print(f"mnm: error: {error_message(err)}\n(rerun with --debug for the traceback)", file=sys.stderr)

@@ -1,0 +1,76 @@
+"""``mnm benchmark FILE --out DIR``: run a benchmark file (a branching pipeline + ``report:``) and report it.
+
+The stages run through :class:`~mnm.runs.runner.PipelineRunner`, so a rerun skips
+finished stages and resumes an interrupted one; the report
+(:func:`mnm.experiments.report.build_report`) is rebuilt from the run directory every time.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mnm.cli import DEBUG_HELP, add_fallback_argument
+from mnm.experiments.report import build_report, check_report_spec, metric_table
+from mnm.runs.config import Pipeline, load_pipeline
+from mnm.runs.runner import PipelineRunner
+from mnm.runs.stage_cli import stage_class
+
+
+def load_benchmark(
+    file: str | Path, out: str | Path | None = None, sets: Sequence[str] = (), eval_split: str | None = None
+) -> Pipeline:
+    """Parse a benchmark file; ``eval_split`` (``val``/``test``) replaces every evaluated stage's ``evaluate``.
+
+    For ``test``, a segment stage whose data module has no ``test_split`` gets ``test_split: test``.
+    """
+    pipeline = load_pipeline(file, list(sets), None if out is None else str(out))
+    check_report_spec(pipeline)
+    if eval_split is not None:
+        for spec in pipeline.stages:
+            if stage_class(spec.kind).evaluation_split is None:
+                continue
+            spec.evaluate = eval_split
+            init_args = spec.config.get("data", {}).setdefault("init_args", {})
+            if eval_split == "test" and not init_args.get("test_split"):
+                init_args["test_split"] = "test"
+    return pipeline
+
+
+def run_benchmark(pipeline: Pipeline, overwrite: bool = False, fallback_checkpoint: bool = False,
+                  ran_with: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume, or skip) every stage, then write the report; returns ``results.json``'s content.
+
+    ``fallback_checkpoint``: a stage whose ``last.ckpt`` is corrupt resumes from its newest readable checkpoint.
+    ``ran_with`` (what runs it: overrides, code, machine) is recorded in each stage that runs now.
+    """
+    PipelineRunner(pipeline, overwrite=overwrite, fallback_checkpoint=fallback_checkpoint, ran_with=ran_with).run()
+    results = build_report(pipeline.out_dir, pipeline)
+    print(f"\n[mnm] benchmark {pipeline.name} ({results['eval_split']}):\n")
+    print(metric_table(results))
+    print(f"[mnm] report: {pipeline.out_dir / 'report.md'}")
+    return results
+
+
+def add_benchmark_arguments(parser: argparse.ArgumentParser, file_help: str) -> None:
+    """The arguments ``mnm benchmark``, ``mnm protocol`` and ``mnm unsupervised`` share: the file, ``--out``,
+    ``--set``, ``--eval-split``, ``--fallback-checkpoint`` and ``--debug``."""
+    parser.add_argument("file", help=file_help)
+    parser.add_argument("--out", help="run directory (default runs/<name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, as for `mnm pipeline run` (a var, data.root=..., stages.<name>.model.lr=...)")
+    parser.add_argument("--eval-split", choices=("val", "test"), help="split every segment stage is evaluated on")
+    add_fallback_argument(parser)
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``mnm benchmark``."""
+    parser = argparse.ArgumentParser(prog="mnm benchmark", description=__doc__.split("\n", 1)[0])
+    add_benchmark_arguments(parser, "benchmark YAML (e.g. conf/benchmarks/camvid_cpu.yaml)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run directory of another pipeline")
+    args = parser.parse_args(argv)
+    run_benchmark(load_benchmark(args.file, args.out, args.set, args.eval_split), overwrite=args.overwrite,
+                  fallback_checkpoint=args.fallback_checkpoint)

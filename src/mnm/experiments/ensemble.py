@@ -1,0 +1,88 @@
+"""``mnm ensemble``: evaluate the average class probabilities of several segmentation checkpoints.
+
+This is the paper's "ImageNet + M&M" row: two networks trained from different
+starts, averaged at test time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from torch import nn
+
+from mnm.evaluation.metrics import SegmentationMetrics, per_class_table
+from mnm.runs.config import set_by_path
+from mnm.runs.stage_cli import instantiate_datamodule
+from mnm.stages.base import ScalarLogging
+from mnm.stages.segment import SegmentationEvaluation, SegmentStage
+from mnm.utils.files import atomic_write_json
+from mnm.utils.paths import find_file, repo_relative_paths, where_to_run_hint
+
+
+class SegmentEnsemble(SegmentationEvaluation, ScalarLogging, L.LightningModule):
+    """Averages the class probabilities of its members (each with its own test-time settings)."""
+
+    def __init__(self, members: list[SegmentStage]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one checkpoint")
+        first = members[0].hparams
+        for m in members[1:]:
+            if m.hparams.num_classes != first.num_classes:
+                raise ValueError(f"members disagree on num_classes: {m.hparams.num_classes} vs {first.num_classes}")
+        self.save_hyperparameters(
+            {k: first[k] for k in ("num_classes", "ignore_index", "class_names")}, logger=False
+        )
+        self.members = nn.ModuleList(members)
+        self.val_metrics = SegmentationMetrics(first.num_classes, ignore_index=first.ignore_index)
+        self.test_metrics = SegmentationMetrics(first.num_classes, ignore_index=first.ignore_index)
+
+    def predict_probs(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.predict_probs(image) for m in self.members]).mean(0)
+
+
+def load_member(path: str) -> SegmentStage:
+    """A fine-tuned segmentation model from a checkpoint (weights only; no re-loading of its init weights)."""
+    return SegmentStage.load_from_checkpoint(path, map_location="cpu", weights_only=True, pretrained_backbone=None)
+
+
+def build_datamodule(config_path: str, sets: list[str]) -> L.LightningDataModule:
+    """The ``data`` section of a LightningCLI config file, with ``--set data.x=y`` overrides."""
+    path = find_file(config_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data config file not found: {config_path}{where_to_run_hint()}")
+    cfg = repo_relative_paths(yaml.safe_load(path.read_text()) or {})
+    for item in sets:
+        key, _, value = item.partition("=")
+        set_by_path(cfg, key, yaml.safe_load(value))
+    data = cfg.get("data")
+    if not isinstance(data, dict) or "class_path" not in data:
+        raise ValueError(f"{config_path}: needs a data section with class_path/init_args")
+    return instantiate_datamodule(data)
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Command line: ``mnm ensemble -c DATA.yaml --ckpts A B [--split val|test] [--set data.root=...]``."""
+    parser = argparse.ArgumentParser(prog="mnm ensemble", description=__doc__)
+    parser.add_argument("-c", "--config", required=True, help="a config file with the data section")
+    parser.add_argument("--ckpts", nargs="+", required=True, help="segmentation checkpoints to average")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="write the metrics here as JSON")
+    args = parser.parse_args(argv)
+    model = SegmentEnsemble([load_member(p) for p in args.ckpts])
+    datamodule = build_datamodule(args.config, args.set)
+    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
+    (trainer.validate if args.split == "val" else trainer.test)(model, datamodule=datamodule, verbose=False)
+    result = {"checkpoints": args.ckpts, **model.last_eval}
+    print(per_class_table(result["per_class_iou"], result["class_names"], result["miou"]))
+    if args.out:
+        atomic_write_json(Path(args.out), result, sort_keys=True, default=str)
+        print(json.dumps({"miou": result["miou"]}, allow_nan=False))
+    return result

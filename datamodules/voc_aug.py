@@ -16,7 +16,6 @@ fetches a missing archive from the URL torchvision lists, checking its MD5.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
@@ -338,29 +337,14 @@ def build(voc: Path, sbd: Path, force: bool = False) -> dict[str, int]:
             "sbd_masks": len(sbd_names - voc_train - voc_val)}  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``mnm data voc-aug ROOT``: build (or confirm) the SBD-augmented VOC 2012 set; raises :class:`DataError`."""
-    parser = argparse.ArgumentParser(
-        prog="mnm data voc-aug",
-        description="Build VOC 2012's SBD-augmented training set (SegmentationClassAug/ and the 10,582-image "
-        "train_aug list) from the VOC 2012 trainval and SBD archives.",
-    )
-    parser.add_argument("root", type=Path, help="folder for VOCdevkit/VOC2012 (or a VOC2012 folder itself); "
-                        "archives are looked for and downloaded here")  # fmt: skip
-    parser.add_argument("--voc-archive", type=Path, metavar="FILE", help="VOCtrainval_11-May-2012.tar (default ROOT/<that name>; "
-                        "not needed when ROOT already holds VOCdevkit/VOC2012)")  # fmt: skip
-    parser.add_argument("--sbd", type=Path, metavar="PATH", help="benchmark.tgz, or its extracted benchmark_RELEASE folder "
-                        "(default ROOT/benchmark_RELEASE, else ROOT/benchmark.tgz)")  # fmt: skip
-    parser.add_argument("--download", action="store_true",
-                        help="fetch an archive that is not there (checking its MD5)")
-    parser.add_argument("--mirror", metavar="URL", help="download from this URL prefix instead (the files under their official names)")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="network timeout in seconds (%(default)s)")
-    parser.add_argument("--force", action="store_true", help="rebuild the masks and the list even if they are there")
-    args = parser.parse_args(argv)
-    root: Path = args.root.expanduser()
+def prepare_voc_aug(root: Path, force: bool = False, sbd: Path | None = None, voc_archive: Path | None = None,
+                    download: bool = False, mirror: str | None = None, timeout: float = 60.0) -> int:
+    """Build (or confirm) the SBD-augmented VOC 2012 set under ``root`` (:func:`build`) from the archives found there,
+    named, or downloaded; returns 0 (the exit status), raises :class:`DataError` naming what is missing."""
+    root = root.expanduser()
     voc = voc_folder(root)
     problem = verify(voc)
-    if problem is None and not args.force:
+    if problem is None and not force:
         count = len(list_names(train_aug_file(voc)))
         print(f"[mnm] {voc}: already there — {train_aug_file(voc).relative_to(voc)} lists {count:,} images, "
               f"each with its {AUG_LABEL_DIR}/ mask (--force rebuilds it)")
@@ -368,13 +352,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     sources = archives()
     extracted_sbd = root / SBD_FOLDER
-    wanted = {"sbd": args.sbd or (extracted_sbd if extracted_sbd.is_dir() else None)}
+    wanted = {"sbd": sbd or (extracted_sbd if extracted_sbd.is_dir() else None)}
     if not (voc / LIST_DIR).is_dir():
-        wanted["voc"] = args.voc_archive
+        wanted["voc"] = voc_archive
     found, errors = {}, []
     for key in sorted(wanted, reverse=True):  # VOC first; both are looked for (or fetched) before either is used
         try:
-            found[key] = locate(sources[key], wanted[key], root, args.download, args.mirror, args.timeout)
+            found[key] = locate(sources[key], wanted[key], root, download, mirror, timeout)
         except DataError as err:
             errors.append(str(err))
     if errors:
@@ -382,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     voc_archive, sbd = found.get("voc"), found["sbd"]
     if voc_archive is not None:
         voc = extract_voc(voc_archive, root)
-    counts = build(voc, sbd, args.force)
+    counts = build(voc, sbd, force)
     note = "" if counts["train_aug"] == TRAIN_AUG_SIZE else f" (the official archives give {TRAIN_AUG_SIZE:,})"
     print(f"[mnm] {voc}: {AUG_LABEL_DIR}/ holds {counts['voc_masks'] + counts['sbd_masks']:,} masks "
           f"({counts['voc_masks']:,} of VOC, {counts['sbd_masks']:,} of SBD); {train_aug_file(voc).relative_to(voc)} "

@@ -15,3 +15,13 @@ STAGES: dict[str, str] = {
     "segment": "mnm.stages.segment.SegmentStage",
     "semi": "mnm.stages.semi.SemiStage",
 }
+
+
+def stage_class(stage: str) -> type:
+    """The LightningModule class of a stage kind (imported now); unknown names list the known ones."""
+    import importlib
+
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; known stages: {', '.join(sorted(STAGES))}")
+    module, _, name = STAGES[stage].rpartition(".")
+    return getattr(importlib.import_module(module), name)

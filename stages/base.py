@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mnm.evaluation.knn_probe import RepresentationProbe, score_backbone
-from mnm.models.backbones import Backbone, build_backbone, load_backbone_weights
+from mnm.models.backbones import Backbone, build_backbone
 from mnm.models.param_groups import param_groups
 from mnm.utils.phases import PhaseTimer, no_phase_timer
 from mnm.weights.checkpoints import read_checkpoint
+from mnm.weights.formats import load_backbone_weights
+from mnm.weights.record import ARCH_KEY, backbone_record, check_backbone_matches
 
-#: keys this package adds to every checkpoint it writes
-ARCH_KEY = "mnm_backbone"
 #: learning-rate schedules of :class:`BaseStage` (``lr_schedule``)
 LR_SCHEDULES = ("multistep", "cosine")
 
@@ -192,7 +192,7 @@ class BaseStage(ScalarLogging, L.LightningModule):
     # -- checkpoint metadata ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hp = self.hparams
-        checkpoint[ARCH_KEY] = {"name": hp.backbone, "in_chans": hp.in_chans, **(hp.backbone_kwargs or {})}
+        checkpoint[ARCH_KEY] = backbone_record(hp.backbone, hp.in_chans, hp.backbone_kwargs)
 
 
 class LabelledPretrainingStage(BaseStage):
@@ -216,32 +216,3 @@ class LabelledPretrainingStage(BaseStage):
     def on_validation_epoch_end(self) -> None:
         if self.hparams.knn_probe and not self.trainer.sanity_checking:
             self.log_scalars("val", self.probe_scores())
-
-
-def check_backbone_matches(
-    path: str, contents: dict[str, Any], name: str, in_chans: int, backbone_kwargs: dict[str, Any] | None = None
-) -> None:
-    """Refuse a checkpoint written for another backbone architecture, naming both.
-
-    Compares the name, ``in_chans``, ``bn_affine`` (the options that change the parameter set; a
-    checkpoint without it had affine batch norm) and ``input_norm`` (weights expect the input
-    scaling they were trained on; a checkpoint without it had ``imagenet``). Only mnm checkpoints
-    carry the architecture; other weight files are checked key by key when they are loaded.
-    """
-    meta = contents.get(ARCH_KEY)
-    if not meta:
-        return
-    kw = backbone_kwargs or {}
-    ours = {"backbone": name, "in_chans": in_chans, "bn_affine": kw.get("bn_affine", True),
-            "input_norm": kw.get("input_norm", "imagenet")}  # fmt: skip
-    theirs = {"backbone": meta.get("name"), "in_chans": int(meta.get("in_chans", 3)),
-              "bn_affine": meta.get("bn_affine", True), "input_norm": meta.get("input_norm", "imagenet")}  # fmt: skip
-    if ours != theirs:
-        raise ValueError(
-            f"pretrained_backbone {path} was trained with {_settings(theirs)}, "
-            f"but this stage is configured with {_settings(ours)}"
-        )
-
-
-def _settings(values: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in values.items())

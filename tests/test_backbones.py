@@ -8,7 +8,8 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from mnm.models.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
+from mnm.models.backbones import BACKBONES, Backbone, build_backbone
+from mnm.weights.formats import load_backbone_weights
 
 NAMES = ["alexnet", "alexnet_caffe", "vgg16_bn", "resnet18", "resnet50", "resnet101"]
 HW = (64, 96)

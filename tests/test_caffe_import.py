@@ -18,7 +18,8 @@ import yaml
 from mnm.cli import main
 from mnm.runs.config import load_pipeline
 from mnm.runs.runner import PipelineRunner
-from mnm.weights.caffe_import import EXTRA_KEY, CaffeImportError, map_onto_backbone, read_caffemodel
+from mnm.weights.caffe_mapping import EXTRA_KEY, map_onto_backbone
+from mnm.weights.caffe_proto import CaffeImportError, read_caffemodel
 from mnm.weights.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,7 +305,7 @@ def test_import_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_checkpoint_records_the_input_convention_and_the_handoff_checks_it(imported: Path) -> None:
-    from mnm.stages.base import ARCH_KEY, check_backbone_matches
+    from mnm.weights.record import ARCH_KEY, check_backbone_matches
 
     contents = read_checkpoint(imported)
     assert contents[ARCH_KEY] == {"name": "alexnet_caffe", "in_chans": 3, "bn_affine": False,

@@ -242,7 +242,8 @@ def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, c
 
 
 def test_unsupervised_benchmark_reports_matched_miou_probe_and_figure(tmp_path: Path, monkeypatch) -> None:
-    from mnm.experiments.unsupervised import LINEAR_PROBE_FILE, run_unsupervised
+    from mnm.experiments.unsupervised import run_unsupervised
+    from mnm.runs.rundir import LINEAR_PROBE_CACHE
 
     monkeypatch.chdir(REPO)
     sets = [f"data_root={tmp_path / 'data'}"]
@@ -251,7 +252,7 @@ def test_unsupervised_benchmark_reports_matched_miou_probe_and_figure(tmp_path: 
     for row in report["arms"].values():  # seed 0 only: n = 1
         assert row["miou"]["n"] == 1 and 0 < row["miou"]["mean"] <= 1
         assert 0 <= row["probe_miou"]["mean"] <= 1 and 0 < row["pixel_acc"]["mean"] <= 1
-    probes = json.loads((tmp_path / "run" / "f1-s0" / LINEAR_PROBE_FILE).read_text())
+    probes = json.loads((tmp_path / "run" / "f1-s0" / LINEAR_PROBE_CACHE).read_text())
     assert sorted(probes) == ["fs4", "picie", "random"]
     assert (tmp_path / "run" / "cluster_maps.png").stat().st_size > 0
     text = (tmp_path / "run" / "unsupervised.md").read_text()

@@ -16,7 +16,8 @@ import pytest
 from test_pipeline import REPO, TINY, manifest, mnm_cmd, subprocess_env
 
 from mnm.runs.config import load_pipeline
-from mnm.runs.rundir import exclusive_lock, stage_lock_file
+from mnm.runs.file_lock import exclusive_lock
+from mnm.runs.rundir import stage_lock_file
 from mnm.runs.runlock import RunFolderInUse, lock_stages
 from mnm.runs.runner import PipelineRunner
 from mnm.weights.checkpoints import read_checkpoint

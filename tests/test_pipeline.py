@@ -311,7 +311,7 @@ def test_runners_of_one_run_folder_keep_each_others_manifest_entries(tmp_path: P
 
 
 def test_config_changes_names_the_setting_and_a_path_spelled_differently(tmp_path: Path, monkeypatch) -> None:
-    from mnm.runs.rundir import config_changes
+    from mnm.runs.hashing import config_changes
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()

@@ -141,8 +141,8 @@ def test_probe_needs_labelled_pixels() -> None:
 
 def test_probe_reads_the_checkpoints_backbone_options(tmp_path: Path) -> None:
     """A checkpoint of a statistics-only-BN, Caffe-normalised network is rebuilt with those options."""
-    from mnm.experiments.probe_files import backbone_from_checkpoint
     from mnm.models.backbones import build_backbone
+    from mnm.weights.record import backbone_from_checkpoint
 
     net = build_backbone("alexnet_caffe", bn_affine=False, input_norm="caffe_bgr")
     path = tmp_path / "stage.ckpt"

@@ -13,7 +13,8 @@ from data_fixtures import synthetic_data
 from PIL import Image
 
 from mnm.cli import main
-from mnm.runs.stage_cli import STAGES, build_stage
+from mnm.runs.stage_cli import build_stage
+from mnm.stages import STAGES
 from mnm.stages.pixel_contrast import PixelContrastStage
 
 TRAINER = {"fast_dev_run": 2, "accelerator": "cpu", "logger": False, "enable_checkpointing": False,

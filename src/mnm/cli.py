@@ -11,7 +11,7 @@ arms and report them; ``mnm import-caffe`` writes Caffe weights as a checkpoint.
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -19,128 +19,33 @@ from collections.abc import Callable
 from mnm.stages import STAGES
 from mnm.utils.quiet import quiet_library_messages
 
-DEBUG_HELP = "show the full traceback of an error"
-
-
-def add_fallback_argument(parser: argparse.ArgumentParser) -> None:
-    """``--fallback-checkpoint``: every command that resumes stages takes it (the runner's error names it)."""
-    parser.add_argument("--fallback-checkpoint", action="store_true",
-                        help="resume a stage whose last.ckpt is corrupt from its newest readable checkpoint")
-
-
-def _pipeline(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="mnm pipeline", description="Run a pipeline of stages from a YAML file.")
-    sub = parser.add_subparsers(dest="action", required=True)
-    run = sub.add_parser("run", help="run, resume or skip the stages of a pipeline")
-    run.add_argument("file", help="pipeline YAML (e.g. conf/pipelines/voc_random_alexnet_graph.yaml)")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override: a var name, data.root=..., trainer.max_steps=..., stages.<name>.model.lr=...")
-    run.add_argument("--out", help="run directory (default runs/<pipeline name>)")
-    run.add_argument("--only", action="append", help="run only these stages (earlier ones must be finished)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace a run directory that belongs to another pipeline")
-    add_fallback_argument(run)
-    run.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    status = sub.add_parser("status", help="a table of a run's stages: status, steps, time, mIoU or loss")
-    status.add_argument("run_dir")
-    args = parser.parse_args(argv)
-    from mnm.runs.config import load_pipeline
-    from mnm.runs.rundir import status_table
-    from mnm.runs.runner import PipelineRunner
-
-    if args.action == "status":
-        from pathlib import Path
-
-        print(status_table(Path(args.run_dir)), end="")
-        return
-    pipeline = load_pipeline(args.file, args.set, args.out)
-    PipelineRunner(pipeline, overwrite=args.overwrite, fallback_checkpoint=args.fallback_checkpoint).run(args.only)
-    print(f"\n[mnm] pipeline {pipeline.name}: done\n{status_table(pipeline.out_dir)}", end="")
-
-
-DATA_COMMANDS = {  # subcommand -> (module with main(argv), arguments, what it does)
-    "synth": ("mnm.datamodules.synthetic", "[--root DIR]", "write the synthetic VOC-layout dataset"),
-    "voc-aug": ("mnm.datamodules.voc_aug", "ROOT [--download]", "VOC 2012 + SBD archives -> SegmentationClassAug/, train_aug.txt"),
-    "check": ("mnm.datamodules.check", "ROOT --kind K", "what a data set root lacks or holds malformed (voc, voc-aug, "
-              "cityscapes, camvid, msrc)"),
+#: ``mnm <command>`` -> the module of :mod:`mnm.commands` whose ``main(argv)`` runs it (imported when used, so that
+#: ``mnm --help`` loads neither torch nor Lightning)
+COMMANDS: dict[str, str] = {
+    "pipeline": "pipeline",
+    "data": "data",
+    "import-caffe": "import_caffe",
+    "compare": "compare",
+    "demo": "demo",
+    "speed": "speed",
+    "bench": "speed",  # the old name of `mnm speed`, kept for one release
+    "benchmark": "benchmark",
+    "ensemble": "ensemble",
+    "probe": "probe",
+    "protocol": "protocol",
+    "unsupervised": "unsupervised",
+    "predict": "predict",
+    "gpu-check": "gpu_check",
 }
 
 
-def data_usage() -> str:
-    lines = [f"  mnm data {f'{name} {arguments}':<28} {what}" for name, (_, arguments, what) in DATA_COMMANDS.items()]
-    return "usage: mnm data <command> [...]\n\n" + "\n".join(lines) + "\n\nAdd --help to a command for its options."
+def command_main(command: str) -> Callable[[list[str]], None]:
+    """The ``main(argv)`` of a command (a stage kind runs through :mod:`mnm.commands.stage`)."""
+    if command in STAGES:
+        from mnm.commands.stage import main as stage_main
 
-
-def _data(argv: list[str]) -> None:
-    if argv and argv[0] in ("-h", "--help"):
-        print(data_usage())
-        return
-    if not argv or argv[0] not in DATA_COMMANDS:
-        given = f"unknown command {argv[0]!r}" if argv else "a command is needed"
-        raise SystemExit(f"mnm: error: mnm data: {given}\n\n{data_usage()}")
-    _lazy(DATA_COMMANDS[argv[0]][0])(argv[1:])
-
-
-def _import_caffe(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="mnm import-caffe",
-        description="Write a Caffe .caffemodel's weights as an mnm checkpoint (for model.pretrained_backbone, "
-        "mnm probe and the pipelines' proxy_weights).",
-    )
-    parser.add_argument("caffemodel", help="binary Caffe weights (NetParameter; current or legacy V1 layers)")
-    parser.add_argument("--backbone", required=True, help="alexnet_caffe, vgg16_bn or alexnet")
-    parser.add_argument("--out", required=True, help="checkpoint to write (FILE.ckpt, in an existing folder)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    parser.add_argument("--input-norm", default="caffe_bgr",
-                        help="input normalisation the weights expect (default caffe_bgr: BGR 0..255 minus the mean)")
-    parser.add_argument("--bn-affine", choices=("true", "false"),
-                        help="batch norm with scale and shift (default: as the file's batch norms)")
-    parser.add_argument("--identity-bn", action="store_true",
-                        help="give convs without a batch norm in the file an identity one")
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
-    from mnm.stages.base import ARCH_KEY
-    from mnm.utils.files import atomic_torch_save
-    from mnm.weights.caffe_import import EXTRA_KEY, check_import_out, map_onto_backbone, read_caffemodel
-
-    check_import_out(args.caffemodel, args.out, args.overwrite)
-    layers, form = read_caffemodel(args.caffemodel)
-    affine = None if args.bn_affine is None else args.bn_affine == "true"
-    result = map_onto_backbone(layers, args.backbone, args.input_norm, affine, args.identity_bn)
-    for warning in result.warnings:
-        print(f"mnm: warning: {warning}", file=sys.stderr)
-    state = {f"backbone.{k}": v for k, v in result.backbone.state_dict().items()}
-    atomic_torch_save({"state_dict": state, ARCH_KEY: result.arch, EXTRA_KEY: result.extra,
-                       "caffe_source": {"file": args.caffemodel, "format": form, "mapping": result.mapping}}, args.out)
-    settings = " ".join(f"{k}={v}" for k, v in result.arch.items())
-    print(f"[mnm] {args.out}: {len(result.mapping)} convs of {args.caffemodel} ({form} format) as {settings}")
-
-
-def _lazy(module: str, func: str = "main") -> Callable[[list[str]], None]:
-    def call(argv: list[str]) -> None:
-        import importlib
-
-        getattr(importlib.import_module(module), func)(argv)
-
-    return call
-
-
-COMMANDS: dict[str, Callable[[list[str]], None]] = {
-    "pipeline": _pipeline,
-    "data": _data,
-    "import-caffe": _import_caffe,
-    "compare": _lazy("mnm.experiments.compare"),
-    "demo": _lazy("mnm.experiments.demo"),
-    "speed": _lazy("mnm.experiments.speed"),
-    "bench": _lazy("mnm.experiments.speed"),  # the old name of `mnm speed`, kept for one release
-    "benchmark": _lazy("mnm.experiments.benchmark"),
-    "ensemble": _lazy("mnm.experiments.ensemble"),
-    "probe": _lazy("mnm.experiments.probe_files"),
-    "protocol": _lazy("mnm.experiments.protocol"),
-    "unsupervised": _lazy("mnm.experiments.unsupervised"),
-    "predict": _lazy("mnm.experiments.predict"),
-    "gpu-check": _lazy("mnm.experiments.gpu_check"),
-}
+        return lambda argv: stage_main(command, argv)
+    return importlib.import_module(f"mnm.commands.{COMMANDS[command]}").main
 
 
 def usage() -> str:
@@ -194,15 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         lightning_log.propagate = False
     command, rest = argv[0], argv[1:]
     quiet_library_messages()
-    if command in STAGES:
-        from mnm.runs.stage_cli import main_stage
-
-        runner: Callable[[list[str]], None] = lambda a: main_stage(command, a)  # noqa: E731
-    elif command in COMMANDS:
-        runner = COMMANDS[command]
-    else:
+    if command not in STAGES and command not in COMMANDS:
         print(f"mnm: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
+    runner = command_main(command)
     try:
         runner([a for a in rest if a != "--debug"] if command not in STAGES else rest)
     except SystemExit as err:

@@ -7,16 +7,14 @@ finished stages and resumes an interrupted one; the report
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnm.cli import DEBUG_HELP, add_fallback_argument
 from mnm.experiments.report import build_report, check_report_spec, metric_table
 from mnm.runs.config import Pipeline, load_pipeline
 from mnm.runs.runner import PipelineRunner
-from mnm.runs.stage_cli import stage_class
+from mnm.stages import stage_class
 
 
 def load_benchmark(
@@ -52,25 +50,3 @@ def run_benchmark(pipeline: Pipeline, overwrite: bool = False, fallback_checkpoi
     print(metric_table(results))
     print(f"[mnm] report: {pipeline.out_dir / 'report.md'}")
     return results
-
-
-def add_benchmark_arguments(parser: argparse.ArgumentParser, file_help: str) -> None:
-    """The arguments ``mnm benchmark``, ``mnm protocol`` and ``mnm unsupervised`` share: the file, ``--out``,
-    ``--set``, ``--eval-split``, ``--fallback-checkpoint`` and ``--debug``."""
-    parser.add_argument("file", help=file_help)
-    parser.add_argument("--out", help="run directory (default runs/<name>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override, as for `mnm pipeline run` (a var, data.root=..., stages.<name>.model.lr=...)")
-    parser.add_argument("--eval-split", choices=("val", "test"), help="split every segment stage is evaluated on")
-    add_fallback_argument(parser)
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``mnm benchmark``."""
-    parser = argparse.ArgumentParser(prog="mnm benchmark", description=__doc__.split("\n", 1)[0])
-    add_benchmark_arguments(parser, "benchmark YAML (e.g. conf/benchmarks/camvid_cpu.yaml)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run directory of another pipeline")
-    args = parser.parse_args(argv)
-    run_benchmark(load_benchmark(args.file, args.out, args.set, args.eval_split), overwrite=args.overwrite,
-                  fallback_checkpoint=args.fallback_checkpoint)

@@ -10,7 +10,6 @@ its mIoU is the mean ± std over the seeds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnm.experiments.report import plot_mm_curves
 from mnm.runs.rundir import MANIFEST, StageDir, read_manifest
-from mnm.runs.stage_cli import stage_class
+from mnm.stages import stage_class
 
 CELL = re.compile(r"^f([0-9.]+)-s(\d+)$")  # a protocol cell's folder name (mnm.experiments.protocol.cell_name)
 
@@ -147,30 +145,3 @@ def miou_markdown(rows: Sequence[dict]) -> str:
             shown += ("" if math.isnan(r["std"]) else f" ± {100 * r['std']:.2f}") + f" (n={r['n']})"
         lines.append(f"| {r['run']} | {r['stage']} | {r['init']} | {r['status']} | {shown} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``mnm compare``."""
-    parser = argparse.ArgumentParser(prog="mnm compare", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path,
-                        help="pipeline/benchmark output folders (with manifest.json) or protocol folders (cells)")
-    parser.add_argument("--out", required=True, type=Path, help="the PNG to write (the table goes to FILE.md)")
-    args = parser.parse_args(argv)
-    if args.out.suffix.lower() != ".png":
-        raise ValueError(f"--out must name a .png file, got {args.out}")
-    series = mm_curves(args.run_dirs)
-    rows = segment_results(args.run_dirs)
-    table = miou_markdown(rows)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not series:
-        print("[mnm] no M&M stage with a CSV log in these runs; no curves drawn")
-    drawn = bool(series or rows)
-    if drawn:
-        miou = {f"{r['run']}/{r['stage']}": r["miou"] for r in rows}
-        plot_mm_curves(series, curve_columns(args.run_dirs), args.out, miou=miou,
-                       bar_colours=bar_colours(series, rows))
-    md = args.out.with_suffix(".md")
-    figure = f"![M&M curves and mIoU]({args.out.name})\n\n" if drawn else ""
-    md.write_text(f"# M&M runs compared\n\n{figure}## Final mIoU\n\n{table}")
-    print(table)
-    print(f"[mnm] wrote {md}" + (f" and {args.out}" if drawn else ""))

@@ -8,14 +8,10 @@ a seconds-long smoke run whose numbers mean nothing) with
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch.cli import instantiate_class
 
-from mnm.cli import DEBUG_HELP, add_fallback_argument
-from mnm.experiments.benchmark import load_benchmark, run_benchmark
 from mnm.runs.config import Pipeline
 from mnm.utils.paths import repo_root
 
@@ -46,19 +42,3 @@ def prepare_data(pipeline: Pipeline) -> None:
         if data and data not in seen:
             seen.append(data)
             instantiate_class((), data).prepare_data()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``mnm demo``."""
-    parser = argparse.ArgumentParser(prog="mnm demo", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--out", help="run directory (default runs/demo, with --quick runs/demo-quick); the synthetic "
-                        "data is written to OUT/data/")
-    parser.add_argument("--quick", action="store_true", help="toy-sized smoke run (seconds; numbers are meaningless)")
-    add_fallback_argument(parser)
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-    args = parser.parse_args(argv)
-    name = "tiny" if args.quick else "demo"
-    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    pipeline = load_benchmark(benchmark_file(name), out, [f"data_root={data_folder(out, name)}"])
-    prepare_data(pipeline)
-    run_benchmark(pipeline, fallback_checkpoint=args.fallback_checkpoint)

@@ -6,22 +6,16 @@ starts, averaged at test time.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-from typing import Any
-
 import lightning as L
 import torch
 import yaml
 from torch import nn
 
-from mnm.evaluation.metrics import SegmentationMetrics, per_class_table
+from mnm.evaluation.metrics import SegmentationMetrics
 from mnm.runs.config import set_by_path
 from mnm.runs.stage_cli import instantiate_datamodule
 from mnm.stages.base import ScalarLogging
 from mnm.stages.segment import SegmentationEvaluation, SegmentStage
-from mnm.utils.files import atomic_write_json
 from mnm.utils.paths import find_file, repo_relative_paths, where_to_run_hint
 
 
@@ -65,24 +59,3 @@ def build_datamodule(config_path: str, sets: list[str]) -> L.LightningDataModule
     if not isinstance(data, dict) or "class_path" not in data:
         raise ValueError(f"{config_path}: needs a data section with class_path/init_args")
     return instantiate_datamodule(data)
-
-
-def main(argv: list[str]) -> dict[str, Any]:
-    """Command line: ``mnm ensemble -c DATA.yaml --ckpts A B [--split val|test] [--set data.root=...]``."""
-    parser = argparse.ArgumentParser(prog="mnm ensemble", description=__doc__)
-    parser.add_argument("-c", "--config", required=True, help="a config file with the data section")
-    parser.add_argument("--ckpts", nargs="+", required=True, help="segmentation checkpoints to average")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", help="write the metrics here as JSON")
-    args = parser.parse_args(argv)
-    model = SegmentEnsemble([load_member(p) for p in args.ckpts])
-    datamodule = build_datamodule(args.config, args.set)
-    trainer = L.Trainer(accelerator="auto", devices=1, logger=False, enable_checkpointing=False)
-    (trainer.validate if args.split == "val" else trainer.test)(model, datamodule=datamodule, verbose=False)
-    result = {"checkpoints": args.ckpts, **model.last_eval}
-    print(per_class_table(result["per_class_iou"], result["class_names"], result["miou"]))
-    if args.out:
-        atomic_write_json(Path(args.out), result, sort_keys=True, default=str)
-        print(json.dumps({"miou": result["miou"]}, allow_nan=False))
-    return result

@@ -18,7 +18,6 @@ Without CUDA it stops at once. The check functions take a device, so the tests r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -311,20 +310,3 @@ def write_summary(results: dict[str, Any], out: Path) -> list[Path]:
     atomic_write_text(paths[0], json.dumps(results, indent=1, default=str))
     atomic_write_text(paths[1], "\n".join(lines) + "\n")
     return paths
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``mnm gpu-check [--out DIR]``: stops at once without CUDA; otherwise runs every check and writes the summaries."""
-    parser = argparse.ArgumentParser(prog="mnm gpu-check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/gpu-check"), help="where the summaries go")
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"gpu-check needs a CUDA GPU; torch {torch.__version__} (CUDA build {torch.version.cuda}) "
-                           "sees none on this machine")
-    results = run_checks(args.out)
-    paths = write_summary(results, args.out)
-    print(paths[1].read_text())
-    failed = [name for name, value in results.items() if name != "env" and not value.get("ok")]
-    if failed:
-        raise RuntimeError(f"gpu-check: {len(failed)} check(s) failed: {', '.join(failed)} (see {paths[0]})")
-    return results

@@ -29,7 +29,6 @@ main metric, the 95 % confidence interval of the mean difference and the verdict
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import math
@@ -45,20 +44,20 @@ import torch
 
 from mnm.evaluation.knn_probe import RepresentationProbe, score_backbone
 from mnm.evaluation.paired import paired_interval
-from mnm.experiments.benchmark import add_benchmark_arguments, load_benchmark, run_benchmark
+from mnm.experiments.benchmark import load_benchmark, run_benchmark
 from mnm.experiments.report import CURVE_TITLES, init_chain, plot_mm_curves, pyplot, read_curves, tail_mean
 from mnm.models.backbones import build_backbone
 from mnm.runs.config import ConfigError, Pipeline, StageSpec
-from mnm.runs.rundir import StageDir, load_stage, plural, read_manifest, read_stage_metrics, stage_hashes
+from mnm.runs.hashing import stage_hashes
+from mnm.runs.rundir import CELL_RECORD, PROBE_CACHE, StageDir, read_manifest, read_stage_metrics
 from mnm.runs.runner import PipelineRunner
-from mnm.runs.stage_cli import stage_class
+from mnm.runs.stage_cli import load_stage
+from mnm.stages import stage_class
 from mnm.utils.files import atomic_write_json, atomic_write_text
 from mnm.utils.paths import shown_path
 from mnm.utils.provenance import code_version, describe_code, describe_machine, machine
+from mnm.utils.text import plural
 
-PROBE_FILE = "probe.json"
-#: what ran a cell, in cells run before each stage's manifest entry recorded it (``ran_with``); read, not written
-CELL_RECORD = "protocol_cell.json"
 #: ``--set`` keys that ``mnm protocol`` sets itself in every cell (the last part of a dotted key)
 CELL_KEYS = {"fraction": "--fractions", "labeled_fraction": "--fractions", "seed": "--seeds",
              "split_seed": "--seeds", "seed_everything": "--seeds"}
@@ -221,7 +220,7 @@ def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, 
 
     The patch sets come from the cell's own data (its labelled subset), cached in the cell's ``probe.json``.
     """
-    cache = pipeline.out_dir / PROBE_FILE
+    cache = pipeline.out_dir / PROBE_CACHE
     scores: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
     wanted = {pretrained_stage(pipeline, stage) or "random" for stage in arms.values()}
     missing = sorted(w for w in wanted if w not in scores)
@@ -668,16 +667,3 @@ def run_protocol(file: str | Path, out: str | Path | None = None, sets: Sequence
     atomic_write_text(root / "protocol.md", protocol_markdown(report))
     print(f"[mnm] protocol report: {root / 'protocol.md'} ({time.strftime('%H:%M:%S')})")
     return report
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``mnm protocol``."""
-    parser = argparse.ArgumentParser(prog="mnm protocol", description=__doc__.split("\n", 1)[0])
-    add_benchmark_arguments(parser, "benchmark YAML with a protocol: section")
-    parser.add_argument("--fractions", type=float, nargs="+", help="run only these fractions now")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds now")
-    parser.add_argument("--arms", nargs="+", help="run only these arms now (stage names or labels)")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
-    args = parser.parse_args(argv)
-    run_protocol(args.file, args.out, args.set, args.eval_split, args.fractions, args.seeds, args.arms,
-                 args.report_only, args.fallback_checkpoint)

@@ -29,16 +29,10 @@ import torch
 from mnm.datamodules.datasets import pad_collate
 from mnm.evaluation.metrics import per_class_table, write_per_class_csv
 from mnm.runs.config import ConfigError, Pipeline, StageSpec
-from mnm.runs.rundir import (
-    StageDir,
-    config_hash,
-    load_stage,
-    read_csv_rows,
-    read_manifest,
-    read_stage_metrics,
-    stage_hashes,
-)
-from mnm.runs.stage_cli import stage_class
+from mnm.runs.hashing import config_hash, stage_hashes
+from mnm.runs.rundir import RESULTS, StageDir, read_csv_rows, read_manifest, read_stage_metrics
+from mnm.runs.stage_cli import load_stage
+from mnm.stages import stage_class
 from mnm.utils.files import atomic_write_json, atomic_write_text, finite_or_null
 
 __all__ = [
@@ -373,7 +367,7 @@ def tsne_embeddings(run_dir: Path, before: str | None, after: str, num_patches: 
     from sklearn.metrics import silhouette_score
     from threadpoolctl import threadpool_limits
 
-    from mnm.models.backbones import load_backbone_weights
+    from mnm.weights.formats import load_backbone_weights
 
     tuned, dm = load_stage(run_dir, after)
     initial, _ = load_stage(run_dir, after, weights=False)
@@ -504,6 +498,6 @@ def build_report(run_dir: str | Path, pipeline: Pipeline) -> dict[str, Any]:
     results = finite_or_null(results)
     if _iou_rows(results):
         write_per_class_csv(run_dir / "per_class_iou.csv", _iou_rows(results), results["class_names"])
-    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_json(run_dir / RESULTS, results)
     atomic_write_text(run_dir / "report.md", _markdown(results))
     return results

@@ -12,7 +12,6 @@ and ``unsupervised.md`` beside ``protocol.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader
 from mnm.datamodules.datasets import pad_collate
 from mnm.evaluation.hungarian import HungarianJaccardIndex
 from mnm.evaluation.linear_probe import linear_probe
-from mnm.experiments.benchmark import add_benchmark_arguments, load_benchmark
+from mnm.experiments.benchmark import load_benchmark
 from mnm.experiments.protocol import (
     cell_name,
     finished_stages,
@@ -36,10 +35,10 @@ from mnm.experiments.protocol import (
     protocol_spec,
     run_protocol,
 )
-from mnm.runs.rundir import load_stage
+from mnm.runs.rundir import LINEAR_PROBE_CACHE
+from mnm.runs.stage_cli import load_stage
 from mnm.utils.files import atomic_write_json, atomic_write_text
 
-LINEAR_PROBE_FILE = "linear_probe.json"
 #: colour of clusters matched to no class in the figure
 UNMATCHED_RGB = (128, 128, 128)
 
@@ -56,7 +55,7 @@ def probe_arm(run_dir: Path, stage: str, seed: int) -> dict[str, float]:
 
 def probe_cell(run_dir: Path, arms: dict[str, str], seed: int) -> dict[str, dict[str, float]]:
     """Linear-probe scores of each finished arm of a cell, keyed by stage (cached in ``linear_probe.json``)."""
-    cache = run_dir / LINEAR_PROBE_FILE
+    cache = run_dir / LINEAR_PROBE_CACHE
     scores = json.loads(cache.read_text()) if cache.is_file() else {}
     for stage in arms.values():
         if stage not in scores:
@@ -176,15 +175,3 @@ def finished_arms(pipeline: Any) -> dict[str, str]:
     """The arms (label -> stage) of a cell whose stage has finished."""
     done = finished_stages(pipeline)
     return {label: stage for label, stage in pipeline.report["arms"].items() if stage in done}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of ``mnm unsupervised``."""
-    parser = argparse.ArgumentParser(prog="mnm unsupervised", description=__doc__.split("\n", 1)[0])
-    add_benchmark_arguments(parser, "benchmark YAML with a protocol: section and cluster-stage arms")
-    parser.add_argument("--seeds", type=int, nargs="+", help="run only these seeds now")
-    parser.add_argument("--samples", type=int, default=4, help="val images in the cluster-map figure (0: none)")
-    parser.add_argument("--report-only", action="store_true", help="run nothing; rebuild the report")
-    args = parser.parse_args(argv)
-    run_unsupervised(args.file, args.out, args.set, args.eval_split, args.seeds, args.samples, args.report_only,
-                     args.fallback_checkpoint)

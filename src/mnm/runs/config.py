@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import yaml
 
-from mnm.runs.stage_cli import STAGES, stage_class
+from mnm.stages import STAGES, stage_class
 from mnm.utils.paths import find_file, repo_relative_paths, where_to_run_hint
 
 PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report",

@@ -17,30 +17,32 @@ Report, compare, ensemble and the runner read and write runs through this module
 from __future__ import annotations
 
 import csv
-import fcntl
-import hashlib
 import json
-import os
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnm.runs.config import ConfigError, StageSpec
+from mnm.runs.config import ConfigError
+from mnm.runs.file_lock import exclusive_lock
 from mnm.utils.files import atomic_write_json
-from mnm.weights.checkpoints import read_checkpoint
 
 __all__ = [
-    "MANIFEST", "TIME_FORMAT", "HeldLock", "StageDir", "config_hash", "exclusive_lock", "load_stage", "merge_csv_logs", "plural", "read_csv_rows",
-    "read_manifest", "read_stage_metrics",
-    "set_aside_csv_log", "stage_hash", "stage_lock_file", "status_table", "stage_hashes",
+    "CELL_RECORD", "LINEAR_PROBE_CACHE", "MANIFEST", "PROBE_CACHE", "RESULTS", "STEP_CHECKPOINT_FILENAME", "TIME_FORMAT",
+    "StageDir", "merge_csv_logs", "read_csv_rows", "read_manifest", "read_stage_metrics", "set_aside_csv_log",
+    "stage_lock_file", "update_manifest",
 ]
 
 MANIFEST = "manifest.json"
+#: files a run folder holds beside its stages, and what writes them
+RESULTS = "results.json"  # mnm benchmark: the report's numbers (report.md, figures beside it)
+PROBE_CACHE = "probe.json"  # mnm protocol: the kNN probe of each arm's starting backbone, per cell
+LINEAR_PROBE_CACHE = "linear_probe.json"  # mnm unsupervised: the linear probe of each arm, per cell
+CELL_RECORD = "protocol_cell.json"  # read only: what ran a protocol cell, before each stage recorded it
+#: ModelCheckpoint ``filename`` of the periodic training states (``step=0000100.ckpt``; :meth:`StageDir.step_checkpoints`)
+STEP_CHECKPOINT_FILENAME = "{step:07d}"
 #: how run folders write times (local time): the manifest's started/finished, a stage lock's holder
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 CSV_LOGGER_NAME = "csv"  # Lightning's CSVLogger writes <save_dir>/<name>/metrics.csv (version "")
@@ -82,7 +84,7 @@ class StageDir:
 
     def step_checkpoints(self) -> list[Path]:
         """The periodic full training states (``final.ckpt`` holds weights only)."""
-        return list(self.checkpoints.glob("step=*.ckpt"))
+        return list(self.checkpoints.glob("step=*.ckpt"))  # Lightning writes STEP_CHECKPOINT_FILENAME so
 
     @property
     def csv_log(self) -> Path:
@@ -113,59 +115,7 @@ def stage_lock_file(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / f".stage-{stage}.lock"
 
 
-# -- lock files ------------------------------------------------------------------------------------------
-@dataclass
-class HeldLock:
-    """An open lock file whose ``flock`` this process holds (see :func:`exclusive_lock`)."""
-
-    file: IO[str]
-    #: leave the file in place on release (it names a holder elsewhere that this process must not erase)
-    keep: bool = False
-
-
-def _is_open_file(fh: IO[str], path: Path) -> bool:
-    """Whether ``path`` still names the file ``fh`` has open."""
-    try:
-        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
-    except FileNotFoundError:
-        return False
-
-
-@contextmanager
-def exclusive_lock(path: Path, wait: bool = True) -> Iterator[HeldLock]:
-    """Hold an exclusive ``flock`` on the file ``path`` (created if missing, opened ``a+``) for the ``with`` block,
-    then remove the file, so that finished runs leave no lock files behind; ``BlockingIOError`` at once when another
-    process holds it and not ``wait``.
-
-    Removing a lock file is safe only because taking one checks that the file locked is still the one at ``path``:
-    a process that opened the file before its holder removed it gets the ``flock`` of a file nobody else can reach
-    any more, so it drops it and locks the new file at ``path`` (else two processes would hold "the" lock). The
-    holder removes the file before it unlocks it, and only while ``path`` is still its file (not one moved aside
-    with its folder and replaced).
-    """
-    while True:
-        fh = open(path, "a+")  # noqa: SIM115 - closed on release below
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BaseException:
-            fh.close()
-            raise
-        if _is_open_file(fh, path):
-            break
-        fh.close()  # removed by its holder while this process waited: lock the file now at path
-    held = HeldLock(fh)
-    try:
-        yield held
-    finally:
-        if not held.keep:
-            fh.truncate(0)  # a lock file moved aside with its folder names no holder
-            if _is_open_file(fh, path):
-                path.unlink()
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-
-
-# -- manifest and JSON ----------------------------------------------------------------------------------
+# -- manifest ----------------------------------------------------------------------------------
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """``manifest.json`` of a run folder ({} when there is none)."""
     path = Path(run_dir) / MANIFEST
@@ -175,71 +125,6 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON ({err}); move it away to start this run over") from None
-
-
-def plural(count: int, noun: str) -> str:
-    """``"1 cell"``, ``"2 cells"``: a count and its noun (regular plurals only)."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
-
-
-def _key_metric(run_dir: Path, stage: str, entry: dict[str, Any]) -> str:
-    """The evaluation's main metric (mIoU, top-1, ...), or else the last logged training loss."""
-    score = entry.get("score") or ({"metric": "mIoU", "value": entry["miou"]} if "miou" in entry else None)
-    if score and score["value"] is not None:  # "miou": manifests written before "score"
-        return f"{score['metric']} {100 * score['value']:.2f}%"
-    path = StageDir.of(run_dir, stage).metrics
-    loss = (json.loads(path.read_text()).get("fit") or {}).get("train/loss") if path.is_file() else None
-    return "–" if loss is None else f"loss {loss:.4g}"
-
-
-def status_table(run_dir: Path) -> str:
-    """The stages of a run as a text table: stage, kind, status, steps, wall time, key metric (and any error)."""
-    manifest = read_manifest(run_dir)
-    if not manifest:
-        inner = sorted(p.parent for p in Path(run_dir).glob(f"*/{MANIFEST}"))
-        if inner:
-            return _inner_runs_table(Path(run_dir), inner)
-        raise FileNotFoundError(f"{run_dir}: not a run folder (no {MANIFEST})")
-    entries = manifest.get("stages", {})
-    order = _stage_order(manifest)
-    rows = [("stage", "kind", "status", "steps", "time", "result")]
-    errors = []
-    for name in order:
-        entry = entries.get(name, {})
-        steps = entry.get("steps", entry.get("step", "–"))  # "step": where a failed or stopped stage ended
-        rows.append((name, entry.get("stage", "–"), entry.get("status", "not started"), str(steps),
-                     _duration(entry.get("wall_time_s")), _key_metric(run_dir, name, entry) if entry else "–"))
-        if entry.get("error"):
-            errors.append(f"{name}: {entry['error']}")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([f"{manifest.get('pipeline', run_dir)} ({run_dir})", *lines, *errors]) + "\n"
-
-
-def _stage_order(manifest: dict[str, Any]) -> list[str]:
-    """The stages of a run in pipeline order (in the order of their entries for manifests without an identity)."""
-    return [name for name, _ in manifest.get("identity", {}).get("stages", [])] or list(manifest.get("stages", {}))
-
-
-def _inner_runs_table(folder: Path, runs: list[Path]) -> str:
-    """The run folders inside ``folder`` (a protocol's cells), each with its stages finished."""
-    lines = [f"{folder} holds {plural(len(runs), 'run folder')} (a protocol's cells); `mnm pipeline status FOLDER` "
-             "shows one:"]
-    for run in runs:
-        manifest = read_manifest(run)
-        names = _stage_order(manifest)
-        done = sum(manifest.get("stages", {}).get(name, {}).get("status") == "finished" for name in names)
-        lines.append(f"  {run}  {done}/{len(names)} stages finished")
-    return "\n".join(lines) + "\n"
 
 
 @rank_zero_only
@@ -263,58 +148,6 @@ def read_stage_metrics(run_dir: Path, stage: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: stage {stage!r} has not finished in {run_dir}")
     return json.loads(path.read_text())
-
-
-def config_hash(obj: Any) -> str:
-    """A stable hash of a JSON-able object."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def stage_hash(kind: str, config: dict[str, Any], evaluate: str | None, init_from_hash: str | None) -> str:
-    """The identity of a stage's run: its kind, merged config, evaluation split and its ``init_from``'s hash.
-
-    (The key ``upstream`` is kept so that hashes of existing run folders stay valid.)
-    """
-    return config_hash({"kind": kind, "config": config, "evaluate": evaluate, "upstream": init_from_hash})
-
-
-def _leaves(tree: Any, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
-    if isinstance(tree, dict) and tree:
-        for key, value in tree.items():
-            yield from _leaves(value, (*prefix, str(key)))
-    else:
-        yield prefix, tree
-
-
-def config_changes(saved: Path, config: dict[str, Any]) -> list[str]:
-    """The settings of a stage's ``config`` whose value differs from its earlier run's saved ``config.yaml``,
-    as ``"key: old -> new"`` (empty when nothing differs or nothing was saved)."""
-    if not saved.is_file():
-        return []
-    old = yaml.safe_load(saved.read_text()) or {}
-    changes = []
-    for key, value in _leaves(config):
-        before: Any = old
-        for part in key:
-            before = before.get(part) if isinstance(before, dict) else None
-        if before != value:
-            same = isinstance(before, str) and isinstance(value, str) and Path(before).resolve() == Path(value).resolve()
-            hint = " (the same path spelled differently: use the earlier spelling to keep the run)" if same else ""
-            changes.append(f"{'.'.join(key)}: {before!r} -> {value!r}{hint}")
-    return changes
-
-
-def stage_hashes(stages: Iterable[StageSpec], config_of: Callable[[StageSpec], dict[str, Any]] | None = None
-                 ) -> dict[str, str]:
-    """:func:`stage_hash` of every stage of a pipeline, in order; ``config_of`` picks what of the config counts."""
-    hashes: dict[str, str] = {}
-    for spec in stages:
-        if spec.final_weights:  # not run: the file is what it hands on
-            hashes[spec.name] = stage_hash(spec.kind, {"final_weights": spec.final_weights}, None, None)
-            continue
-        config = spec.config if config_of is None else config_of(spec)
-        hashes[spec.name] = stage_hash(spec.kind, config, spec.evaluate, hashes.get(spec.init_from or ""))
-    return hashes
 
 
 # -- CSV logs --------------------------------------------------------------------------------------------
@@ -353,24 +186,3 @@ def merge_csv_logs(stage: StageDir) -> None:
         p.unlink()
 
 
-# -- models ----------------------------------------------------------------------------------------------
-def load_stage(run_dir: Path, stage: str, weights: bool = True) -> tuple[Any, Any]:
-    """``(model, datamodule)`` of a finished stage, rebuilt from its resolved config.
-
-    With ``weights`` the model gets the stage's final weights; without, it has
-    the stage's initial weights for a random-init stage (same ``seed_everything``).
-    The model is in eval mode on the CPU.
-    """
-    from mnm.runs.stage_cli import build_stage
-
-    folder = StageDir.of(run_dir, stage)
-    kind = read_manifest(Path(run_dir))["stages"][stage]["stage"]
-    cfg = folder.read_config()
-    cfg["model"]["pretrained_backbone"] = None
-    cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-                      "enable_progress_bar": False, "enable_model_summary": False}
-    cli = build_stage(kind, cfg)
-    model = cli.model
-    if weights:
-        model.load_state_dict(read_checkpoint(folder.final_checkpoint)["state_dict"])
-    return model.eval(), cli.datamodule

@@ -21,7 +21,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from mnm.runs.rundir import TIME_FORMAT, exclusive_lock, stage_lock_file
+from mnm.runs.file_lock import exclusive_lock
+from mnm.runs.rundir import TIME_FORMAT, stage_lock_file
 
 __all__ = ["RunFolderInUse", "lock_stages"]
 

@@ -24,23 +24,24 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnm.runs.config import ConfigError, Pipeline, StageSpec
+from mnm.runs.hashing import config_changes, stage_hashes
 from mnm.runs.interrupt import CtrlC
 from mnm.runs.rundir import (
+    STEP_CHECKPOINT_FILENAME,
     TIME_FORMAT,
     StageDir,
-    config_changes,
     merge_csv_logs,
-    plural,
     read_manifest,
     set_aside_csv_log,
-    stage_hashes,
     update_manifest,
 )
 from mnm.runs.runlock import lock_stages
-from mnm.runs.stage_cli import build_stage, instantiate_datamodule, parse_stage, stage_class
+from mnm.runs.stage_cli import build_stage, instantiate_datamodule, parse_stage
 from mnm.runs.wandb_mode import wandb_offline, wandb_unreachable
+from mnm.stages import stage_class
 from mnm.utils.errors import error_message
 from mnm.utils.files import atomic_write_json, atomic_write_text
+from mnm.utils.text import plural
 from mnm.weights.checkpoints import CheckpointError, checkpoint_step, newest_loadable, read_checkpoint
 
 __all__ = ["PipelineRunner", "evaluate"]
@@ -257,7 +258,7 @@ class PipelineRunner:
                 "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {
                     "dirpath": str(stage.checkpoints),
-                    "filename": "{step:07d}",
+                    "filename": STEP_CHECKPOINT_FILENAME,
                     "monitor": "step",
                     "mode": "max",
                     "save_top_k": ck["keep_last"],
@@ -388,7 +389,7 @@ def _weights_problems(spec: StageSpec) -> list[str]:
 def _handoff_problems(path: str, model: dict[str, Any]) -> list[str]:
     """Why the weights file ``path`` cannot start a stage of these model settings (another backbone,
     ``in_chans``, ``bn_affine`` or ``input_norm``), if it cannot."""
-    from mnm.stages.base import check_backbone_matches
+    from mnm.weights.record import check_backbone_matches
 
     try:
         check_backbone_matches(path, read_checkpoint(path), model["backbone"], model["in_chans"],

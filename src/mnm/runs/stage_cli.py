@@ -16,18 +16,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instant
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnm.runs.callbacks import FiniteLossGuard, RNGStateCheckpoint, SigtermCheckpoint
-from mnm.stages import STAGES
+from mnm.runs.rundir import StageDir, read_manifest
+from mnm.stages import stage_class
 from mnm.utils.files import atomic_torch_save
 from mnm.utils.quiet import quiet_library_messages
 from mnm.weights.checkpoints import read_checkpoint
-
-
-def stage_class(stage: str) -> type:
-    """The LightningModule class of a stage command; unknown names list the known ones."""
-    if stage not in STAGES:
-        raise KeyError(f"unknown stage {stage!r}; known stages: {', '.join(sorted(STAGES))}")
-    module, _, name = STAGES[stage].rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -242,3 +235,23 @@ def main_stage(stage: str, argv: list[str]) -> None:
     quiet_library_messages()
     StageCLI(stage, args=argv, save_config_kwargs={"overwrite": True}, parser_kwargs=stage_parser_kwargs(stage),
              save_checkpoints=True, trainer_defaults={"default_root_dir": str(Path("runs") / stage)})
+
+
+def load_stage(run_dir: Path, stage: str, weights: bool = True) -> tuple[Any, Any]:
+    """``(model, datamodule)`` of a finished stage, rebuilt from its resolved config.
+
+    With ``weights`` the model gets the stage's final weights; without, it has
+    the stage's initial weights for a random-init stage (same ``seed_everything``).
+    The model is in eval mode on the CPU.
+    """
+    folder = StageDir.of(run_dir, stage)
+    kind = read_manifest(Path(run_dir))["stages"][stage]["stage"]
+    cfg = folder.read_config()
+    cfg["model"]["pretrained_backbone"] = None
+    cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                      "enable_progress_bar": False, "enable_model_summary": False}
+    cli = build_stage(kind, cfg)
+    model = cli.model
+    if weights:
+        model.load_state_dict(read_checkpoint(folder.final_checkpoint)["state_dict"])
+    return model.eval(), cli.datamodule

@@ -34,7 +34,7 @@ from mnm.experiments.speed.sections import (
     loadavg,
     summarise,
 )
-from mnm.experiments.speed.settings import SECTIONS, Settings, parse_args
+from mnm.experiments.speed.settings import SECTIONS, Settings
 from mnm.experiments.speed.timing import Laps, Timing, time_call, time_laps
 
 __all__ = [
@@ -77,13 +77,4 @@ def run_speed(settings: Settings) -> dict[str, Any]:
     results["env"]["loadavg_1m_end"] = loadavg()
     results["env"]["wall_s"] = round(time.perf_counter() - start, 1)
     write_results(path, results)
-    return results
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """``mnm speed``: run, write ``<out>/speed.json`` and print the table."""
-    settings = parse_args(argv, description=__doc__.split("\n\n")[0])
-    results = run_speed(settings)
-    print(render_table(results))
-    print(f"\n[mnm] speed: wrote {settings.out / RESULTS_FILE} in {results['env']['wall_s']} s")
     return results

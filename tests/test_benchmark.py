@@ -16,7 +16,8 @@ from mnm.experiments.compare import bar_colours, curve_columns, mm_curves, run_l
 from mnm.experiments.compare import main as compare_main
 from mnm.experiments.demo import benchmark_file
 from mnm.experiments.report import mm_figure
-from mnm.runs.config import ConfigError, load_pipeline
+from mnm.runs.config import load_pipeline
+from mnm.runs.yaml_layers import ConfigError
 
 FIGURES = ("curves.png", "samples.png", "tsne.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -20,9 +20,10 @@ from mnm.datamodules import (
     OxfordIIITPetDataModule,
     SyntheticClassificationDataModule,
 )
+from mnm.datamodules.factory import instantiate_datamodule
 from mnm.datamodules.label_subset import stratified_labeled
 from mnm.evaluation.metrics import ClassificationMetrics
-from mnm.runs.stage_cli import build_stage, instantiate_datamodule
+from mnm.runs.stage_cli import build_stage
 from mnm.stages.classify import ClassifyStage
 
 REPO = Path(__file__).resolve().parents[1]

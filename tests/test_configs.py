@@ -14,9 +14,10 @@ import yaml
 
 from mnm.cli import main
 from mnm.methods.match import TRIPLET_SAMPLERS
-from mnm.runs.config import ConfigError, load_pipeline, read_pipeline_file
+from mnm.runs.config import load_pipeline, read_pipeline_file
 from mnm.runs.runner import PipelineRunner
 from mnm.runs.stage_cli import build_stage
+from mnm.runs.yaml_layers import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnm.runs.config import ConfigError, load_pipeline
+from mnm.runs.config import load_pipeline
 from mnm.runs.runner import PipelineRunner
 from mnm.runs.stage_cli import build_stage
+from mnm.runs.yaml_layers import ConfigError
 from mnm.weights.checkpoints import CheckpointError, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

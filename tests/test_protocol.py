@@ -28,7 +28,7 @@ from mnm.experiments.protocol import (
     provenance_markdown,
     run_protocol,
 )
-from mnm.runs.config import ConfigError
+from mnm.runs.yaml_layers import ConfigError
 from mnm.utils.paths import shown_path
 
 FILE = "conf/benchmarks/tiny_protocol.yaml"

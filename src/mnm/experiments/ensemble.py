@@ -11,9 +11,9 @@ import torch
 import yaml
 from torch import nn
 
+from mnm.datamodules.factory import instantiate_datamodule
 from mnm.evaluation.metrics import SegmentationMetrics
-from mnm.runs.config import set_by_path
-from mnm.runs.stage_cli import instantiate_datamodule
+from mnm.runs.yaml_layers import set_by_path
 from mnm.stages.base import ScalarLogging
 from mnm.stages.segment import SegmentationEvaluation, SegmentStage
 from mnm.utils.paths import find_file, repo_relative_paths, where_to_run_hint

@@ -63,7 +63,7 @@ def load_model(path: Path) -> Any:
 
 def load_datamodule(data: dict[str, Any], images: Path, batch_size: int, num_workers: int | None) -> Any:
     """The stage's data module (``data`` section of its config) reading ``images`` for prediction."""
-    from mnm.runs.stage_cli import instantiate_datamodule
+    from mnm.datamodules.factory import instantiate_datamodule
 
     data = copy.deepcopy(data)
     init = data.setdefault("init_args", {})

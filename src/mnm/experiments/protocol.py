@@ -47,11 +47,12 @@ from mnm.evaluation.paired import paired_interval
 from mnm.experiments.benchmark import load_benchmark, run_benchmark
 from mnm.experiments.report import CURVE_TITLES, init_chain, plot_mm_curves, pyplot, read_curves, tail_mean
 from mnm.models.backbones import build_backbone
-from mnm.runs.config import ConfigError, Pipeline, StageSpec
+from mnm.runs.config import Pipeline, StageSpec
 from mnm.runs.hashing import stage_hashes
 from mnm.runs.rundir import CELL_RECORD, PROBE_CACHE, StageDir, read_manifest, read_stage_metrics
 from mnm.runs.runner import PipelineRunner
 from mnm.runs.stage_cli import load_stage
+from mnm.runs.yaml_layers import ConfigError
 from mnm.stages import stage_class
 from mnm.utils.files import atomic_write_json, atomic_write_text
 from mnm.utils.paths import shown_path

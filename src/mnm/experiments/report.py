@@ -28,10 +28,11 @@ import torch
 
 from mnm.datamodules.datasets import pad_collate
 from mnm.evaluation.metrics import per_class_table, write_per_class_csv
-from mnm.runs.config import ConfigError, Pipeline, StageSpec
+from mnm.runs.config import Pipeline, StageSpec
 from mnm.runs.hashing import config_hash, stage_hashes
 from mnm.runs.rundir import RESULTS, StageDir, read_csv_rows, read_manifest, read_stage_metrics
 from mnm.runs.stage_cli import load_stage
+from mnm.runs.yaml_layers import ConfigError
 from mnm.stages import stage_class
 from mnm.utils.files import atomic_write_json, atomic_write_text, finite_or_null
 

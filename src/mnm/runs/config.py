@@ -27,18 +27,31 @@ the runner): a ``class_path`` that changes replaces a whole sub-mapping, a whole
 
 from __future__ import annotations
 
-import copy
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
+from mnm.runs.hardware import (
+    HARDWARE_KEYS,
+    experiment_settings,
+    hardware_profile,
+    is_profile,
+    keep_images_per_update,
+)
+from mnm.runs.yaml_layers import (
+    ConfigError,
+    deep_merge,
+    load_layers,
+    read_yaml,
+    resolve_file,
+    set_by_path,
+    substitute,
+)
 from mnm.stages import STAGES, stage_class
-from mnm.utils.paths import find_file, repo_relative_paths, where_to_run_hint
+from mnm.utils.paths import find_file, repo_relative_paths
 
 PIPELINE_KEYS = {"extends", "name", "seed", "deterministic", "vars", "defaults", "wandb", "stages", "out_dir", "checkpoint", "report",
                  "protocol"}
@@ -47,98 +60,6 @@ STAGE_KEYS = {"name", "stage", "config", "init_from", "evaluate", "model", "data
 SECTIONS = ("model", "data", "trainer")
 #: pipeline settings a ``--set`` may change (besides vars, config sections and ``stages.<name>.``)
 SETTABLE = ("name", "seed", "deterministic", "out_dir", "wandb", "checkpoint")
-#: the trainer settings a hardware profile (``--set trainer=cpu`` -> ``conf/trainer/cpu.yaml``) replaces
-HARDWARE_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "sync_batchnorm", "benchmark")
-#: the numerics of an experiment: a setting of these outside ``conf/trainer/`` (``conf/release/training.yaml``)
-#: survives ``--set trainer=<profile>``
-EXPERIMENT_KEYS = ("precision", "sync_batchnorm")
-
-
-class ConfigError(ValueError):
-    """A pipeline or stage configuration that cannot run; the message names the file and key."""
-
-
-# -- loading -------------------------------------------------------------------------------------------
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; a ``class_path`` that changes replaces the whole sub-dict."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        old = out.get(key)
-        same_class = not (
-            isinstance(value, dict) and isinstance(old, dict) and value.get("class_path", old.get("class_path"))
-            != old.get("class_path")
-        )
-        if isinstance(value, dict) and isinstance(old, dict) and same_class:
-            out[key] = deep_merge(old, value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{what}: file not found: {path}{where_to_run_hint()}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{what}: {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what}: {path} must hold a mapping, not {type(data).__name__}")
-    return data
-
-
-def _resolve_file(ref: str, base_dir: Path) -> Path:
-    """A config path as given, relative to the working directory, to the pipeline file's folders or to the
-    repository (:func:`mnm.utils.paths.find_file`)."""
-    candidates = [Path(ref)] + [d / ref for d in (base_dir, *base_dir.parents)] + [find_file(ref)]
-    for c in candidates:
-        if c.is_file():
-            return c
-    return Path(ref)
-
-
-def _load_layers(refs: Any, base_dir: Path, what: str) -> dict[str, Any]:
-    """Merge one or more config files/dicts in order."""
-    merged: dict[str, Any] = {}
-    for ref in refs if isinstance(refs, list) else [refs]:
-        layer = ref if isinstance(ref, dict) else _read_yaml(_resolve_file(str(ref), base_dir), what)
-        merged = deep_merge(merged, layer)
-    return merged
-
-
-def _substitute(obj: Any, variables: dict[str, Any], where: str) -> Any:
-    if isinstance(obj, dict):
-        return {_substitute(k, variables, where): _substitute(v, variables, where) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_substitute(v, variables, where) for v in obj]
-    if isinstance(obj, str):
-
-        def repl(m: re.Match) -> str:
-            if m.group(1) not in variables:
-                raise ConfigError(f"{where}: ${{{m.group(1)}}} is not defined in vars (known: {sorted(variables)})")
-            return str(variables[m.group(1)])
-
-        whole = re.fullmatch(r"\$\{(\w+)\}", obj)
-        if whole and whole.group(1) in variables:
-            return variables[whole.group(1)]
-        return re.sub(r"\$\{(\w+)\}", repl, obj)
-    return obj
-
-
-def set_by_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested dicts, descending into ``init_args`` where a key lives there."""
-    keys = dotted.split(".")
-    node = cfg
-    for key in keys[:-1]:
-        if key not in node and isinstance(node.get("init_args"), dict):
-            node = node["init_args"]
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: {key} is not a mapping")
-    last = keys[-1]
-    if last not in node and isinstance(node.get("init_args"), dict):
-        node = node["init_args"]
-    node[last] = value
 
 
 @dataclass
@@ -181,15 +102,19 @@ def read_pipeline_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
 
     ``vars``, ``defaults`` and the other settings merge; ``stages`` and ``report`` (which names stages) replace.
     """
-    raw = _read_yaml(path, "pipeline")
+    raw = read_yaml(path, "pipeline")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
-    base_path = _resolve_file(str(parent), path.resolve().parent)
+    base_path = resolve_file(str(parent), path.resolve().parent)
     if base_path.resolve() in _seen:
         raise ConfigError(f"{path}: extends {parent} makes a cycle")
     base = read_pipeline_file(base_path, (*_seen, path.resolve()))
     return deep_merge(base, raw) | {key: raw[key] for key in ("stages", "report") if key in raw}
+
+
+def _class_path(section: Any) -> str | None:
+    return section.get("class_path") if isinstance(section, dict) else None
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -247,65 +172,106 @@ def _class_path(section: Any) -> str | None:
     return section.get("class_path") if isinstance(section, dict) else None
 
 
-def hardware_profile(name: str, base_dir: Path) -> dict[str, Any]:
-    """The hardware settings (:data:`HARDWARE_KEYS`) of ``conf/trainer/<name>.yaml`` (or of the file ``name``)."""
-    ref = name if name.endswith((".yaml", ".yml")) else f"conf/trainer/{name}.yaml"
-    path = _resolve_file(ref, base_dir)
-    if not path.is_file():
-        folder = _resolve_file("conf/trainer", base_dir)
-        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-        raise ConfigError(f"--set trainer={name}: no trainer profile {ref} (profiles: {', '.join(known) or 'none'})")
-    trainer = _read_yaml(path, f"--set trainer={name}").get("trainer") or {}
-    return {k: v for k, v in trainer.items() if k in HARDWARE_KEYS}
+@dataclass
+class _Layers:
+    """What every stage of a pipeline is merged from and with: the defaults, the settings a hardware profile keeps,
+    the profile's own settings and the ``--set`` overrides (with which section overrides changed a stage)."""
+
+    base_dir: Path
+    defaults: dict[str, Any]
+    fixed: dict[str, Any]
+    hardware: dict[str, Any] | None
+    overrides: Overrides
+    applied: dict[str, bool]
 
 
-def _is_profile(ref: Any, base_dir: Path) -> bool:
-    """Whether a config layer is a hardware profile (a file in ``conf/trainer/``)."""
-    return isinstance(ref, str) and _resolve_file(ref, base_dir).resolve().parent == (
-        _resolve_file("conf/trainer", base_dir).resolve())
-
-
-def _experiment_settings(layers: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`EXPERIMENT_KEYS` a merged layer sets in its ``trainer`` section."""
-    return {k: v for k, v in (layers.get("trainer") or {}).items() if k in EXPERIMENT_KEYS}
-
-
-def _process_count(trainer: dict[str, Any]) -> int | None:
-    """Training processes of a trainer section (devices x num_nodes); None where only the machine knows."""
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, list):
-        count = len(devices)
-    elif str(devices).isdigit() and int(devices) > 0:
-        count = int(devices)
-    elif trainer.get("accelerator") in ("gpu", "cuda") and torch.cuda.is_available():  # -1 / "auto": every GPU
-        count = torch.cuda.device_count()
-    else:
-        return None
-    return count * int(trainer.get("num_nodes", 1))
-
-
-def keep_images_per_update(stage: StageSpec, profile: str) -> None:
-    """Divide a stage's ``accumulate_grad_batches`` by its processes so an update sees the pipeline's images.
-
-    A stage that sets ``accumulate_grad_batches`` (``A``, 1 included) fixes its images per update
-    as on one device; on ``W`` processes it accumulates ``A / W``, and a ``W`` that does not divide
-    ``A`` is refused. A stage that leaves it unset takes a batch per process.
-    """
-    trainer = stage.config.setdefault("trainer", {})
-    if "accumulate_grad_batches" not in trainer:
-        return
-    batches = int(trainer["accumulate_grad_batches"])
-    where = f"--set trainer={profile}: stage {stage.name!r} accumulates {batches} batch(es) per update as on one device"
-    processes = _process_count(trainer)
-    if processes is None:
-        raise ConfigError(f"{where}, and devices: {trainer.get('devices')} cannot be counted on this machine; "
-                          "set trainer.devices=N")
-    if batches % processes:
+def _stage_spec(entry: Any, where: str, earlier: list[StageSpec], layers: _Layers) -> tuple[StageSpec, str]:
+    """One ``stages:`` entry, checked and merged: its config files and sections over the defaults, the hardware
+    profile, then the ``--set`` overrides of every stage and of this one; and the text of what the file itself
+    sets for it (before the profile and the overrides), where its vars must be used."""
+    if not isinstance(entry, dict) or "name" not in entry or "stage" not in entry:
+        raise ConfigError(f"{where}: each stage needs 'name' and 'stage'")
+    unknown = set(entry) - STAGE_KEYS
+    if unknown:
+        raise ConfigError(f"{where} ({entry['name']}): unknown key(s) {sorted(unknown)}; allowed: {sorted(STAGE_KEYS)}")
+    if entry["stage"] not in STAGES:
         raise ConfigError(
-            f"{where}; {processes} processes cannot share them, so each update would see other images than the "
-            f"pipeline's (docs/release-fidelity.md); use a device count dividing {batches}, or "
-            f"--set stages.{stage.name}.trainer.devices=1")
-    trainer["accumulate_grad_batches"] = batches // processes
+            f"{where} ({entry['name']}): unknown stage {entry['stage']!r}; known stages: {', '.join(sorted(STAGES))}"
+        )
+    names = [spec.name for spec in earlier]
+    if entry["name"] in names:
+        raise ConfigError(f"{where}: duplicate stage name {entry['name']!r}")
+    init_from = entry.get("init_from", earlier[-1].name if earlier else None)
+    if init_from not in (None, "none") and init_from not in names:
+        raise ConfigError(f"{where} ({entry['name']}): init_from {init_from!r} is not an earlier stage")
+    own = deep_merge(load_layers(entry.get("config", []), layers.base_dir, f"{where}.config"),
+                     {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
+    config = deep_merge({k: v for k, v in layers.defaults.items() if k in SECTIONS}, own)
+    file_text = yaml.safe_dump([config, entry.get("final_weights")])
+    if layers.hardware is not None:
+        trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in HARDWARE_KEYS}
+        config["trainer"] = {**trainer, **layers.hardware, **layers.fixed, **experiment_settings(own)}
+    for key, value in layers.overrides.sections:
+        section = key.split(".")[0]
+        if _class_path(layers.defaults.get(section)) in (None, _class_path(config.get(section))):
+            set_by_path(config, key, value)
+            layers.applied[key] = True
+    for key, value in layers.overrides.stages.pop(entry["name"], []):
+        set_by_path(config, key, value)
+    spec = StageSpec(name=entry["name"], kind=entry["stage"], config=config,
+                     init_from=None if init_from == "none" else init_from,
+                     evaluate=entry.get("evaluate", stage_class(entry["stage"]).evaluation_split),
+                     final_weights=entry.get("final_weights"))
+    return spec, file_text
+
+
+def _check_stages(layers: _Layers, stages: list[StageSpec], path: Path) -> None:
+    """Refuse a ``--set stages.<name>.*`` of a stage that does not exist, and a pipeline without stages."""
+    names = [spec.name for spec in stages]
+    for name in layers.overrides.stages:
+        raise ConfigError(f"--set stages.{name}.*: no stage {name!r}; stages: {sorted(names)}"
+                          f"{_did_you_mean(name, sorted(names))}")
+    if not stages:
+        raise ConfigError(f"{path}: no stages")
+
+
+def _check_overrides_used(layers: _Layers, stages: list[StageSpec], raw: dict[str, Any]) -> None:
+    """Refuse a ``--set`` that changes nothing: a section override no stage takes, a var the pipeline never uses."""
+    names = [spec.name for spec in stages]
+    for key, used in layers.applied.items():
+        if not used:
+            raise ConfigError(f"--set {key}: changes no stage (each replaces {key.split('.')[0]} with another class); "
+                              f"use --set stages.<name>.{key} (stages: {sorted(names)})")
+    used_text = yaml.safe_dump([[[s.config, s.final_weights] for s in stages], raw.get("report"), raw.get("out_dir")])
+    for var in layers.overrides.variables:
+        if f"${{{var}}}" not in used_text:
+            raise ConfigError(f"--set {var}: the pipeline never uses ${{{var}}}, so it would change nothing")
+
+
+def _check_file_vars_used(path: Path, file_text: list[str]) -> None:
+    """Refuse a var the file declares (``vars:``) that none of its own settings uses (an inherited one may go
+    unused)."""
+    for var in read_yaml(path, "pipeline").get("vars") or {}:
+        if not any(f"${{{var}}}" in text for text in file_text):
+            raise ConfigError(f"{path}: vars.{var} is declared but no setting uses ${{{var}}}, so it changes nothing")
+
+
+def _finish_stage(spec: StageSpec, variables: dict[str, Any], raw: dict[str, Any], path: Path,
+                  hardware: str | None) -> None:
+    """Substitute the vars, find repository paths, set the seeds and determinism, share accumulation over the
+    processes of a hardware profile."""
+    seed = int(raw.get("seed", 0))
+    spec.config = repo_relative_paths(substitute(spec.config, variables, f"{path}: stage {spec.name}"))
+    spec.final_weights = substitute(spec.final_weights, variables, f"{path}: stage {spec.name}")
+    if spec.final_weights is not None and not isinstance(spec.final_weights, str):
+        raise ConfigError(f"{path}: stage {spec.name}: final_weights must be a file path, got {spec.final_weights!r}")
+    spec.config.setdefault("seed_everything", seed)
+    spec.config.setdefault("model", {}).setdefault("seed", seed)
+    trainer = spec.config.setdefault("trainer", {})
+    if raw.get("deterministic"):  # CUDA lacks deterministic kernels for cross-entropy, pooling and resize backward
+        trainer["deterministic"] = True if trainer.get("accelerator") == "cpu" else "warn"
+    if hardware:
+        keep_images_per_update(spec, hardware)
 
 
 def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str | None = None) -> Pipeline:
@@ -314,10 +280,10 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
     Every ``--set`` changes the run or raises :class:`ConfigError` naming the key: a var
     must be used as ``${var}`` somewhere; ``seed``, ``name``, ``wandb.*``, ... change the
     pipeline's settings; ``trainer=cpu`` replaces every stage's hardware settings with
-    ``conf/trainer/cpu.yaml`` (except :data:`EXPERIMENT_KEYS` set outside ``conf/trainer/``, and
-    dividing ``accumulate_grad_batches`` by the processes, :func:`keep_images_per_update`); ``model.*``/``data.*``/``trainer.*`` apply on top of every
-    stage (except stages whose section is another class than the defaults'); and
-    ``stages.<name>.*`` to that stage.
+    ``conf/trainer/cpu.yaml`` (except :data:`~mnm.runs.hardware.EXPERIMENT_KEYS` set outside ``conf/trainer/``, and
+    dividing ``accumulate_grad_batches`` by the processes, :func:`~mnm.runs.hardware.keep_images_per_update`);
+    ``model.*``/``data.*``/``trainer.*`` apply on top of every stage (except stages whose section is another class
+    than the defaults'); and ``stages.<name>.*`` to that stage.
     """
     path = find_file(path)
     raw = read_pipeline_file(path)
@@ -326,98 +292,37 @@ def load_pipeline(path: str | Path, sets: list[str] | None = None, out_dir: str 
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(PIPELINE_KEYS)}")
     variables = dict(raw.get("vars") or {})
     base_dir = path.resolve().parent
-    defaults = _load_layers(raw.get("defaults") or [], base_dir, f"{path}: defaults")
-    fixed = _experiment_settings(_load_layers([ref for ref in raw.get("defaults") or [] if not _is_profile(ref, base_dir)],
-                                              base_dir, f"{path}: defaults"))
+    refs = raw.get("defaults") or []
     file_text = [yaml.safe_dump([raw.get("report"), raw.get("out_dir")])]  # what the file uses, before any --set
     overrides = Overrides.parse(list(sets or []), variables)
     variables.update(overrides.variables)
     for key, value in overrides.settings:
         set_by_path(raw, key, value)
-    hardware = hardware_profile(overrides.hardware, base_dir) if overrides.hardware else None
-    applied = dict.fromkeys((key for key, _ in overrides.sections), False)
-
+    layers = _Layers(
+        base_dir=base_dir, defaults=load_layers(refs, base_dir, f"{path}: defaults"),
+        fixed=experiment_settings(load_layers([r for r in refs if not is_profile(r, base_dir)], base_dir,
+                                              f"{path}: defaults")),
+        hardware=hardware_profile(overrides.hardware, base_dir) if overrides.hardware else None,
+        overrides=overrides, applied=dict.fromkeys((key for key, _ in overrides.sections), False))
     stages: list[StageSpec] = []
-    names = set()
     for i, entry in enumerate(raw.get("stages") or []):
-        where = f"{path}: stages[{i}]"
-        if not isinstance(entry, dict) or "name" not in entry or "stage" not in entry:
-            raise ConfigError(f"{where}: each stage needs 'name' and 'stage'")
-        unknown = set(entry) - STAGE_KEYS
-        if unknown:
-            raise ConfigError(f"{where} ({entry['name']}): unknown key(s) {sorted(unknown)}; allowed: {sorted(STAGE_KEYS)}")
-        if entry["stage"] not in STAGES:
-            raise ConfigError(
-                f"{where} ({entry['name']}): unknown stage {entry['stage']!r}; known stages: {', '.join(sorted(STAGES))}"
-            )
-        if entry["name"] in names:
-            raise ConfigError(f"{where}: duplicate stage name {entry['name']!r}")
-        init_from = entry.get("init_from", stages[-1].name if stages else None)
-        if init_from not in (None, "none") and init_from not in names:
-            raise ConfigError(f"{where} ({entry['name']}): init_from {init_from!r} is not an earlier stage")
-        names.add(entry["name"])
-        own = deep_merge(_load_layers(entry.get("config", []), base_dir, f"{where}.config"),
-                         {k: entry[k] for k in (*SECTIONS, "seed_everything") if k in entry})
-        config = deep_merge({k: v for k, v in defaults.items() if k in SECTIONS}, own)
-        file_text.append(yaml.safe_dump([config, entry.get("final_weights")]))
-        if hardware is not None:
-            trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k not in HARDWARE_KEYS}
-            config["trainer"] = {**trainer, **hardware, **fixed, **_experiment_settings(own)}
-        for key, value in overrides.sections:
-            section = key.split(".")[0]
-            if _class_path(defaults.get(section)) in (None, _class_path(config.get(section))):
-                set_by_path(config, key, value)
-                applied[key] = True
-        for key, value in overrides.stages.pop(entry["name"], []):
-            set_by_path(config, key, value)
-        stages.append(
-            StageSpec(
-                name=entry["name"],
-                kind=entry["stage"],
-                config=config,
-                init_from=None if init_from == "none" else init_from,
-                evaluate=entry.get("evaluate", stage_class(entry["stage"]).evaluation_split),
-                final_weights=entry.get("final_weights"),
-            )
-        )
-    for name in overrides.stages:
-        raise ConfigError(f"--set stages.{name}.*: no stage {name!r}; stages: {sorted(names)}"
-                          f"{_did_you_mean(name, sorted(names))}")
-    if not stages:
-        raise ConfigError(f"{path}: no stages")
-    for key, used in applied.items():
-        if not used:
-            raise ConfigError(f"--set {key}: changes no stage (each replaces {key.split('.')[0]} with another class); "
-                              f"use --set stages.<name>.{key} (stages: {sorted(names)})")
-    used_text = yaml.safe_dump([[[s.config, s.final_weights] for s in stages], raw.get("report"), raw.get("out_dir")])
-    for var in overrides.variables:
-        if f"${{{var}}}" not in used_text:
-            raise ConfigError(f"--set {var}: the pipeline never uses ${{{var}}}, so it would change nothing")
-    seed = int(raw.get("seed", 0))
-    for s in stages:
-        s.config = repo_relative_paths(_substitute(s.config, variables, f"{path}: stage {s.name}"))
-        s.final_weights = _substitute(s.final_weights, variables, f"{path}: stage {s.name}")
-        if s.final_weights is not None and not isinstance(s.final_weights, str):
-            raise ConfigError(f"{path}: stage {s.name}: final_weights must be a file path, got {s.final_weights!r}")
-        s.config.setdefault("seed_everything", seed)
-        s.config.setdefault("model", {}).setdefault("seed", seed)
-        trainer = s.config.setdefault("trainer", {})
-        if raw.get("deterministic"):  # CUDA lacks deterministic kernels for cross-entropy, pooling and resize backward
-            trainer["deterministic"] = True if trainer.get("accelerator") == "cpu" else "warn"
-        if overrides.hardware:
-            keep_images_per_update(s, overrides.hardware)
-    for var in _read_yaml(path, "pipeline").get("vars") or {}:  # the file's own vars (an inherited one may go unused)
-        if not any(f"${{{var}}}" in text for text in file_text):
-            raise ConfigError(f"{path}: vars.{var} is declared but no setting uses ${{{var}}}, so it changes nothing")
+        spec, text = _stage_spec(entry, f"{path}: stages[{i}]", stages, layers)
+        stages.append(spec)
+        file_text.append(text)
+    _check_stages(layers, stages, path)
+    _check_overrides_used(layers, stages, raw)
+    for spec in stages:
+        _finish_stage(spec, variables, raw, path, overrides.hardware)
+    _check_file_vars_used(path, file_text)
     name = str(raw.get("name") or path.stem)
     return Pipeline(
         name=name,
         path=path,
-        seed=seed,
+        seed=int(raw.get("seed", 0)),
         stages=stages,
         out_dir=Path(out_dir or raw.get("out_dir") or Path("runs") / name),
         wandb=dict(raw.get("wandb") or {}),
         checkpoint=dict(raw.get("checkpoint") or {}),
-        report=_substitute(dict(raw.get("report") or {}), variables, f"{path}: report"),
+        report=substitute(dict(raw.get("report") or {}), variables, f"{path}: report"),
         protocol=dict(raw.get("protocol") or {}),
     )

@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnm.runs.config import ConfigError
 from mnm.runs.file_lock import exclusive_lock
+from mnm.runs.yaml_layers import ConfigError
 from mnm.utils.files import atomic_write_json
 
 __all__ = [

@@ -6,6 +6,9 @@ stage as ``model.pretrained_backbone``. Rerunning skips finished stages whose
 configuration hash is unchanged, resumes an interrupted stage from its last
 training state, and re-runs a changed stage and every stage after it (the old
 outputs are moved to ``<out>/../.superseded-<run>/``).
+
+(About 400 lines: one class whose steps share the run's manifest and settings — the pre-flight check, the stage
+configs it composes, running, stopping and recording a stage; resuming is :mod:`mnm.runs.resume`.)
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnm.runs.config import ConfigError, Pipeline, StageSpec
+from mnm.datamodules.factory import instantiate_datamodule
+from mnm.runs.config import Pipeline, StageSpec
 from mnm.runs.hashing import config_changes, stage_hashes
 from mnm.runs.interrupt import CtrlC
+from mnm.runs.resume import earlier_wall_time, resume_checkpoint, resume_point, resuming_message
 from mnm.runs.rundir import (
     STEP_CHECKPOINT_FILENAME,
     TIME_FORMAT,
@@ -36,13 +41,13 @@ from mnm.runs.rundir import (
     update_manifest,
 )
 from mnm.runs.runlock import lock_stages
-from mnm.runs.stage_cli import build_stage, instantiate_datamodule, parse_stage
+from mnm.runs.stage_cli import build_stage, parse_stage
 from mnm.runs.wandb_mode import wandb_offline, wandb_unreachable
+from mnm.runs.yaml_layers import ConfigError
 from mnm.stages import stage_class
 from mnm.utils.errors import error_message
 from mnm.utils.files import atomic_write_json, atomic_write_text
-from mnm.utils.text import plural
-from mnm.weights.checkpoints import CheckpointError, checkpoint_step, newest_loadable, read_checkpoint
+from mnm.weights.checkpoints import CheckpointError, read_checkpoint
 
 __all__ = ["PipelineRunner", "evaluate"]
 
@@ -211,29 +216,6 @@ class PipelineRunner:
         self._save_manifest(spec.name)
         return str(spec.final_weights)
 
-    def _resume_checkpoint(self, stage: StageDir, entry: dict[str, Any]) -> str | None:
-        """The training state an unfinished stage resumes from: ``last.ckpt``, else the newest readable step
-        checkpoint; ``None`` (said aloud, with the progress lost) when there is none."""
-        last = stage.last_checkpoint
-        if last.exists():
-            try:
-                read_checkpoint(last)
-                return str(last)
-            except CheckpointError as err:
-                if not self.fallback_checkpoint:
-                    raise CheckpointError(
-                        f"{err}. Rerun with --fallback-checkpoint (make targets: FALLBACK_CHECKPOINT=1) to resume "
-                        f"from the newest readable checkpoint in {stage.checkpoints}, or delete {last} to restart "
-                        "the stage"
-                    ) from None
-                log.warning("%s is unreadable; falling back to a step checkpoint", last)
-        good, _ = newest_loadable(stage.step_checkpoints())
-        if good:
-            return str(good)
-        lost = f"{entry['step']} steps of earlier progress lost" if entry.get("step") else "its earlier attempt saved none"
-        print(f"[mnm] stage {stage.name}: no checkpoint: starting from step 0 ({lost})")
-        return None
-
     def _wandb_offline(self) -> bool:
         """Offline unless set up (:func:`wandb_offline`), and offline with a warning when the server is out of reach
         (asked once per runner) instead of a long wait and a traceback at the first stage."""
@@ -307,7 +289,7 @@ class PipelineRunner:
             print(f"[mnm] stage {spec.name}: not the config of its earlier run ({reason}); "
                   f"that run is moved to {dest} and the stage starts anew")
             entry = {}
-        resume = self._resume_checkpoint(stage, entry) if entry else None
+        resume = resume_checkpoint(stage, entry, self.fallback_checkpoint) if entry else None
         if resume:
             set_aside_csv_log(stage)
         wandb_id = entry.get("wandb_id") or f"{self.p.name}-{spec.name}-{h[:8]}".replace("/", "-")
@@ -319,8 +301,8 @@ class PipelineRunner:
         stage.root.mkdir(parents=True, exist_ok=True)
         if rank_zero_only.rank == 0:
             atomic_write_text(stage.config, cli.parser.dump(cli.config, skip_none=False))
-        earlier = _earlier_wall_time(entry, resume)
-        resuming = _resuming(resume, entry) if resume else ""
+        earlier = earlier_wall_time(entry, resume)
+        resuming = resuming_message(resume, entry) if resume else ""
         entry = {
             "stage": spec.kind, "status": "running", "config_hash": h, "wandb_id": wandb_id,
             "init_from": spec.init_from, "pretrained_backbone": cfg["model"].get("pretrained_backbone"),
@@ -357,7 +339,7 @@ class PipelineRunner:
                 self._save_manifest(spec.name)
                 if stopped:
                     print(f"[mnm] stage {spec.name}: stopped at step {trainer.global_step}; "
-                          f"{_resume_point(stage)}", file=sys.stderr)
+                          f"{resume_point(stage)}", file=sys.stderr)
                 if ctrl_c.pressed and not isinstance(err, KeyboardInterrupt):
                     raise KeyboardInterrupt from None  # Lightning's SystemExit(1) or SIGTERMException: a Ctrl-C
                 raise
@@ -410,41 +392,6 @@ def evaluate(trainer: Any, model: Any, datamodule: Any, split: str) -> dict[str,
     run = trainer.validate if split == "val" else trainer.test
     run(model, datamodule=datamodule, verbose=False)
     return model.read_evaluation(trainer.callback_metrics, split)
-
-
-def _earlier_wall_time(entry: dict[str, Any], resume: str | None) -> float:
-    """Wall time of the earlier attempts a resumed stage builds on (0 when it starts anew): their recorded sum, and for
-    an attempt killed without a word (still ``running``), its time up to the checkpoint it is resumed from."""
-    if not resume:
-        return 0.0
-    recorded = float(entry.get("wall_time_s") or 0.0)
-    if entry.get("status") != "running" or "started" not in entry:
-        return recorded
-    started = time.mktime(time.strptime(entry["started"], TIME_FORMAT))
-    return recorded + max(0.0, Path(resume).stat().st_mtime - started)
-
-
-def _resuming(resume: str, entry: dict[str, Any]) -> str:
-    """What a resumed stage says: the step it resumes at, the file, and the steps after that checkpoint it redoes
-    (the manifest records where an earlier attempt stopped or failed, not where a killed one was)."""
-    step, reached = checkpoint_step(resume), entry.get("step")
-    if step is None:
-        return f"resuming from {resume}"
-    if reached is None:
-        redone = "any steps the earlier attempt ran after that checkpoint are redone"
-    elif reached > step:
-        redone = f"{plural(reached - step, 'step')} since the last checkpoint are redone"
-    else:
-        redone = "where the earlier attempt stopped"
-    return f"resuming at step {step} from {resume} ({redone})"
-
-
-def _resume_point(stage: StageDir) -> str:
-    """What a rerun of a stopped stage resumes from, as a sentence."""
-    last = stage.last_checkpoint
-    steps = sorted(stage.step_checkpoints())
-    point = last if last.exists() else (steps[-1] if steps else None)
-    return f"a rerun resumes from {point}" if point else "no checkpoint yet: a rerun starts the stage from step 0"
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
-import re
 from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, instantiate_class
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mnm.runs.callbacks import FiniteLossGuard, RNGStateCheckpoint, SigtermCheckpoint
+from mnm.runs.parse_errors import parse_error_line
 from mnm.runs.rundir import StageDir, read_manifest
 from mnm.stages import stage_class
 from mnm.utils.files import atomic_torch_save
@@ -165,59 +163,6 @@ def parse_stage(stage: str, config: dict[str, Any], label: str | None = None) ->
         return build_stage(stage, config, label=label, parse_only=True).config
     except ArgumentError as err:
         raise ValueError(parse_error_line(str(err), stage, config)) from err
-
-
-_PARSER_KEY = re.compile(r'Parser key "([\w.]+)":')
-_CLASS_PATH = re.compile(r"Problem with given class_path '([\w.]+)'")
-_UNKNOWN = re.compile(r"Option '([\w.]+)' is not accepted|Group '(\w+)' does not accept option '([\w.]+)'")
-_EXPECTED = re.compile(r"Expected a <class '(\w+)'>\. Got value: (.*)")
-
-
-def init_parameters(cls: type) -> list[str]:
-    """The keyword arguments ``cls`` takes, its bases' included (for ``**kwargs`` handed up)."""
-    names = [p.name for klass in cls.__mro__ if "__init__" in vars(klass)
-             for p in inspect.signature(klass.__init__).parameters.values()
-             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return list(dict.fromkeys(names))
-
-
-def _section_class(stage: str, section: str, class_path: str | None) -> type | None:
-    """The class a config section configures: the stage's model, the trainer or a ``class_path``."""
-    if class_path:
-        module, _, name = class_path.rpartition(".")
-        return getattr(importlib.import_module(module), name, None)
-    return {"model": stage_class(stage), "trainer": L.Trainer}.get(section)
-
-
-def parse_error_line(message: str, stage: str, config: dict[str, Any]) -> str:
-    """One line for a LightningCLI (jsonargparse) error: the dotted key and what is wrong with it, with a
-    did-you-mean for an unknown key; the message unchanged when it has no form known here."""
-    keys = _PARSER_KEY.findall(message)
-    class_path = next(iter(_CLASS_PATH.findall(message)), None)
-    unknown, expected = _UNKNOWN.search(message), _EXPECTED.search(message)
-    if unknown:
-        section, option = (keys[0] if keys else None, unknown.group(1)) if unknown.group(1) else unknown.groups()[1:]
-        cls = _section_class(stage, section or "", class_path)
-        close = difflib.get_close_matches(option, init_parameters(cls), n=1) if cls else []
-        hint = f"; did you mean {section}.{close[0]}?" if close else ""
-        owner = f" of {cls.__name__}" if cls else ""
-        return f"{section}.{option}: not a setting{owner}{hint}"
-    if expected and keys:
-        kind = expected.group(1)
-        article = "an" if kind[0] in "aeiou" else "a"
-        return f"{'.'.join(keys)}: expected {article} {kind}, got {expected.group(2).strip()}"
-    return message
-
-
-def instantiate_datamodule(data: dict[str, Any]) -> L.LightningDataModule:
-    """A data module from a config's ``data`` section (``class_path`` + ``init_args``); an init argument that is
-    itself a ``class_path`` mapping (a wrapped source data module) is instantiated first."""
-    importlib.import_module(data["class_path"].rpartition(".")[0])
-    init_args = {
-        key: instantiate_datamodule(value) if isinstance(value, dict) and "class_path" in value else value
-        for key, value in (data.get("init_args") or {}).items()
-    }
-    return instantiate_class((), {**data, "init_args": init_args})
 
 
 def stage_parser_kwargs(stage: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from mnm.experiments.benchmark import load_benchmark
 from mnm.experiments.compare import bar_colours, curve_columns, mm_curves, run_labels, segment_results
 from mnm.experiments.compare import main as compare_main
 from mnm.experiments.demo import benchmark_file
-from mnm.experiments.report import mm_figure
+from mnm.experiments.figures import mm_figure
 from mnm.runs.config import load_pipeline
 from mnm.runs.yaml_layers import ConfigError
 

@@ -226,7 +226,8 @@ def test_cluster_mix_match_finetune_pipeline_hands_the_backbone_on(tmp_path: Pat
 @pytest.mark.slow
 def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, camvid_root: Path, monkeypatch) -> None:
     """The cluster -> M&M graph -> fine-tune arm of the CamVid protocol, shrunk to a few steps on 8 images."""
-    from mnm.experiments.protocol import cell_name, run_protocol
+    from mnm.experiments.protocol import run_protocol
+    from mnm.experiments.protocol_cells import cell_name
 
     monkeypatch.chdir(REPO)
     sets = [f"data.root={camvid_root}", "data.max_samples=8", "data.num_workers=0", "cl_steps=2", "mm_steps=2",

@@ -17,17 +17,11 @@ import yaml
 from test_makefile import dry_run
 
 from mnm.cli import main as cli_main
-from mnm.experiments.protocol import (
-    cell_name,
-    grid_plan,
-    load_cell,
-    miou_figure,
-    paired_differences,
-    protocol_markdown,
-    protocol_spec,
-    provenance_markdown,
-    run_protocol,
-)
+from mnm.experiments.protocol import run_protocol
+from mnm.experiments.protocol_cells import cell_name, load_cell, protocol_spec
+from mnm.experiments.protocol_markdown import miou_figure, protocol_markdown, provenance_markdown
+from mnm.experiments.protocol_plan import grid_plan
+from mnm.experiments.protocol_results import paired_differences
 from mnm.runs.yaml_layers import ConfigError
 from mnm.utils.paths import shown_path
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnm.experiments.report import build_report, check_report_spec, metric_table
+from mnm.experiments.collect import check_report_spec
+from mnm.experiments.report import build_report, metric_table
 from mnm.runs.config import Pipeline, load_pipeline
 from mnm.runs.runner import PipelineRunner
 from mnm.stages import stage_class

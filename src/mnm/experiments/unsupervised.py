@@ -25,16 +25,11 @@ from mnm.datamodules.datasets import pad_collate
 from mnm.evaluation.hungarian import HungarianJaccardIndex
 from mnm.evaluation.linear_probe import linear_probe
 from mnm.experiments.benchmark import load_benchmark
-from mnm.experiments.protocol import (
-    cell_name,
-    finished_stages,
-    format_mean_std,
-    grid_plan,
-    load_cell,
-    mean_std,
-    protocol_spec,
-    run_protocol,
-)
+from mnm.experiments.protocol import run_protocol
+from mnm.experiments.protocol_cells import cell_name, load_cell, protocol_spec
+from mnm.experiments.protocol_markdown import format_mean_std
+from mnm.experiments.protocol_plan import grid_plan
+from mnm.experiments.protocol_results import finished_stages, mean_std
 from mnm.runs.rundir import LINEAR_PROBE_CACHE
 from mnm.runs.stage_cli import load_stage
 from mnm.utils.files import atomic_write_json, atomic_write_text
@@ -82,7 +77,8 @@ def matched_cluster_maps(run_dir: Path, stage: str, num: int) -> dict[str, Any]:
 
 def plot_cluster_maps(run_dir: Path, arms: dict[str, str], num: int, out: Path) -> Path:
     """Rows of val image, ground truth and each arm's cluster map, clusters in the colour of their matched class."""
-    from mnm.experiments.report import colourise, pyplot
+    from mnm.experiments.figures import pyplot
+    from mnm.experiments.model_figures import colourise
 
     plt = pyplot()
     maps = {label: matched_cluster_maps(run_dir, stage, num) for label, stage in arms.items()}

@@ -182,15 +182,15 @@ def main_stage(stage: str, argv: list[str]) -> None:
              save_checkpoints=True, trainer_defaults={"default_root_dir": str(Path("runs") / stage)})
 
 
-def load_stage(run_dir: Path, stage: str, weights: bool = True) -> tuple[Any, Any]:
+def load_stage(run_dir: Path, stage: str, weights: bool = True, kind: str | None = None) -> tuple[Any, Any]:
     """``(model, datamodule)`` of a finished stage, rebuilt from its resolved config.
 
     With ``weights`` the model gets the stage's final weights; without, it has
     the stage's initial weights for a random-init stage (same ``seed_everything``).
-    The model is in eval mode on the CPU.
+    The model is in eval mode on the CPU. ``kind`` (the stage kind) saves reading the manifest.
     """
     folder = StageDir.of(run_dir, stage)
-    kind = read_manifest(Path(run_dir))["stages"][stage]["stage"]
+    kind = kind or read_manifest(Path(run_dir))["stages"][stage]["stage"]
     cfg = folder.read_config()
     cfg["model"]["pretrained_backbone"] = None
     cfg["trainer"] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,

@@ -4,15 +4,15 @@ folders and synthetic data; classification data (including crops of a segmentati
 from mnm.datamodules.base import DataError, SegmentationDataModule, loader_throughput
 from mnm.datamodules.camvid import CamVidDataModule
 from mnm.datamodules.cityscapes import Cityscapes27DataModule, CityscapesDataModule
-from mnm.datamodules.classification import (
+from mnm.datamodules.classification import ClassificationDataModule
+from mnm.datamodules.classification_folder import ImageFolderClassificationDataModule
+from mnm.datamodules.classification_synthetic import SyntheticClassificationDataModule
+from mnm.datamodules.classification_torchvision import (
     Caltech101DataModule,
-    ClassificationDataModule,
     DTDDataModule,
     FGVCAircraftDataModule,
     Flowers102DataModule,
-    ImageFolderClassificationDataModule,
     OxfordIIITPetDataModule,
-    SyntheticClassificationDataModule,
 )
 from mnm.datamodules.cocostuff import CocoStuff27DataModule
 from mnm.datamodules.folder import ImageFolderDataModule

@@ -21,31 +21,31 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-import torchvision.datasets as tvd
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from mnm.datamodules.errors import DataError
 from mnm.datamodules.label_subset import stratified_labeled
 from mnm.datamodules.sampling import resumable_loader
-from mnm.datamodules.synthetic import (
-    COLOUR_RANGE,
-    random_colour,
-    render_background,
-    render_texture,
-    shape_mask,
-)
 from mnm.datamodules.transforms import JointTransform
 
-__all__ = [
-    "Caltech101DataModule",
-    "ClassificationDataModule",
-    "DTDDataModule",
-    "FGVCAircraftDataModule",
-    "Flowers102DataModule",
-    "ImageFolderClassificationDataModule",
-    "OxfordIIITPetDataModule",
-    "SyntheticClassificationDataModule",
-]
+__all__ = ["ClassificationDataModule", "ClassifiedImages", "collate_classified"]
+
+#: data modules that lived here before the split; saved configs may name them as ``mnm.datamodules.classification.X``
+_MOVED = {
+    "DTDDataModule": "classification_torchvision", "OxfordIIITPetDataModule": "classification_torchvision",
+    "Flowers102DataModule": "classification_torchvision", "FGVCAircraftDataModule": "classification_torchvision",
+    "Caltech101DataModule": "classification_torchvision", "ImageFolderClassificationDataModule": "classification_folder",
+    "SyntheticClassificationDataModule": "classification_synthetic", "SyntheticShapes": "classification_synthetic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The moved data modules, from their new modules (imported on use: they import this one)."""
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"mnm.datamodules.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _STAGE_ROLES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
@@ -245,203 +245,11 @@ class ClassificationDataModule(L.LightningDataModule):
 
 
 # --------------------------------------------------------------------------- torchvision's datasets
-class _TorchvisionDataModule(ClassificationDataModule):
-    """A torchvision dataset class read with ``download=False``; ``trainval`` joins ``train`` and ``val``
-    where torchvision has no such split."""
-
-    DATASET: type[Dataset]
-    #: split -> torchvision splits joined for it
-    JOINED: dict[str, tuple[str, ...]] = {}
-
-    def load_split(self, split: str) -> tuple[Dataset, list[int]]:
-        parts = [self.DATASET(str(self.root), split=s, download=False) for s in self.JOINED.get(split, (split,))]
-        labels = [int(label) for part in parts for label in part._labels]
-        return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), labels
-
-
-class DTDDataModule(_TorchvisionDataModule):
-    """Describable Textures (47 classes), partition 1 of the official splits (40 images per class each)."""
-
-    NUM_CLASSES, DATASET = 47, tvd.DTD
-    SPLITS, JOINED = ("train", "val", "trainval", "test"), {"trainval": ("train", "val")}
-    LAYOUT = "<root>/dtd/dtd/images/<class>/*.jpg and <root>/dtd/dtd/labels/{train,val,test}1.txt"
-
-
-class OxfordIIITPetDataModule(_TorchvisionDataModule):
-    """Oxford-IIIT Pet (37 breeds): the official ``trainval`` / ``test`` lists."""
-
-    NUM_CLASSES, DATASET = 37, tvd.OxfordIIITPet
-    SPLITS = ("trainval", "test")
-    LAYOUT = ("<root>/oxford-iiit-pet/images/*.jpg and <root>/oxford-iiit-pet/annotations/"
-              "{trainval,test}.txt")
-
-    def __init__(self, root: str, train_split: str = "trainval", val_split: str = "test", **kwargs: Any) -> None:
-        super().__init__(root, train_split=train_split, val_split=val_split, **kwargs)
-
-
-class Flowers102DataModule(_TorchvisionDataModule):
-    """Oxford 102 Flowers: the official train / val / test ids of ``setid.mat`` (10 + 10 per class, rest test)."""
-
-    NUM_CLASSES, DATASET = 102, tvd.Flowers102
-    SPLITS, JOINED = ("train", "val", "trainval", "test"), {"trainval": ("train", "val")}
-    LAYOUT = "<root>/flowers-102/jpg/image_*.jpg, <root>/flowers-102/imagelabels.mat and setid.mat"
-
-
-class FGVCAircraftDataModule(_TorchvisionDataModule):
-    """FGVC-Aircraft 2013b, 100 variants, the official train / val / trainval / test lists."""
-
-    NUM_CLASSES, DATASET = 100, tvd.FGVCAircraft
-    SPLITS = ("train", "val", "trainval", "test")
-    LAYOUT = "<root>/fgvc-aircraft-2013b/data/images/*.jpg and <root>/fgvc-aircraft-2013b/data/images_variant_*.txt"
-
-
-class Caltech101DataModule(ClassificationDataModule):
-    """Caltech-101 (101 classes, no background class). It has no official split: as in the fine-tuning
-    literature (Kornblith et al., 2019), ``train`` is ``train_per_class`` random images of each class
-    (drawn with ``partition_seed``, fixed whatever the run's seed) and ``test`` the rest."""
-
-    NUM_CLASSES = 101
-    SPLITS = ("train", "test")
-    LAYOUT = "<root>/caltech101/101_ObjectCategories/<class>/image_*.jpg"
-
-    def __init__(self, root: str, train_split: str = "train", val_split: str = "test", test_split: str | None = "test",
-                 train_per_class: int = 30, partition_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(root, train_split=train_split, val_split=val_split, test_split=test_split, **kwargs)
-        self.train_per_class, self.partition_seed = train_per_class, partition_seed
-
-    def load_split(self, split: str) -> tuple[Dataset, list[int]]:
-        if not (self.root / "caltech101" / "101_ObjectCategories").is_dir():  # torchvision would create folders
-            raise FileNotFoundError("no caltech101/101_ObjectCategories folder")
-        base = tvd.Caltech101(str(self.root), target_type="category", download=False)
-        generator = torch.Generator().manual_seed(self.partition_seed)
-        labels = torch.as_tensor(base.y)
-        train = []
-        for cls in range(self.NUM_CLASSES):
-            members = torch.nonzero(labels == cls).flatten()
-            train += members[torch.randperm(len(members), generator=generator)[: self.train_per_class]].tolist()
-        chosen = set(train)
-        indices = sorted(chosen) if split == "train" else [i for i in range(len(labels)) if i not in chosen]
-        return torch.utils.data.Subset(base, indices), [int(base.y[i]) for i in indices]
 
 
 # --------------------------------------------------------------------------- any class-per-folder tree
-class _ListedImageFolder(tvd.ImageFolder):
-    """torchvision's ImageFolder restricted to (and ordered by) a given class list."""
-
-    def __init__(self, root: str, classes: list[str]) -> None:
-        self._classes = classes
-        super().__init__(root)
-
-    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-        missing = [c for c in self._classes if not (Path(directory) / c).is_dir()]
-        if missing:
-            raise FileNotFoundError(f"class folders {missing[:5]} missing under {directory}")
-        return self._classes, {c: i for i, c in enumerate(self._classes)}
-
-
-class ImageFolderClassificationDataModule(ClassificationDataModule):
-    """``<root>/<split>/<class>/*.jpg`` (torchvision's ImageFolder), e.g. an ImageNet subset.
-
-    ``classes``: a file listing the class folders to use, one per line (e.g. 20 ImageNet wnids);
-    other folders are ignored and the line order gives the label ids. Without it, every folder of
-    the training split is a class (sorted). ``num_classes``, when given, is checked against the
-    classes found (and lets a config name the class count before the data is there).
-    """
-
-    LAYOUT = "<root>/<split>/<class>/<image> (e.g. <root>/train/n01440764/*.JPEG)"
-
-    def __init__(self, root: str, classes: str | None = None, num_classes: int | None = None, **kwargs: Any) -> None:
-        super().__init__(root, **kwargs)
-        self.classes_file = Path(classes).expanduser() if classes else None
-        self.class_names = self._class_names()
-        self.num_classes = num_classes if num_classes is not None else len(self.class_names)
-
-    def _class_names(self) -> list[str]:
-        if self.classes_file is None:
-            train = self.root / self.splits["train"]
-            return sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else []
-        if not self.classes_file.is_file():
-            raise DataError(f"{self.classes_file}: class list (data.classes) not found")
-        names = [line.strip() for line in self.classes_file.read_text().splitlines() if line.strip()]
-        if not names or len(set(names)) != len(names):
-            raise DataError(f"{self.classes_file}: the class list is empty or repeats a class")
-        return names
-
-    def load_split(self, split: str) -> tuple[Dataset, list[int]]:
-        folder = self.root / split
-        if not folder.is_dir():
-            raise FileNotFoundError(f"no {split} folder")
-        names = self.class_names or self._class_names()
-        if len(names) != self.num_classes:
-            raise FileNotFoundError(f"{len(names)} class folders for data.num_classes = {self.num_classes}")
-        dataset = _ListedImageFolder(str(folder), names)
-        return dataset, list(dataset.targets)
 
 
 # --------------------------------------------------------------------------- synthetic
-#: class id -> (shape, texture) of the synthetic set: every shape with every texture
-SYNTHETIC_SHAPES = tuple((s, t) for s in ("disk", "square", "triangle") for t in ("gradient", "stripes", "checker"))
 
 
-def render_classified(rng: np.random.Generator, size: int, cls: int) -> np.ndarray:
-    """One ``size×size×3`` uint8 image of class ``cls``: its object (random size, place, rotation, colours,
-    texture period) over a cluttered background at half contrast, plus a smaller distractor object of a
-    random class. Texture periods scale with ``size`` (7-11% of it), so they survive the crops' resizing."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    image = 0.5 * render_background(rng, size, size) + 0.5 * np.mean(COLOUR_RANGE)
-    classes = [int(rng.integers(len(SYNTHETIC_SHAPES))), cls]  # the distractor first, the object on top
-    for k, c in enumerate(classes):
-        shape, texture = SYNTHETIC_SHAPES[c]
-        r = rng.uniform(0.24, 0.36) * size if k else rng.uniform(0.08, 0.12) * size
-        cy, cx = rng.uniform(0.8 * r, size - 0.8 * r, size=2)
-        dy, dx = yy - cy, xx - cx
-        mask = shape_mask(shape, dy, dx, r, rng.uniform(0, 2 * np.pi))
-        period = rng.uniform(0.07, 0.11) * size
-        fill = render_texture(texture, dy, dx, r, rng.uniform(0, np.pi), period, random_colour(rng), random_colour(rng))
-        image[mask] = fill[mask] + rng.normal(0.0, 6.0, size=(int(mask.sum()), 3))
-    return np.clip(image, 0, 255).round().astype(np.uint8)
-
-
-class SyntheticShapes(Dataset):
-    """``count`` synthetic images, class ``i % 9`` for image ``i``, rendered on access from ``(seed, offset + i)``."""
-
-    def __init__(self, count: int, size: int, seed: int, offset: int) -> None:
-        self.count, self.size, self.seed, self.offset = count, size, seed, offset
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        cls = index % len(SYNTHETIC_SHAPES)
-        return render_classified(np.random.default_rng([self.seed, self.offset + index]), self.size, cls), cls
-
-
-class SyntheticClassificationDataModule(ClassificationDataModule):
-    """Nine classes = three shapes × three textures (gradient, stripes, checkerboard), every colour from the
-    same distribution, so neither colour nor one cue alone separates them; each image also holds a smaller
-    distractor object of a random class. Rendered in memory (nothing is written), deterministic by
-    ``data_seed``; ``root`` is unused. Splits: ``train`` (``num_train`` images) and ``val`` = ``test``.
-    """
-
-    NUM_CLASSES = len(SYNTHETIC_SHAPES)
-    SPLITS = ("train", "val", "test")
-    LAYOUT = ""  # reads no folder
-
-    def __init__(self, root: str = "unused", num_train: int = 900, num_val: int = 450, image_size: int = 96,
-                 data_seed: int = 0, crop_size: int = 64, resize_size: int = 72,
-                 crop_scale: tuple[float, float] = (0.35, 1.0), batch_size: int = 32, val_batch_size: int = 64,
-                 **kwargs: Any) -> None:
-        if min(num_train, num_val) < 1 or image_size < 16:
-            raise DataError(f"synthetic classification data needs num_train, num_val >= 1 and image_size >= 16, "
-                            f"got {num_train}, {num_val}, {image_size}")
-        super().__init__(root, crop_size=crop_size, resize_size=resize_size, crop_scale=crop_scale,
-                         batch_size=batch_size, val_batch_size=val_batch_size, **kwargs)
-        self.num_train, self.num_val, self.image_size, self.data_seed = num_train, num_val, image_size, data_seed
-
-    def check_source(self) -> None:
-        """Nothing to find: the images are rendered."""
-
-    def load_split(self, split: str) -> tuple[Dataset, list[int]]:
-        count, offset = (self.num_train, 0) if split == "train" else (self.num_val, self.num_train)
-        dataset = SyntheticShapes(count, self.image_size, self.data_seed, offset)
-        return dataset, [i % self.NUM_CLASSES for i in range(count)]

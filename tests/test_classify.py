@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from mnm.cli import main
-from mnm.datamodules import (
+from mnm.datamodules import DataError
+from mnm.datamodules.classification_folder import ImageFolderClassificationDataModule
+from mnm.datamodules.classification_synthetic import SyntheticClassificationDataModule
+from mnm.datamodules.classification_torchvision import (
     Caltech101DataModule,
-    DataError,
     DTDDataModule,
     Flowers102DataModule,
-    ImageFolderClassificationDataModule,
     OxfordIIITPetDataModule,
-    SyntheticClassificationDataModule,
 )
 from mnm.datamodules.factory import instantiate_datamodule
 from mnm.datamodules.label_subset import stratified_labeled

@@ -21,7 +21,7 @@ the Caffe nets were trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -160,6 +160,97 @@ def _as_convolution(layer: CaffeLayer, in_channels: int | None) -> list[torch.Te
     return tensors
 
 
+@dataclass
+class _Mapped:
+    """What mapping the convs onto a backbone gave: its state, the file's layers used, by conv, and what went wrong."""
+
+    builder: _StateBuilder
+    used: set[int] = field(default_factory=set)
+    mapping: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _norm_problems(layers: list[CaffeLayer], convs: dict[str, int | None],
+                   norms: dict[str, tuple[int | None, int | None]], bn_affine: bool | None,
+                   identity_bn: bool) -> tuple[list[str], bool]:
+    """What the file's batch norms do not fit (missing convs, convs without one, a mix of affine and statistics-only,
+    a contradicting ``bn_affine``), and the ``bn_affine`` they give."""
+    problems: list[str] = []
+    missing = [label for label, i in convs.items() if i is None]
+    if missing:
+        problems.append(f"missing layers {_named(missing)} (Convolution layers of these names, or with a suffix "
+                        f"{'/'.join(s for s in _CONV_SUFFIXES if s)})")
+    no_norm = [layers[convs[label]].name for label, (norm, _) in norms.items() if norm is None]
+    if no_norm and not identity_bn:
+        problems.append(f"no BatchNorm or BN layer after {_named(no_norm)} (the backbone has batch norm after "
+                        "every conv; --identity-bn gives these an identity one)")
+    kinds = {label: layers[norm].type == "BN" or scale is not None for label, (norm, scale) in norms.items()
+             if norm is not None}  # fmt: skip
+    if len(set(kinds.values())) > 1:
+        plain = [label for label, affine in kinds.items() if not affine]
+        problems.append(f"a BatchNorm without a Scale layer after {_named(plain)} but with one after the other convs")
+    if bn_affine is False and any(kinds.values()):
+        problems.append("bn_affine false, but the file's batch norms scale and shift (BN, or BatchNorm with Scale)")
+    return problems, any(kinds.values()) if bn_affine is None else bn_affine
+
+
+def _map_convs(layers: list[CaffeLayer], labels: list[str], convs: dict[str, int | None],
+               norms: dict[str, tuple[int | None, int | None]], backbone: PlainBackbone) -> _Mapped:
+    """Each backbone conv (and the batch norm after it) from the file's layers, with shape checks."""
+    body_convs = [j for j, m in enumerate(backbone.body) if isinstance(m, nn.Conv2d)]
+    out = _Mapped(_StateBuilder(backbone.state_dict()))
+    for label, j in zip(labels, body_convs, strict=True):
+        i = convs[label]
+        if i is None:
+            continue
+        conv, module = layers[i], backbone.body[j]
+        out.used.add(i)
+        out.mapping[label] = [conv.name]
+        if not conv.blobs:
+            out.problems.append(f"{conv.name} (no weights)")
+            continue
+        out.builder.put(f"body.{j}.weight", conv.blobs[0].data, conv.name)
+        bias = conv.blobs[1].data if len(conv.blobs) > 1 else np.zeros(module.out_channels, np.float32)
+        out.builder.put(f"body.{j}.bias", bias, conv.name)
+        stored = (conv.conv.get("stride", 1), conv.conv.get("pad", 0))
+        if conv.conv and stored != (module.stride[0], module.padding[0]):
+            out.warnings.append(f"{conv.name}: stride {stored[0]} pad {stored[1]} in the file, "
+                                f"stride {module.stride[0]} pad {module.padding[0]} in the backbone")
+        norm, scale = norms[label]
+        if norm is None:
+            eps = backbone.body[j + 1].eps
+            out.builder.put(f"body.{j + 1}.running_var", np.full(module.out_channels, 1 - eps, np.float32), conv.name)
+            continue  # identity_bn: running mean 0, scale 1 and shift 0 as built
+        values, problem = _bn_values(layers[norm], layers[scale] if scale is not None else None)
+        out.used |= {norm} | ({scale} if scale is not None else set())
+        out.mapping[label] += [layers[k].name for k in (norm, scale) if k is not None]
+        if problem:
+            out.problems.append(problem)
+        for key, value in values.items():
+            if f"body.{j + 1}.{key}" in out.builder.state:
+                out.builder.put(f"body.{j + 1}.{key}", value, layers[norm].name)
+    out.problems += out.builder.problems
+    return out
+
+
+def _unmapped_inside(layers: list[CaffeLayer], mapped: _Mapped) -> tuple[list[str], int]:
+    """Weighted layers before the last mapped one that map to nothing, and the index of that last mapped layer.
+
+    A layer sharing a mapped one's weights (a siamese tower) counts as used, with a warning.
+    """
+    last = max(mapped.used, default=-1)
+    shared = {i for i, layer in enumerate(layers) if layer.blobs and i not in mapped.used
+              and any(_same_blobs(layer, layers[k]) for k in mapped.used)}  # fmt: skip
+    if shared:
+        mapped.warnings.append(f"layers sharing the weights of mapped ones (siamese towers), loaded once: "
+                               f"{_named([layers[i].name for i in sorted(shared)])}")
+    mapped.used |= shared
+    inside = [f"{layer.name} ({layer.type})" for i, layer in enumerate(layers)
+              if layer.blobs and i not in mapped.used and i < last]
+    return inside, last
+
+
 def map_onto_backbone(
     layers: list[CaffeLayer],
     name: str,
@@ -184,82 +275,24 @@ def map_onto_backbone(
     first = convs[labels[0]]
     in_chans = layers[first].blobs[0].shape[1] if first is not None and layers[first].blobs else 3
     in_chans = in_chans if in_chans in (1, 3) else 3  # another width shows up as conv1's shape mismatch
-    problems: list[str] = []
-    missing = [label for label, i in convs.items() if i is None]
-    if missing:
-        problems.append(f"missing layers {_named(missing)} (Convolution layers of these names, or with a suffix "
-                        f"{'/'.join(s for s in _CONV_SUFFIXES if s)})")
-    no_norm = [layers[convs[label]].name for label, (norm, _) in norms.items() if norm is None]
-    if no_norm and not identity_bn:
-        problems.append(f"no BatchNorm or BN layer after {_named(no_norm)} (the backbone has batch norm after "
-                        "every conv; --identity-bn gives these an identity one)")
-    kinds = {label: layers[norm].type == "BN" or scale is not None for label, (norm, scale) in norms.items()
-             if norm is not None}  # fmt: skip
-    if len(set(kinds.values())) > 1:
-        plain = [label for label, affine in kinds.items() if not affine]
-        problems.append(f"a BatchNorm without a Scale layer after {_named(plain)} but with one after the other convs")
-    if bn_affine is False and any(kinds.values()):
-        problems.append("bn_affine false, but the file's batch norms scale and shift (BN, or BatchNorm with Scale)")
-    bn_affine = any(kinds.values()) if bn_affine is None else bn_affine
-
+    problems, bn_affine = _norm_problems(layers, convs, norms, bn_affine, identity_bn)
     backbone = build_backbone(name, in_chans=in_chans, bn_affine=bn_affine, input_norm=input_norm)
-    body_convs = [j for j, m in enumerate(backbone.body) if isinstance(m, nn.Conv2d)]
-    builder = _StateBuilder(backbone.state_dict())
-    used: set[int] = set()
-    mapping: dict[str, list[str]] = {}
-    warnings: list[str] = []
-    for label, j in zip(labels, body_convs, strict=True):
-        i = convs[label]
-        if i is None:
-            continue
-        conv, module = layers[i], backbone.body[j]
-        used.add(i)
-        mapping[label] = [conv.name]
-        if not conv.blobs:
-            problems.append(f"{conv.name} (no weights)")
-            continue
-        builder.put(f"body.{j}.weight", conv.blobs[0].data, conv.name)
-        bias = conv.blobs[1].data if len(conv.blobs) > 1 else np.zeros(module.out_channels, np.float32)
-        builder.put(f"body.{j}.bias", bias, conv.name)
-        stored = (conv.conv.get("stride", 1), conv.conv.get("pad", 0))
-        if conv.conv and stored != (module.stride[0], module.padding[0]):
-            warnings.append(f"{conv.name}: stride {stored[0]} pad {stored[1]} in the file, "
-                            f"stride {module.stride[0]} pad {module.padding[0]} in the backbone")
-        norm, scale = norms[label]
-        if norm is None:
-            eps = backbone.body[j + 1].eps
-            builder.put(f"body.{j + 1}.running_var", np.full(module.out_channels, 1 - eps, np.float32), conv.name)
-            continue  # identity_bn: running mean 0, scale 1 and shift 0 as built
-        values, problem = _bn_values(layers[norm], layers[scale] if scale is not None else None)
-        used |= {norm} | ({scale} if scale is not None else set())
-        mapping[label] += [layers[k].name for k in (norm, scale) if k is not None]
-        if problem:
-            problems.append(problem)
-        for key, value in values.items():
-            if f"body.{j + 1}.{key}" in builder.state:
-                builder.put(f"body.{j + 1}.{key}", value, layers[norm].name)
-    problems += builder.problems
-    last = max(used, default=-1)
-    shared = {i for i, layer in enumerate(layers) if layer.blobs and i not in used
-              and any(_same_blobs(layer, layers[k]) for k in used)}  # fmt: skip
-    if shared:
-        warnings.append(f"layers sharing the weights of mapped ones (siamese towers), loaded once: "
-                        f"{_named([layers[i].name for i in sorted(shared)])}")
-    used |= shared
-    weighted = [(i, f"{layer.name} ({layer.type})") for i, layer in enumerate(layers) if layer.blobs]
-    inside = [text for i, text in weighted if i not in used and i < last]
+    mapped = _map_convs(layers, labels, convs, norms, backbone)
+    problems += mapped.problems
+    inside, last = _unmapped_inside(layers, mapped)
     if problems or inside:
-        unmapped = inside if used else [text for _, text in weighted]
+        unmapped = inside if mapped.used else [f"{layer.name} ({layer.type})" for layer in layers if layer.blobs]
         raise CaffeImportError(
             f"the Caffe net does not fit backbone {name!r} (in_chans={in_chans}, bn_affine={bn_affine}): "
             + "; ".join(problems + ([f"weighted layers that map to nothing: {_named(unmapped)}"] if unmapped else []))
         )
-    backbone.load_state_dict(builder.state)
-    after = [layer for i, layer in enumerate(layers) if layer.blobs and i > last and i not in used]
+    backbone.load_state_dict(mapped.builder.state)
+    after = [layer for i, layer in enumerate(layers) if layer.blobs and i > last and i not in mapped.used]
     extra = {layer.name: _as_convolution(layer, backbone.out_channels[-1] if k == 0 else None)
              for k, layer in enumerate(after)}  # fmt: skip
     if extra:
         shapes = [f"{k} ({_shape(tuple(v[0].shape)) if v else 'no blobs'})" for k, v in extra.items()]
-        warnings.append(f"layers after the backbone, kept under '{EXTRA_KEY}' and loaded by no stage: {_named(shapes)}")
+        mapped.warnings.append(f"layers after the backbone, kept under '{EXTRA_KEY}' and loaded by no stage: "
+                               f"{_named(shapes)}")
     arch = {"name": name, "in_chans": in_chans, "bn_affine": bn_affine, "input_norm": input_norm}
-    return ImportResult(backbone, arch, extra, mapping, warnings)
+    return ImportResult(backbone, arch, extra, mapped.mapping, mapped.warnings)

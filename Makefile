@@ -57,8 +57,9 @@ test: $(STAMP) ## run the test suite (CPU)
 test-fast: $(STAMP) ## run the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the import contract of setup.cfg (lint-imports: layers downwards only, a core free of Lightning)
 	$(BIN)/ruff check src stages datamodules tests
+	BIN=$(BIN) .ci/lint-imports
 
 demo: $(STAMP) ## synthetic data, random/M&M(graph)/M&M(random) arms on CPU (OUT=) -> runs/demo/report.md
 	$(MNM) demo $(call out_arg,runs/demo) $(FALLBACK_ARG)

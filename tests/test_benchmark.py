@@ -11,9 +11,9 @@ import pytest
 import yaml
 from run_fixtures import REPO, TINY, TinyRun, run_tiny_benchmark, tiny_run_fixture  # noqa: F401
 
+from mnm.commands.compare import main as compare_main
 from mnm.experiments.benchmark import load_benchmark
 from mnm.experiments.compare import bar_colours, curve_columns, mm_curves, run_labels, segment_results
-from mnm.experiments.compare import main as compare_main
 from mnm.experiments.demo import benchmark_file
 from mnm.experiments.figures import mm_figure
 from mnm.runs.config import load_pipeline

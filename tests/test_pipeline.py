@@ -252,7 +252,7 @@ def test_two_process_ddp_cpu(data_root: Path, tmp_path: Path) -> None:
 
 
 def test_ensemble_of_checkpoints(finished: Path) -> None:
-    from mnm.experiments.ensemble import main as ensemble
+    from mnm.commands.ensemble import main as ensemble
 
     final = str(finished / "finetune" / "checkpoints" / "final.ckpt")
     config = str(finished / "finetune" / "config.yaml")

@@ -162,7 +162,7 @@ def test_probe_cli_checks_every_path_before_cutting_patches(repo_root: Path, tmp
 
 
 def test_probe_cli_keeps_the_other_scores_when_a_checkpoint_is_bad(tmp_path: Path, capsys) -> None:
-    from mnm.experiments.probe_files import main
+    from mnm.commands.probe import main
 
     data = tmp_path / "data.yaml"
     data.write_text(json.dumps({"data": {"class_path": "mnm.datamodules.SyntheticDataModule", "init_args": {

@@ -16,7 +16,8 @@ import pytest
 import torch
 from data_fixtures import random_image, save_gray_png, save_image
 
-from mnm.experiments.speed import SECTIONS, Laps, main, time_laps
+from mnm.commands.speed import main
+from mnm.experiments.speed import SECTIONS, Laps, time_laps
 
 PHASES = {"mix", "match", "forward", "loss", "backward", "optimizer", "total"}
 FINETUNE_PHASES = {"forward", "loss", "backward", "optimizer", "total"}

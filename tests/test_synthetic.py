@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from mnm.commands.data_synth import main
 from mnm.datamodules import DataError, SyntheticDataModule, VOCDataModule
-from mnm.datamodules.synthetic import MARKER, SYNTHETIC_CLASSES, generate, main
+from mnm.datamodules.synthetic import MARKER, SYNTHETIC_CLASSES, generate
 from mnm.datamodules.voc import voc_colormap
 
 SMALL = {"num_train": 4, "num_val": 2, "image_size": (48, 64)}

@@ -5,6 +5,9 @@ A subclass names its classes and palette and lists the samples of a split
 ``setup()`` (files exist, headers readable, label mode and size), builds the
 joint transforms, and makes seeded, DDP-ready DataLoaders that produce the
 batches of ``docs/CONTRACTS.md``.
+
+(About 410 lines: the segmentation data module every data set shares — splits, label subsets, transforms,
+resumable loaders, bad-sample handling — so that each data set's module is a few lines.)
 """
 
 import logging

@@ -12,6 +12,9 @@ From the VOC 2012 trainval archive (``VOCtrainval_11-May-2012.tar``: ``VOCdevkit
 The VOC archive is extracted (``torchvision.datasets.utils.extract_archive``); the SBD archive is read as a
 stream (only ``cls/*.mat`` and the two lists are needed, not its 1.4 GB of images and instances). ``--download``
 fetches a missing archive from the URL torchvision lists, checking its MD5.
+
+(About 380 lines: the archives found or downloaded and checked, SBD's masks converted, VOC's merged and the
+list written atomically: one command's steps, each a short function.)
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ a host sync per slot; only the B×M candidate boxes cross over, and the chosen
 ones back); all patches are cropped-and-resized where the images are, with
 :func:`torchvision.ops.roi_align` (one call on GPU; on CPU, whose kernel is
 single-threaded, the boxes are split over threads).
+
+(About 370 lines: one algorithm — centres drawn under two quota rules, the greedy selection, cropping — whose
+parts share their random draws, so that the release's rule and the fraction rule stay comparable.)
 """
 
 from __future__ import annotations

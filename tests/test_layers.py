@@ -51,3 +51,15 @@ def test_an_upward_or_lightning_import_breaks_a_contract(package_tree: Path, tmp
     path.write_text(path.read_text() + f"\n{line}\n")
     proc = lint(tree)
     assert proc.returncode == 1 and contract in proc.stdout, proc.stdout[-3000:]
+
+
+def test_setup_cfg_installs_every_subpackage() -> None:
+    """A subpackage missing from setup.cfg's ``packages`` would be left out of the wheel (and work only editable)."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    listed = set(config["options"]["packages"].split())
+    found = {"mnm." + ".".join(p.parent.relative_to(REPO / "src" / "mnm").parts) if p.parent != REPO / "src" / "mnm"
+             else "mnm" for p in (REPO / "src" / "mnm").rglob("__init__.py")}
+    assert found | {"mnm.stages", "mnm.datamodules"} == listed

@@ -1,6 +1,7 @@
 # mnm — Mix-and-Match tuning pipeline. `make help` lists the targets.
 SHELL := /bin/bash
 PYTHON ?= python3
+TEST_WORKERS ?= 2
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mnm-installed
@@ -51,11 +52,11 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## create .venv and install mnm (editable, with dev extras)
 
-test: $(STAMP) ## run the test suite (CPU)
-	$(BIN)/python -m pytest -q tests
+test: $(STAMP) ## run the test suite (CPU; TEST_WORKERS processes, each test file in one)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
-test-fast: $(STAMP) ## run the tests not marked slow
-	$(BIN)/python -m pytest -q -m "not slow" tests
+test-fast: $(STAMP) ## run the tests not marked slow (no trained runs: the edit loop)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 lint: $(STAMP) ## ruff, and the import contract of setup.cfg (lint-imports: layers downwards only, a core free of Lightning)
 	$(BIN)/ruff check src stages datamodules tests

@@ -35,3 +35,14 @@ def msrc_root() -> Path:
     root = SHARED / "data" / "msrc"
     assert root.is_dir(), f"the shared MSRC-21 copy is missing: {root} (CI runs with ../shared beside the repo)"
     return root
+
+
+#: fixtures that train a run before their tests can look at it: every test that uses one is slow
+RUN_FIXTURES = {"tiny_run", "protocol", "finished", "bench_run", "five_per_epoch", "imported", "camvid"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs a trained run (``make test-fast`` leaves them out)."""
+    for item in items:
+        if RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -36,6 +36,7 @@ def test_registry() -> None:
         build_backbone("resnet1000")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_chans", [1, 3])
 @pytest.mark.parametrize("name", NAMES)
 def test_shapes(name: str, in_chans: int) -> None:

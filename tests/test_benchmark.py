@@ -108,6 +108,7 @@ def test_the_quick_demo_writes_only_into_its_run_folder(tiny_run: TinyRun) -> No
     assert (tiny_run.data_root / "mnm_synthetic.json").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages(tiny_run: TinyRun) -> None:
     proc = run_tiny_benchmark(tiny_run.run_dir, tiny_run.data_root)
     assert proc.stdout.count("skipped") == len(load_pipeline(TINY).stages)

@@ -350,6 +350,7 @@ stages:
 """
 
 
+@pytest.mark.slow
 def test_a_pipeline_starts_mix_match_from_an_imported_proxy(imported: Path, synthetic_root: Path,
                                                             tmp_path: Path) -> None:
     path = tmp_path / "imported_proxy.yaml"

@@ -175,6 +175,7 @@ def test_image_folder_with_a_class_list(tmp_path: Path) -> None:
         dm.setup("fit")
 
 
+@pytest.mark.slow
 def test_benchmark_reports_top1_for_classification(tmp_path: Path) -> None:
     """`mnm benchmark` runs the three arms, evaluates each after fitting and reports top-1 / balanced / top-5."""
     from mnm.experiments.benchmark import load_benchmark, run_benchmark

@@ -51,6 +51,7 @@ def test_data_help_lists_its_commands_and_an_unknown_one_is_refused(capsys: pyte
     assert str(exit_.value.code).startswith("mnm: error: mnm data: unknown command 'vocaug'\n\nusage: mnm data")
 
 
+@pytest.mark.slow
 def test_print_config_is_seeded_and_runs_a_finite_schedule() -> None:
     proc = mnm("mix-match", "fit", "--print_config")
     assert proc.returncode == 0, proc.stderr
@@ -59,6 +60,7 @@ def test_print_config_is_seeded_and_runs_a_finite_schedule() -> None:
     assert "seed_everything: true" not in lines
 
 
+@pytest.mark.slow
 def test_a_stage_command_prints_no_library_noise(tmp_path: Path) -> None:
     proc = mnm("segment", "fit", "--data", "mnm.datamodules.SyntheticDataModule", f"--data.root={tmp_path / 'data'}",
                "--data.num_train=4", "--data.num_val=2", "--data.image_size=[96, 96]", "--data.crop_size=[80, 80]",
@@ -76,6 +78,7 @@ SYNTHETIC_FIT = ("--data", "mnm.datamodules.SyntheticDataModule", "--data.num_tr
                  "--model.backbone=alexnet")
 
 
+@pytest.mark.slow
 def test_stage_fit_keeps_last_ckpt_under_runs_and_says_where(tmp_path: Path) -> None:
     """``mnm segment fit`` from any folder: last.ckpt at the final step (3 steps: not a multiple of the periodic
     saves) under runs/segment/, announced; nothing else in the current folder; the checkpoint resumes."""
@@ -104,6 +107,7 @@ STAGE_NOISE = ("smaller than the logging interval", "in eval mode", "anonymous s
                "exists and is not empty", "Received SIGTERM", "Tip:")
 
 
+@pytest.mark.slow
 def test_a_stopped_and_resumed_stage_prints_no_library_noise(tmp_path: Path) -> None:
     """W&B on (offline, not silenced), a logging interval longer than an epoch (4 batches), a frozen backbone, a
     SIGTERM at fine-tuning step 3 and the rerun that resumes; logging still comes every 5 steps."""
@@ -172,6 +176,7 @@ def test_a_refused_stage_setting_is_one_line_naming_the_key(section: dict, messa
     assert str(err.value) == message
 
 
+@pytest.mark.slow
 def test_an_integer_batch_limit_counts_batches_and_a_float_is_a_fraction() -> None:
     proc = mnm("segment", "fit", "--trainer.limit_val_batches", "1", "--trainer.limit_train_batches", "0.5",
                "--trainer.val_check_interval", "3", "--print_config")
@@ -208,6 +213,7 @@ def test_repository_paths_resolve_from_another_folder(tmp_path: Path, monkeypatc
     assert root_of(elsewhere) == str(REPO / "../shared/data/camvid")
 
 
+@pytest.mark.slow
 def test_a_command_run_elsewhere_finds_its_configs_or_says_where_to_run(tmp_path: Path) -> None:
     proc = mnm("pipeline", "run", "conf/benchmarks/camvid_cpu.yaml", "--out", str(tmp_path / "run"), "--only",
                "ft_random", "--set", "data.root=nowhere/camvid", cwd=tmp_path)

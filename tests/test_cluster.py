@@ -130,6 +130,7 @@ def test_linear_probe_reads_labels_from_informative_features() -> None:
      {"geometric": False, "photometric": False}],
     ids=["baseline", "pyramid", "context", "both", "no-views"],
 )
+@pytest.mark.slow
 def test_fast_dev_run_with_each_addition(additions: dict, data: dict) -> None:
     cli = build_stage("cluster", {"model": {**MODEL, **additions}, "data": data,
                                   "trainer": {**TRAINER, "fast_dev_run": 2}})  # fmt: skip
@@ -153,6 +154,7 @@ def _fit(data: dict, seed: int, steps: int, **model) -> ClusterStage:
     return cli
 
 
+@pytest.mark.slow
 def test_same_seed_same_centroids_and_loss(data: dict) -> None:
     # 3 steps of 2-batch epochs: the epoch-1 clustering runs on trained weights
     a, b, c = (_fit(data, seed, 3) for seed in (0, 0, 1))
@@ -173,6 +175,7 @@ class SaveAfterFirstStep(L.Callback):
             trainer.save_checkpoint(self.path)
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_checkpointed_centroids(data: dict, tmp_path: Path) -> None:
     ckpt = tmp_path / "mid.ckpt"
     first = build_stage("cluster", {"model": {**MODEL, "pyramid_levels": [2]}, "data": data,
@@ -208,6 +211,7 @@ def test_bad_settings_name_the_key() -> None:
             ClusterStage(**{**MODEL, "num_classes": 5, **model})
 
 
+@pytest.mark.slow
 def test_cluster_mix_match_finetune_pipeline_hands_the_backbone_on(tmp_path: Path) -> None:
     out = tmp_path / "tiny_cluster"
     pipeline = load_pipeline(REPO / "conf" / "pipelines" / "tiny_cluster.yaml",
@@ -242,6 +246,7 @@ def test_label_efficient_cluster_arm_runs_through_the_protocol(tmp_path: Path, c
     assert row["miou"]["n"] == 1 and 0 <= row["miou"]["mean"] <= 1
 
 
+@pytest.mark.slow
 def test_unsupervised_benchmark_reports_matched_miou_probe_and_figure(tmp_path: Path, monkeypatch) -> None:
     from mnm.experiments.unsupervised import run_unsupervised
     from mnm.runs.rundir import LINEAR_PROBE_CACHE

@@ -34,6 +34,7 @@ def test_there_are_paper_pipelines() -> None:
         assert {f"{base}_graph", f"{base}_random"} <= names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PIPELINES + BENCHMARKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_pipeline_stages_instantiate(path: Path) -> None:
     """Each stage's merged config builds its model and data module (GPU trainer settings swapped for CPU)."""
@@ -247,6 +248,7 @@ def test_set_section_key_no_stage_takes_is_an_error(tmp_path: Path) -> None:
 
 
 # -- every stage is checked before the first one starts ---------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_cli_finds_later_stage_and_hardware_mistakes_before_training(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, "WANDB_MODE": "disabled"}

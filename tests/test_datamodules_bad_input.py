@@ -188,6 +188,7 @@ def test_skip_bad_skips_logs_each_once_and_counts(
         assert caplog.text.count(name) == 1, name
 
 
+@pytest.mark.slow
 def test_worker_errors_reach_the_cli_as_one_line(voc: Path, tmp_path: Path) -> None:
     """A truncated image read in a DataLoader worker gives the same one-line error as with 0 workers."""
     truncate(voc / "JPEGImages" / "2007_000004.jpg")

@@ -94,6 +94,7 @@ def test_msrc_layout_and_fractions_keep_every_class(msrc_root: Path, tmp_path: P
     assert len((tmp_path / "unlabeled.txt").read_text().split()) == 276 - len(labelled)
 
 
+@pytest.mark.slow
 def test_msrc_protocol_evaluates_on_test_of_a_root_that_has_one(tmp_path: Path, repo_root: Path) -> None:
     """`mnm protocol conf/benchmarks/msrc_label_efficient.yaml --set data.root=ROOT --eval-split test`."""
     samples = [[0, 1], [0, 2], [1, 3], [0, 1], [1, 2], [0, 1, 2], [3, 0], [1, 1]]

@@ -28,6 +28,7 @@ def fault(name: str, **args: int) -> str:
     return f"stages.mix_match.trainer.callbacks=[{json.dumps({'class_path': f'faults.{name}', 'init_args': args})}]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 1])
 def test_sigterm_on_one_rank_checkpoints_on_all_and_ends_both(rank: int, tmp_path: Path) -> None:
     out = tmp_path / "run"
@@ -41,6 +42,7 @@ def test_sigterm_on_one_rank_checkpoints_on_all_and_ends_both(rank: int, tmp_pat
     assert 3 <= last["global_step"] < 20 and "optimizer_states" in last
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_ends_both_with_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     done = run_two_ranks(out, tmp_path / "data", "steps=20", fault("PoisonWeightsAt", step=3, rank=1))
@@ -52,6 +54,7 @@ def test_nan_on_one_rank_ends_both_with_one_line(tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_pixel_contrast_with_a_layer_it_never_uses_runs_under_ddp(tmp_path: Path) -> None:
     """tiny_pixcon (feature_maps: [3], conv5 unused) on 2 ranks without find_unused_parameters."""
     out = tmp_path / "run"

@@ -17,6 +17,7 @@ from mnm.experiments import gpu_check
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_without_cuda_it_stops_at_once_with_one_line(tmp_path: Path) -> None:
     start = time.perf_counter()

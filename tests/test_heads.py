@@ -116,6 +116,7 @@ def test_columns_read_each_map_bilinearly_at_the_point_over_its_stride():
     torch.testing.assert_close(columns[0], torch.tensor([[3.0, 0.0, 7.0], [1.5, 0.0, 7.0]]))
 
 
+@pytest.mark.slow
 def test_sparse_hypercolumn_scores_points_in_training_and_a_grid_otherwise():
     """The release's VGG head: columns of every map + fc6, fc7 and two extra blocks; dense scores = point scores."""
     torch.manual_seed(0)

@@ -77,6 +77,7 @@ def _rerun_interrupted(base: Path, step: int, capsys: pytest.CaptureFixture) -> 
     return manifest(out)["stages"]["mix_match"], capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_stage_resumes_from_a_step_checkpoint_and_says_when_it_must_start_over(five_per_epoch: Path,
                                                                                  capsys) -> None:
     checkpoints = five_per_epoch / "run" / "mix_match" / "checkpoints"
@@ -96,6 +97,7 @@ def test_a_stage_resumes_from_a_step_checkpoint_and_says_when_it_must_start_over
     assert entry["wall_time_s"] < EARLIER_TIME  # started over: the lost attempt does not count
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_records_an_interruption(tmp_path: Path) -> None:
     """Ctrl-C as a terminal sends it: SIGINT to the whole process group, DataLoader workers included."""
     out, marker = tmp_path / "run", tmp_path / "paused"
@@ -118,6 +120,7 @@ def test_ctrl_c_saves_a_checkpoint_and_records_an_interruption(tmp_path: Path) -
     assert output.count("[mnm] Ctrl-C: stopping after this step") == 1  # said by the main process, not by workers
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_saves_a_checkpoint_and_resumes(tmp_path: Path) -> None:
     """What ``kill -TERM -PGID``, SLURM and Kubernetes send: SIGTERM to every process, DataLoader workers included.
     The stage checkpoints, exits 143 and is resumable; the rerun finishes from that step."""
@@ -143,6 +146,7 @@ def test_sigterm_to_the_process_group_saves_a_checkpoint_and_resumes(tmp_path: P
     assert entry["status"] == "finished" and entry["resumed_from"] == str(last) and entry["steps"] == 8
 
 
+@pytest.mark.slow
 def test_a_killed_protocol_cell_resumes_from_its_last_step_checkpoint_and_refuses_a_second_command(
         tmp_path: Path) -> None:
     """The cell at fraction 1 (5 batches per epoch, a checkpoint every 5 steps) is killed (SIGKILL) at step 12
@@ -233,6 +237,7 @@ def test_lock_files_removed_on_release_still_exclude_each_other(tmp_path: Path) 
     assert (tmp_path / "count").read_text() == "600" and not (tmp_path / "count.lock").exists()
 
 
+@pytest.mark.slow
 def test_wandb_online_without_a_reachable_server_logs_offline_with_a_warning(tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**subprocess_env(), "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_SILENT": "true"}

@@ -31,6 +31,7 @@ def server() -> Iterator[dict[str, str]]:
         yield {"WANDB_BASE_URL": f"http://127.0.0.1:{listening.getsockname()[1]}"}
 
 
+@pytest.mark.slow
 def test_wandb_sync_finds_the_offline_runs_of_every_stage(tmp_path: Path, server: dict[str, str]) -> None:
     runs = tmp_path / "runs"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}

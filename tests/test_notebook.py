@@ -15,6 +15,7 @@ def test_committed_notebook_has_no_outputs() -> None:
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
 
 
+@pytest.mark.slow
 def test_notebook_shows_the_run(tiny_run: TinyRun, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MNM_RUN_DIR", str(tiny_run.run_dir))
     nb = nbformat.read(NOTEBOOK, as_version=4)

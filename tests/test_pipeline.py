@@ -118,6 +118,7 @@ def test_rerun_skips_finished_stages(finished: Path, data_root: Path, capsys) ->
     assert (finished / "finetune" / "checkpoints" / "final.ckpt").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_changed_config_reruns_that_stage_and_later(finished: Path, data_root: Path, tmp_path: Path,
                                                      capsys) -> None:
     out = tmp_path / "tiny"
@@ -204,6 +205,7 @@ def test_sigterm_saves_checkpoint_and_exits(data_root: Path, tmp_path: Path) -> 
     assert "optimizer_states" in last  # a full training state, resumable
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_message(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     poison = '[{"class_path": "faults.PoisonWeightsAt", "init_args": {"step": 5}}]'
@@ -263,6 +265,7 @@ def test_ensemble_of_checkpoints(finished: Path) -> None:
     assert 0.0 <= pair["miou"] <= 1.0 and len(pair["per_class_iou"]) == 6
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_per_stage(data_root: Path, tmp_path: Path) -> None:
     """W&B logs offline (no network): one run per stage, grouped by pipeline, typed by stage kind."""
     out = tmp_path / "wb"

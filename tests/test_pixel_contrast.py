@@ -137,6 +137,7 @@ def test_projection_head_shape_and_unit_length() -> None:
     assert len(head.hidden) == 2 and isinstance(head.out, torch.nn.Conv2d)
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_hands_the_backbone_to_segment(tmp_path: Path) -> None:
     out = tmp_path / "tiny_pixcon"
     pipeline = load_pipeline(REPO / "conf" / "pipelines" / "tiny_pixcon.yaml",

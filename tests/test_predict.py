@@ -34,6 +34,7 @@ def images(tiny_run: TinyRun, tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_masks_have_the_input_size_with_val_size_and_the_stage_folder_is_untouched(
     tiny_run: TinyRun, images: Path, tmp_path: Path
 ) -> None:
@@ -66,6 +67,7 @@ def test_out_inside_the_stage_folder_and_other_stages_are_refused(tiny_run: Tiny
         predict(tiny_run.run_dir / "mm_graph", images, images.parent / "out")
 
 
+@pytest.mark.slow
 def test_stage_cli_validate_keeps_the_training_log_and_predict_needs_a_writer(tiny_run: TinyRun, images: Path) -> None:
     stage = tiny_run.run_dir / "ft_random"
     before = snapshot(stage)

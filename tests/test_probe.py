@@ -59,6 +59,7 @@ def test_patch_sets_are_fixed_by_seed() -> None:
     assert torch.bincount(a.labels, minlength=NUM_CLASSES).tolist() == [10] * NUM_CLASSES  # capped per class
 
 
+@pytest.mark.slow
 def test_probe_scores_a_trained_embedding_above_its_random_init() -> None:
     probe = RepresentationProbe.from_samples(toy_samples(24, 0), toy_samples(12, 1), NUM_CLASSES, SETTINGS)
     net = tiny_net()
@@ -94,6 +95,7 @@ def test_effective_rank_of_collapsed_and_isotropic_embeddings() -> None:
     assert effective_rank(torch.randn(5000, 8, generator=g)) > 7.8
 
 
+@pytest.mark.slow
 def test_mix_match_logs_the_probe_after_validation(tmp_path: Path) -> None:
     data = {"class_path": "mnm.datamodules.SyntheticDataModule",
             "init_args": {"root": str(tmp_path / "synthetic"), "num_train": 8, "num_val": 4, "image_size": [96, 96],
@@ -112,6 +114,7 @@ def test_mix_match_logs_the_probe_after_validation(tmp_path: Path) -> None:
     assert "val/knn_acc" not in cli.trainer.callback_metrics
 
 
+@pytest.mark.slow
 def test_probe_cli_on_camvid(camvid_root: Path, repo_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     ckpt = tmp_path / "alexnet.pth"
@@ -154,6 +157,7 @@ def test_probe_reads_the_checkpoints_backbone_options(tmp_path: Path) -> None:
     assert torch.equal(loaded.body[0].weight, net.body[0].weight)
 
 
+@pytest.mark.slow
 def test_probe_cli_checks_every_path_before_cutting_patches(repo_root: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "mnm.cli", "probe", str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt"),
                            "--random", "alexnet"], cwd=repo_root, capture_output=True, text=True, timeout=300)

@@ -194,6 +194,7 @@ def test_protocol_section_is_checked(tmp_path: Path, repo_root: Path, monkeypatc
     assert cell.out_dir == tmp_path / "f0.25-s3" and cell.seed == 3
 
 
+@pytest.mark.slow
 def test_arms_restrict_what_runs(tmp_path: Path, repo_root: Path, monkeypatch) -> None:
     monkeypatch.chdir(repo_root)
     report = run_protocol(FILE, tmp_path, [f"data_root={tmp_path / 'data'}"], fractions=[1.0], seeds=[0],
@@ -217,6 +218,7 @@ def mnm(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           env={**os.environ, "WANDB_MODE": "disabled"})
 
 
+@pytest.mark.slow
 def test_report_only_rebuilds_from_disk_without_the_runs_sets_and_from_another_folder(
     protocol: tuple[Path, dict], tmp_path: Path
 ) -> None:
@@ -230,6 +232,7 @@ def test_report_only_rebuilds_from_disk_without_the_runs_sets_and_from_another_f
     assert (out / "protocol.md").read_text() == before
 
 
+@pytest.mark.slow
 def test_the_m_and_m_curves_of_every_seed_are_in_the_report_and_compare_takes_the_protocol_folder(
         protocol: tuple[Path, dict], tmp_path: Path) -> None:
     out, report = protocol
@@ -287,6 +290,7 @@ def test_selections_that_would_run_nothing_are_refused(args: list[str], named: s
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_seed_outside_the_file_fails_at_the_shell(repo_root: Path, tmp_path: Path) -> None:
     proc = mnm("protocol", FILE, "--out", str(tmp_path / "out"), "--seeds", "0", "7", cwd=repo_root)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -313,6 +317,7 @@ def test_figure_shows_std_bars_and_the_number_of_seeds() -> None:
 
 
 # -- resuming a cell whose last.ckpt is corrupt; what a command is about to run ------------------------------------
+@pytest.mark.slow
 def test_a_cell_with_a_corrupt_last_checkpoint_names_the_option_that_resumes_it(tmp_path: Path, repo_root: Path,
                                                                                monkeypatch, capsys) -> None:
     monkeypatch.chdir(repo_root)
@@ -366,6 +371,7 @@ def test_the_plan_counts_the_stage_runs_and_adds_up_their_minutes(tmp_path: Path
         "[mnm] the file's budget: about 2 minutes on 2 CPU cores"]
 
 
+@pytest.mark.slow
 def test_the_plan_is_printed_before_the_first_cell_and_says_when_all_is_done(tmp_path: Path, repo_root: Path,
                                                                              monkeypatch, capsys) -> None:
     monkeypatch.chdir(repo_root)

@@ -211,6 +211,7 @@ def test_semi_mode_needs_a_label_subset(data: dict) -> None:
 # -- the stage ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [{}, MIM], ids=["baseline", "mim"])
 def test_semi_stage_fast_dev_run_logs_every_term(model: dict, data: dict, trainer: dict) -> None:
     cli = build_stage("semi", {"model": {"backbone": "alexnet", "threshold": 0.0, **model}, "data": data,

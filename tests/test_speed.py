@@ -132,6 +132,7 @@ def test_table_printed(bench_run: tuple[Path, dict[str, Any], str]) -> None:
         assert needle in text, needle
 
 
+@pytest.mark.slow
 def test_only_keeps_other_sections(bench_run: tuple[Path, dict[str, Any], str], tmp_path: Path) -> None:
     out, first, _ = bench_run
     (tmp_path / "speed.json").write_text((out / "speed.json").read_text())

@@ -44,6 +44,7 @@ OTHER_DATA = {"classify": {"class_path": "mnm.datamodules.SyntheticClassificatio
                                          "resize_size": 36, "batch_size": 6, "val_batch_size": 9}}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_stage_fast_dev_run(stage: str, data: dict, tmp_path: Path) -> None:
     data = OTHER_DATA.get(stage, data)
@@ -196,6 +197,7 @@ def test_print_config_and_unknown_stage(capsys) -> None:
     assert "unknown command 'mixmatch'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_release_knobs_reach_the_model_and_the_next_stage(data: dict, tmp_path: Path) -> None:
     release = {**MODELS["mix-match"], "backbone": "alexnet_caffe", "embedding": "pool5_prerelu",
                "loss_normalization": "release",
@@ -268,6 +270,7 @@ def test_mix_match_refuses_an_unknown_sampler(data: dict) -> None:
                                   "trainer": TRAINER})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["within", "cross"])
 def test_pixel_contrast_fast_dev_run_each_mode(mode: str, data: dict) -> None:
     model = {"backbone": "alexnet", "mode": mode, "feature_maps": [3, -1], "projection_channels": 32}

@@ -145,6 +145,7 @@ def test_synthetic_datamodule_generates_on_demand(tmp_path: Path) -> None:
         other.setup("fit")
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_foreign_root_and_leaves_it_untouched(tmp_path: Path) -> None:
     """Through the real ``mnm`` command: a user's folder, a file and another synthetic set are refused."""
     (tmp_path / "user").mkdir()

@@ -266,6 +266,7 @@ def semihard_triplets(
     the L2-normalised embeddings, detached. The negative is the closest other-class node that is farther
     from the anchor than the positive and inside the margin (``D(a,p) < D(a,n) < D(a,p) + margin``, the
     semi-hard band); where the band is empty, the closest other-class node (the hardest; ``-1`` if none).
+    The embeddings may live on another device than the labels (a GPU): the distances are computed there.
     """
     _check_nodes(labels, images)
     n = labels.numel()
@@ -274,7 +275,7 @@ def semihard_triplets(
     time, u = _arrival(n, generator, labels.device)
     positive = _cross_image_positives(labels, images, time, u[0])
     z = F.normalize(embeddings.detach().float(), dim=1)
-    distance = torch.cdist(z, z).pow(2)
+    distance = torch.cdist(z, z).pow(2).to(labels.device)  # computed where the embeddings are; N×N comes over
     anchor = torch.arange(n, device=labels.device)
     d_ap = distance[anchor, positive][:, None]
     other = labels[:, None] != labels[None, :]

@@ -6,9 +6,10 @@ import argparse
 from collections.abc import Sequence
 
 from mnm.commands.arguments import add_benchmark_arguments
+from mnm.experiments import benchmark as benchmark_module
 from mnm.experiments.benchmark import load_benchmark, run_benchmark
 
-DESCRIPTION = '``mnm benchmark FILE --out DIR``: run a benchmark file (a branching pipeline + ``report:``) and report it.\n\nThe stages run through :class:`~mnm.runs.runner.PipelineRunner`, so a rerun skips\nfinished stages and resumes an interrupted one; the report\n(:func:`mnm.experiments.report.build_report`) is rebuilt from the run directory every time.'
+DESCRIPTION = benchmark_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: Sequence[str] | None = None) -> None:

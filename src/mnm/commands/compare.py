@@ -6,10 +6,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from mnm.experiments import compare as compare_module
 from mnm.experiments.compare import bar_colours, curve_columns, miou_markdown, mm_curves, segment_results
 from mnm.experiments.figures import plot_mm_curves
 
-DESCRIPTION = '``mnm compare RUN_DIR [RUN_DIR ...] --out FILE.png``: M&M curves and final mIoU of several runs, offline.\n\nThe local stand-in for the W&B "graph vs random triplets" dashboard: one PNG with\nthe loss and active-triplet curves of every M&M stage found in the run\ndirectories and a bar panel of each segment stage\'s final mIoU, and a Markdown table of each segment stage\'s mIoU (printed and\nwritten next to the PNG as ``FILE.md``). A protocol folder (``mnm protocol``\'s cells ``f<fraction>-s<seed>``)\ncounts as one run per fraction: each stage\'s curves are drawn as the mean over the seeds with a ± std band, and\nits mIoU is the mean ± std over the seeds.'
+DESCRIPTION = compare_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from mnm.datamodules.check import KINDS, check_root
 
-DESCRIPTION = "``mnm data check ROOT --kind K``: what a data set root lacks or holds malformed, before a run finds out.\n\nThe samples of each split are listed by the data module a config would use (so the check sees what training\nsees); every listed image and mask must exist, and a bounded, seeded sample of the pairs is decoded: header\nand size, the mask's mode, and its values against the kind's classes."
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mnm data check ROOT --kind K``: print the report; exit status 0 when usable, 1 otherwise."""

@@ -3,9 +3,10 @@
 import argparse
 from collections.abc import Sequence
 
+from mnm.datamodules import synthetic as synthetic_module
 from mnm.datamodules.synthetic import generate
 
-DESCRIPTION = 'A small synthetic segmentation dataset written in the exact VOC layout.\n\nClasses share one colour distribution and differ only in shape and texture\n(as bus vs car do), so colour alone cannot separate them:\n\n==========  =============================================================\nbackground  cluttered low- and high-frequency colour noise\ndisk        disk, smooth two-colour gradient\nsquare      rotated square, smooth two-colour gradient\ntriangle    triangle, smooth two-colour gradient\nstripes     disk shape, stripes of the same two colours\nchecker     rotated square shape, checkerboard of the same two colours\n==========  =============================================================\n\nEvery colour is drawn from the same uniform RGB distribution. Object outlines\nget a thin 255 (ignore) ring as in VOC. Output is deterministic by ``seed``\n(PIL writes JPEG at a fixed quality and PNG without timestamps).\n\nCLI: ``mnm data synth --root DIR --num-train N --num-val N --size H W --seed S``.'
+DESCRIPTION = synthetic_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: Sequence[str] | None = None) -> int:

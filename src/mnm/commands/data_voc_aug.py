@@ -10,8 +10,6 @@ from mnm.datamodules.voc_aug import (
     prepare_voc_aug,
 )
 
-DESCRIPTION = "``mnm data voc-aug``: the SBD-augmented PASCAL VOC 2012 training set (``SegmentationClassAug/``, ``train_aug``).\n\nFrom the VOC 2012 trainval archive (``VOCtrainval_11-May-2012.tar``: ``VOCdevkit/VOC2012/``) and the SBD archive\n(``benchmark.tgz``: ``benchmark_RELEASE/dataset/{cls/*.mat,train.txt,val.txt}``) this writes, under ``VOC2012/``:\n\n- ``SegmentationClassAug/NAME.png``: VOC's own mask (palette PNG, 255 = void border) for every VOC trainval\n  image, and SBD's class map (``GTcls.Segmentation``, 0..20, no border) as a palette PNG for every other SBD\n  image — VOC's mask wins where both exist;\n- ``ImageSets/Segmentation/train_aug.txt``: (SBD train ∪ SBD val ∪ VOC train) minus VOC val, sorted — 10,582\n  images from the official archives — written last and atomically, so its presence means the set is complete.\n\nThe VOC archive is extracted (``torchvision.datasets.utils.extract_archive``); the SBD archive is read as a\nstream (only ``cls/*.mat`` and the two lists are needed, not its 1.4 GB of images and instances). ``--download``\nfetches a missing archive from the URL torchvision lists, checking its MD5."
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mnm data voc-aug ROOT``: build (or confirm) the SBD-augmented VOC 2012 set; raises :class:`DataError`."""

@@ -6,10 +6,11 @@ import argparse
 from collections.abc import Sequence
 
 from mnm.commands.arguments import DEBUG_HELP, add_fallback_argument
+from mnm.experiments import demo as demo_module
 from mnm.experiments.benchmark import load_benchmark, run_benchmark
 from mnm.experiments.demo import benchmark_file, data_folder, prepare_data
 
-DESCRIPTION = "``mnm demo [--out runs/demo] [--quick]``: the synthetic benchmark behind ``make demo``, on the CPU.\n\nWrites the synthetic dataset (through the data module's ``prepare_data``; :func:`data_folder` says where), then\nruns ``conf/benchmarks/demo.yaml`` (``--quick``: ``conf/benchmarks/tiny.yaml``,\na seconds-long smoke run whose numbers mean nothing) with\n:func:`mnm.experiments.benchmark.run_benchmark`, which writes ``report.md`` and the figures."
+DESCRIPTION = demo_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: Sequence[str] | None = None) -> None:

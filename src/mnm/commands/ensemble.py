@@ -10,10 +10,11 @@ from typing import Any
 import lightning as L
 
 from mnm.evaluation.metrics import per_class_table
+from mnm.experiments import ensemble as ensemble_module
 from mnm.experiments.ensemble import SegmentEnsemble, build_datamodule, load_member
 from mnm.utils.files import atomic_write_json
 
-DESCRIPTION = '``mnm ensemble``: evaluate the average class probabilities of several segmentation checkpoints.\n\nThis is the paper\'s "ImageNet + M&M" row: two networks trained from different\nstarts, averaged at test time.'
+DESCRIPTION = ensemble_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: list[str]) -> dict[str, Any]:

@@ -6,9 +6,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from mnm.experiments import predict as predict_module
 from mnm.experiments.predict import predict
 
-DESCRIPTION = "``mnm predict STAGE_DIR IMAGES --out DIR``: masks for new images from a trained segment stage.\n\nLoads the stage's model from its checkpoint (``final.ckpt`` unless ``--ckpt``)\nand its data settings (palette, ``val_size``) from ``STAGE_DIR/config.yaml``,\nthen predicts with a Trainer that has no logger and no checkpointing: nothing\nis written except under ``--out``, which may not lie inside the stage folder.\nEvery mask has the size of its input image."
+DESCRIPTION = predict_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: Sequence[str] | None = None) -> None:

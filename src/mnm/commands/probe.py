@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from mnm.evaluation.knn_probe import ProbeSettings
+from mnm.experiments import probe_files as probe_files_module
 from mnm.experiments.probe_files import DEFAULT_DATA, probe_checkpoints
 
-DESCRIPTION = "``mnm probe``: the kNN representation probe (:mod:`mnm.evaluation.knn_probe`) for checkpoints and random inits.\n\n    mnm probe runs/camvid-cpu/mm_graph/checkpoints/final.ckpt --random alexnet --json probe.json\n\nEach checkpoint's backbone (architecture read from the checkpoint, or from ``--backbone``/\n``--in-chans`` for a plain state dict) and each ``--random NAME`` init (seeded by ``--init-seed``)\nis scored on the same fixed patch sets, cut from the data module of ``--data`` (a LightningCLI\ndata config; ``--root`` overrides its ``root``). Every checkpoint path is checked before the patches\nare cut; a checkpoint that cannot be read is reported (and the exit status is 1) without losing the\nother scores."
+DESCRIPTION = probe_files_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: list[str]) -> None:

@@ -6,9 +6,10 @@ import argparse
 from collections.abc import Sequence
 
 from mnm.commands.arguments import add_benchmark_arguments
+from mnm.experiments import unsupervised as unsupervised_module
 from mnm.experiments.unsupervised import run_unsupervised
 
-DESCRIPTION = "``mnm unsupervised FILE``: the unsupervised-segmentation benchmark — clustering arms × seeds, matched mIoU,\nlinear probe, cluster maps.\n\nThe benchmark file is a protocol file (:mod:`mnm.experiments.protocol`) whose arms are ``cluster`` stages. The\nprotocol runs the cells (resumable) and aggregates each arm's Hungarian-matched mIoU and pixel\naccuracy over seeds; this module adds, per arm and seed, the linear probe of the arm's frozen\npixel embedding (:func:`mnm.evaluation.linear_probe.linear_probe`, cached in the cell's ``linear_probe.json``),\nand a figure of val images, ground truth and each arm's cluster map (first seed), the clusters\ncoloured by the class they are matched to (unmatched clusters grey). Writes ``unsupervised.json``\nand ``unsupervised.md`` beside ``protocol.md``."
+DESCRIPTION = unsupervised_module.__doc__ or ""  # the help text is the module's docstring
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -95,6 +95,17 @@ def test_arms_are_paired_by_seed_against_the_first_arm(protocol: tuple[Path, dic
     assert "| random → M&M graph → fine-tune | random → fine-tune |" in (out / "protocol.md").read_text()
 
 
+def test_the_backbones_of_a_pair_are_paired_on_the_probe(protocol: tuple[Path, dict]) -> None:
+    """The pair's arms start from mm_graph and from a seeded init: their probe accuracies are paired by seed."""
+    out, report = protocol
+    (row,) = report["paired_probe"]["0.5"]
+    assert (row["arm"], row["against"]) == ("mm_graph", "random")
+    probes = [json.loads((out / cell_name(0.5, s) / "probe.json").read_text()) for s in (0, 1)]
+    assert row["values"] == pytest.approx([p["mm_graph"]["knn_acc"] - p["random"]["knn_acc"] for p in probes])
+    md = (out / "protocol.md").read_text()
+    assert "The representations alone" in md and "| mm_graph | random |" in md
+
+
 def test_the_first_pair_is_compared_class_by_class(protocol: tuple[Path, dict]) -> None:
     out, report = protocol
     per_class = report["per_class"]

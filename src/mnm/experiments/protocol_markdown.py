@@ -97,6 +97,7 @@ def protocol_markdown(report: dict[str, Any]) -> str:
             parts.append(f"| {label} | {format_mean_std(s[key])} |{values}{probe}{column}")
         parts.append("")
         parts += paired_markdown(report.get("paired", {}).get(fraction, []), name)
+        parts += paired_probe_markdown(report.get("paired_probe", {}).get(fraction, []))
         per_class = report.get("per_class") or {}
         parts += per_class_differences_markdown(per_class.get("by_fraction", {}).get(fraction, []), per_class.get("arm"),
                                     per_class.get("against"))
@@ -129,6 +130,16 @@ def paired_markdown(rows: Sequence[dict[str, Any]], name: str) -> list[str]:
             notes.append(f"- Not paired: {r['arm']} − {r['against']}, seed {gap['seed']}: the arms ran with different "
                          f"overrides ({_overrides_text(gap['arm'])} against {_overrides_text(gap['against'])}).")
     return [*lines, "", *([*notes, ""] if notes else [])]
+
+
+def paired_probe_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Lines of the paired probe table of one fraction: the starting backbones of the pairs, no head trained."""
+    if not rows:
+        return []
+    return ["The representations alone, paired by seed: the probe's kNN accuracy (points) of the backbones the arms "
+            "of a pair start from, by stage; no head is trained, so the only noise is the stages' own. Columns as "
+            "above.\n",
+            *paired_markdown(rows, "probe kNN accuracy")[1:]]
 
 
 def _overrides_text(sets: Sequence[str] | None) -> str:

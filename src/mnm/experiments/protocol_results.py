@@ -114,13 +114,15 @@ def provenance(cells: dict[tuple[float, int], Pipeline]) -> dict[str, Any]:
 
 
 def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) -> dict[str, Any]:
-    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished arms, and the
-    paired differences of :func:`report_pairs`."""
+    """Mean ± std over seeds of every arm's mIoU (and its probe) per fraction, from the finished arms, the
+    paired differences of :func:`report_pairs`, and (``paired_probe``) the paired differences of the probe's kNN
+    accuracy between the backbones the two arms of a pair start from, where those differ (stages by name)."""
     first = next(iter(cells.values()))
     labels = {stage: label for label, stage in first.report["arms"].items()}
     pairs = [(labels[arm], labels[against]) for arm, against in report_pairs(first)]
     table: dict[str, dict[str, list[dict[str, float]]]] = {}
     per_cell: dict[str, Any] = {}
+    per_backbone: dict[str, Any] = {}
     metrics: dict[str, str] = {}
     wall_time = 0.0
     for (fraction, seed), pipeline in cells.items():
@@ -144,6 +146,13 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
             cell["arms"][label] = row
             cell["overrides"][label] = arm_overrides(records, chain)
+            start = pretrained_stage(pipeline, stage) or "random"
+            if start in probes:
+                backbones = per_backbone.setdefault(cell_name(fraction, seed), {
+                    "fraction": fraction, "seed": seed, "arms": {}, "overrides": {}})
+                backbones["arms"][start] = {"knn_acc": probes[start]["knn_acc"]}
+                backbones["overrides"][start] = (None if start == "random"  # a seeded init: nothing ran it
+                                                 else arm_overrides(records, init_chain(pipeline, start)))
             if "per_class_iou" in evaluation:
                 per_class = zip(evaluation["class_names"], evaluation["per_class_iou"], strict=True)
                 cell.setdefault("per_class", {})[label] = {name: float(v) for name, v in per_class}
@@ -157,8 +166,11 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
     }
     paired = paired_differences(per_cell, pairs, next(iter(metrics), "miou"))
     per_class = per_class_differences(per_cell, pairs[0]) if pairs else {}
+    starts = {stage: pretrained_stage(first, stage) or "random" for stage in first.report["arms"].values()}
+    backbone_pairs = list(dict.fromkeys((starts[arm], starts[against]) for arm, against in report_pairs(first)
+                                        if starts[arm] != starts[against]))
     return {"summary": summary, "paired": paired, "per_class": per_class, "cells": per_cell, "wall_time_s": wall_time,
-            "metrics": metrics}
+            "metrics": metrics, "paired_probe": paired_differences(per_backbone, backbone_pairs, "knn_acc")}
 
 
 def curve_logs(cells: dict[tuple[float, int], Pipeline]) -> tuple[dict[str, dict[str, list[Path]]], dict[str, str]]:

@@ -26,10 +26,12 @@ from mnm.utils.files import atomic_write_json
 from mnm.utils.paths import shown_path
 from mnm.utils.provenance import code_version, machine
 
+RANDOM_INIT = "random"
 
-def pretrained_stage(pipeline: Pipeline, arm_stage: str) -> str | None:
-    """The stage an arm's fine-tuning starts from (``None`` for random init)."""
-    return next(s.init_from for s in pipeline.stages if s.name == arm_stage)
+
+def starting_backbone(pipeline: Pipeline, arm_stage: str) -> str:
+    """The stage an arm's fine-tuning starts from (:data:`RANDOM_INIT` for a seeded init)."""
+    return next(s.init_from for s in pipeline.stages if s.name == arm_stage) or RANDOM_INIT
 
 
 def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, float]]:
@@ -39,7 +41,7 @@ def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, 
     """
     cache = pipeline.out_dir / PROBE_CACHE
     scores: dict[str, dict[str, float]] = json.loads(cache.read_text()) if cache.is_file() else {}
-    wanted = {pretrained_stage(pipeline, stage) or "random" for stage in arms.values()}
+    wanted = {starting_backbone(pipeline, stage) for stage in arms.values()}
     missing = sorted(w for w in wanted if w not in scores)
     if not missing:
         return scores
@@ -48,7 +50,7 @@ def probe_cell(pipeline: Pipeline, arms: dict[str, str]) -> dict[str, dict[str, 
     model, datamodule = load_stage(pipeline.out_dir, first, weights=False, kind=kinds[first])
     probe = RepresentationProbe.from_datamodule(datamodule)
     for stage in missing:
-        if stage == "random":
+        if stage == RANDOM_INIT:
             torch.manual_seed(pipeline.seed)
             backbone = build_backbone(model.hparams.backbone, in_chans=model.hparams.in_chans)
         else:
@@ -143,15 +145,15 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
             chain = init_chain(pipeline, stage)
             row = {key: float(evaluation.get(key, math.nan)) for key in shown}  # NaN: a run older than the metric
             row["total_time_s"] = sum(float(done[s].get("wall_time_s", 0.0)) for s in chain if s in done)
-            row |= {f"probe_{k}": v for k, v in probes.get(pretrained_stage(pipeline, stage) or "random", {}).items()}
+            start = starting_backbone(pipeline, stage)
+            row |= {f"probe_{k}": v for k, v in probes.get(start, {}).items()}
             cell["arms"][label] = row
             cell["overrides"][label] = arm_overrides(records, chain)
-            start = pretrained_stage(pipeline, stage) or "random"
             if start in probes:
                 backbones = per_backbone.setdefault(cell_name(fraction, seed), {
                     "fraction": fraction, "seed": seed, "arms": {}, "overrides": {}})
                 backbones["arms"][start] = {"knn_acc": probes[start]["knn_acc"]}
-                backbones["overrides"][start] = (None if start == "random"  # a seeded init: nothing ran it
+                backbones["overrides"][start] = (None if start == RANDOM_INIT  # a seeded init: nothing ran it
                                                  else arm_overrides(records, init_chain(pipeline, start)))
             if "per_class_iou" in evaluation:
                 per_class = zip(evaluation["class_names"], evaluation["per_class_iou"], strict=True)
@@ -166,7 +168,7 @@ def aggregate(cells: dict[tuple[float, int], Pipeline], spec: dict[str, Any]) ->
     }
     paired = paired_differences(per_cell, pairs, next(iter(metrics), "miou"))
     per_class = per_class_differences(per_cell, pairs[0]) if pairs else {}
-    starts = {stage: pretrained_stage(first, stage) or "random" for stage in first.report["arms"].values()}
+    starts = {stage: starting_backbone(first, stage) for stage in first.report["arms"].values()}
     backbone_pairs = list(dict.fromkeys((starts[arm], starts[against]) for arm, against in report_pairs(first)
                                         if starts[arm] != starts[against]))
     return {"summary": summary, "paired": paired, "per_class": per_class, "cells": per_cell, "wall_time_s": wall_time,

@@ -45,6 +45,10 @@ def check_report_spec(pipeline: Pipeline) -> None:
             raise ConfigError(f"{pipeline.path}: report.tsne.before = {tsne['before']!r} is not a stage")
 
 
+#: the name of a seeded random initialisation wherever a stage name of the backbone an arm starts from is expected
+RANDOM_INIT = "random"
+
+
 def init_chain(pipeline: Pipeline, stage: str) -> list[str]:
     """The stage and every stage it was initialised from, earliest first."""
     parents = {s.name: s.init_from for s in pipeline.stages}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnm.experiments.collect import RANDOM_INIT
 from mnm.runs.rundir import MANIFEST, StageDir, read_manifest
 from mnm.stages import stage_class
 
@@ -101,7 +102,7 @@ def _init_from(entry: dict) -> str:
     if entry.get("init_from"):
         return entry["init_from"]
     path = entry.get("pretrained_backbone")
-    return StageDir.of_checkpoint(path).name if path else "random"
+    return StageDir.of_checkpoint(path).name if path else RANDOM_INIT
 
 
 def _stage_miou(run_dir: Path, stage: str) -> float | None:

@@ -14,7 +14,7 @@ import torch
 
 from mnm.evaluation.knn_probe import RepresentationProbe, score_backbone
 from mnm.evaluation.paired import paired_interval
-from mnm.experiments.collect import init_chain, read_curves, tail_mean
+from mnm.experiments.collect import RANDOM_INIT, init_chain, read_curves, tail_mean
 from mnm.experiments.protocol_cells import cell_name, report_pairs
 from mnm.models.backbones import build_backbone
 from mnm.runs.config import Pipeline
@@ -25,8 +25,6 @@ from mnm.stages import stage_class
 from mnm.utils.files import atomic_write_json
 from mnm.utils.paths import shown_path
 from mnm.utils.provenance import code_version, machine
-
-RANDOM_INIT = "random"
 
 
 def starting_backbone(pipeline: Pipeline, arm_stage: str) -> str:
